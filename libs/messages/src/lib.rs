@@ -1,0 +1,15 @@
+//! The pipeline's public contract on NATS (`../shared/CONTRACT.md` §6): subjects, header names,
+//! default stream and bucket names, and the JSON bodies, so every service and tool spells them
+//! the same way. No runtime dependencies: schema changes never rebuild the plumbing.
+//!
+//! - [`subjects`]: subject builders and wildcard filters.
+//! - [`headers`]: header names carried by every message.
+//! - [`bodies`]: `provisioning.requested.v1`, `provisioning.deadletter.v1`.
+//! - [`salesforce_id`]: validation of 15/18-character Salesforce ids.
+
+pub mod bodies;
+pub mod headers;
+pub mod salesforce_id;
+pub mod subjects;
+
+pub use bodies::{DeadLetterV1, DeadLetterOrigin, ProvisioningRequestedV1};

@@ -1,0 +1,62 @@
+//! Subjects of the contract and the streams that capture them.
+
+/// `provisioning.requested.<OrderId>`: one message per Platform Event, published by sf-bridge.
+pub fn provisioning_requested(order_id: &str) -> String {
+    format!("{PROVISIONING_REQUESTED_PREFIX}.{order_id}")
+}
+pub const PROVISIONING_REQUESTED_PREFIX: &str = "provisioning.requested";
+pub const PROVISIONING_REQUESTED_ALL: &str = "provisioning.requested.>";
+
+/// `provisioning.deadletter.<service>`: what a service could not process.
+pub fn deadletter(service: &str) -> String {
+    format!("{DEADLETTER_PREFIX}.{service}")
+}
+pub const DEADLETTER_PREFIX: &str = "provisioning.deadletter";
+pub const DEADLETTER_ALL: &str = "provisioning.deadletter.>";
+
+/// Default stream names (overridable by configuration; documented in docs/configuration.md).
+pub mod streams {
+    /// Captures `provisioning.requested.>`.
+    pub const REQUESTS: &str = "PROVISIONING_REQUESTS";
+    /// Captures `provisioning.deadletter.>`.
+    pub const DEADLETTER: &str = "PROVISIONING_DEADLETTER";
+}
+
+/// Default KV bucket names.
+pub mod buckets {
+    /// sf-bridge replay cursor, one key per channel.
+    pub const BRIDGE_CURSOR: &str = "sf_bridge_cursor";
+    /// sf-bridge leadership lease, one key per channel.
+    pub const BRIDGE_LEASE: &str = "sf_bridge_lease";
+}
+
+/// A KV key derived from a channel name (`/event/Foo__e` → `event.Foo__e`), since KV keys
+/// allow only `[-/_=.a-zA-Z0-9]` and must not start with a dot.
+pub fn channel_key(channel: &str) -> String {
+    let trimmed = channel.trim_start_matches('/');
+    trimmed
+        .chars()
+        .map(|c| match c {
+            '/' => '.',
+            c if c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '=' | '.') => c,
+            _ => '_',
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn channel_key_is_a_valid_kv_key() {
+        assert_eq!(channel_key("/event/OrderProvisionRequested__e"), "event.OrderProvisionRequested__e");
+        assert_eq!(channel_key("/event/we ird*"), "event.we_ird_");
+    }
+
+    #[test]
+    fn subjects_follow_the_contract() {
+        assert_eq!(provisioning_requested("801xx0000000001AAA"), "provisioning.requested.801xx0000000001AAA");
+        assert_eq!(deadletter("sf-bridge"), "provisioning.deadletter.sf-bridge");
+    }
+}

@@ -1,0 +1,66 @@
+//! Exponential backoff with full jitter (delay drawn from `[0, min(cap, base * 2^n)]`), so that a
+//! fleet of replicas reconnecting after an outage does not arrive in lockstep.
+
+use std::time::Duration;
+
+use rand::Rng;
+
+#[derive(Debug, Clone)]
+pub struct Backoff {
+    base: Duration,
+    cap: Duration,
+    attempt: u32,
+}
+
+impl Backoff {
+    pub fn new(base: Duration, cap: Duration) -> Self {
+        Self { base, cap, attempt: 0 }
+    }
+
+    /// The delay before the next attempt; grows with each call until [`Backoff::reset`].
+    pub fn next_delay(&mut self) -> Duration {
+        let ceiling = self.ceiling();
+        self.attempt = self.attempt.saturating_add(1);
+        // Never zero: a floor of a tenth of the ceiling keeps a tight failure loop from spinning.
+        let floor = ceiling / 10;
+        let span = ceiling.saturating_sub(floor).as_millis() as u64;
+        floor + Duration::from_millis(rand::rng().random_range(0..=span))
+    }
+
+    /// The upper bound of the next delay.
+    pub fn ceiling(&self) -> Duration {
+        let factor = 2u32.saturating_pow(self.attempt.min(20));
+        self.base.saturating_mul(factor).min(self.cap)
+    }
+
+    pub fn attempts(&self) -> u32 {
+        self.attempt
+    }
+
+    pub fn reset(&mut self) {
+        self.attempt = 0;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn delays_grow_and_stay_under_the_cap() {
+        let mut backoff = Backoff::new(Duration::from_millis(100), Duration::from_secs(2));
+        let ceilings: Vec<_> = (0..8)
+            .map(|_| {
+                let ceiling = backoff.ceiling();
+                let delay = backoff.next_delay();
+                assert!(delay <= ceiling && delay >= ceiling / 10, "{delay:?} vs {ceiling:?}");
+                ceiling
+            })
+            .collect();
+        assert_eq!(ceilings[0], Duration::from_millis(100));
+        assert_eq!(ceilings[3], Duration::from_millis(800));
+        assert_eq!(ceilings[7], Duration::from_secs(2));
+        backoff.reset();
+        assert_eq!(backoff.ceiling(), Duration::from_millis(100));
+    }
+}

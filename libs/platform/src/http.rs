@@ -1,0 +1,197 @@
+//! The health and metrics listener every service runs on `HTTP_ADDR`
+//! (CONTRACT §3): `GET /health` and `GET /metrics`, plus routes a service adds.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::sync::{Arc, RwLock};
+
+use axum::extract::State;
+use axum::http::{header, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use axum::{Json, Router};
+use prometheus_client::registry::Registry;
+use serde_json::json;
+use tokio_util::sync::CancellationToken;
+
+type Probe = Box<dyn Fn() -> Result<(), String> + Send + Sync>;
+
+/// What `/health` reports: each integration the service depends on, up or down with a reason.
+/// Integrations are either set by the task that uses them or probed when `/health` is read.
+pub struct Health {
+    service: String,
+    version: String,
+    states: RwLock<BTreeMap<String, Result<(), String>>>,
+    probes: RwLock<Vec<(String, Probe)>>,
+}
+
+impl std::fmt::Debug for Health {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Health").field("service", &self.service).finish_non_exhaustive()
+    }
+}
+
+impl Health {
+    pub fn new(service: &str, version: &str) -> Arc<Self> {
+        Arc::new(Self {
+            service: service.to_owned(),
+            version: version.to_owned(),
+            states: RwLock::default(),
+            probes: RwLock::default(),
+        })
+    }
+
+    pub fn set_up(&self, integration: &str) {
+        self.set(integration, Ok(()));
+    }
+
+    pub fn set_down(&self, integration: &str, reason: impl Into<String>) {
+        self.set(integration, Err(reason.into()));
+    }
+
+    fn set(&self, integration: &str, state: Result<(), String>) {
+        if let Ok(mut states) = self.states.write() {
+            states.insert(integration.to_owned(), state);
+        }
+    }
+
+    /// Registers a check run on every `/health` read (cheap, non-blocking checks only).
+    pub fn add_probe(&self, integration: &str, probe: impl Fn() -> Result<(), String> + Send + Sync + 'static) {
+        if let Ok(mut probes) = self.probes.write() {
+            probes.push((integration.to_owned(), Box::new(probe)));
+        }
+    }
+
+    /// Registers the NATS connection as the `nats` integration.
+    pub fn add_nats(&self, client: async_nats::Client) {
+        self.add_probe("nats", move || {
+            if crate::nats::is_connected(&client) {
+                Ok(())
+            } else {
+                Err("not connected".to_owned())
+            }
+        });
+    }
+
+    /// The `/health` body and whether every integration is up.
+    pub fn report(&self) -> (bool, serde_json::Value) {
+        let mut all: BTreeMap<String, Result<(), String>> =
+            self.states.read().map(|s| s.clone()).unwrap_or_default();
+        if let Ok(probes) = self.probes.read() {
+            for (name, probe) in probes.iter() {
+                all.insert(name.clone(), probe());
+            }
+        }
+        let healthy = all.values().all(Result::is_ok);
+        let integrations: serde_json::Map<String, serde_json::Value> = all
+            .into_iter()
+            .map(|(name, state)| {
+                let value = match state {
+                    Ok(()) => json!({"status": "up"}),
+                    Err(reason) => json!({"status": "down", "reason": reason}),
+                };
+                (name, value)
+            })
+            .collect();
+        let body = json!({
+            "status": if healthy { "ok" } else { "degraded" },
+            "service": self.service,
+            "version": self.version,
+            "integrations": integrations,
+        });
+        (healthy, body)
+    }
+}
+
+#[derive(Clone)]
+struct ServerState {
+    health: Arc<Health>,
+    registry: Arc<Registry>,
+}
+
+/// A running listener: its bound address (port 0 resolved) and its task.
+#[derive(Debug)]
+pub struct HttpServer {
+    pub local_addr: SocketAddr,
+    pub task: tokio::task::JoinHandle<std::io::Result<()>>,
+}
+
+/// Binds `addr` and serves `/health`, `/metrics` and the service's `extra` routes until `cancel`.
+pub async fn serve(
+    addr: SocketAddr,
+    health: Arc<Health>,
+    registry: Arc<Registry>,
+    extra: Router,
+    cancel: CancellationToken,
+) -> std::io::Result<HttpServer> {
+    let state = ServerState { health, registry };
+    let app = Router::new()
+        .route("/health", get(health_handler))
+        .route("/metrics", get(metrics_handler))
+        .with_state(state)
+        .merge(extra);
+    let listener = tokio::net::TcpListener::bind(addr).await?;
+    let local_addr = listener.local_addr()?;
+    tracing::info!(%local_addr, "Serving /health and /metrics.");
+    let task = tokio::spawn(async move {
+        axum::serve(listener, app).with_graceful_shutdown(cancel.cancelled_owned()).await
+    });
+    Ok(HttpServer { local_addr, task })
+}
+
+async fn health_handler(State(state): State<ServerState>) -> Response {
+    let (healthy, body) = state.health.report();
+    let status = if healthy { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE };
+    (status, Json(body)).into_response()
+}
+
+async fn metrics_handler(State(state): State<ServerState>) -> Response {
+    let mut text = String::new();
+    match prometheus_client::encoding::text::encode(&mut text, &state.registry) {
+        Ok(()) => (
+            [(header::CONTENT_TYPE, "application/openmetrics-text; version=1.0.0; charset=utf-8")],
+            text,
+        )
+            .into_response(),
+        Err(err) => (StatusCode::INTERNAL_SERVER_ERROR, err.to_string()).into_response(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn health_is_degraded_while_an_integration_is_down() {
+        let health = Health::new("svc", "1.0");
+        health.set_up("salesforce");
+        health.add_probe("nats", || Err("not connected".into()));
+        let (healthy, body) = health.report();
+        assert!(!healthy);
+        assert_eq!(body["status"], "degraded");
+        assert_eq!(body["integrations"]["nats"]["status"], "down");
+        assert_eq!(body["integrations"]["salesforce"]["status"], "up");
+    }
+
+    #[tokio::test]
+    async fn server_answers_health_and_metrics() {
+        let health = Health::new("svc", "1.0");
+        health.set_up("nats");
+        let mut registry = Registry::default();
+        let counter: prometheus_client::metrics::counter::Counter = Default::default();
+        registry.register("demo_events", "Events seen", counter.clone());
+        counter.inc();
+        let cancel = CancellationToken::new();
+        let server = serve("127.0.0.1:0".parse().unwrap(), health, Arc::new(registry), Router::new(), cancel.clone())
+            .await
+            .unwrap();
+        let base = format!("http://{}", server.local_addr);
+        let health: serde_json::Value = reqwest::get(format!("{base}/health")).await.unwrap().json().await.unwrap();
+        assert_eq!(health["status"], "ok");
+        assert_eq!(health["integrations"]["nats"]["status"], "up");
+        let metrics = reqwest::get(format!("{base}/metrics")).await.unwrap().text().await.unwrap();
+        assert!(metrics.contains("demo_events_total 1"), "{metrics}");
+        cancel.cancel();
+        server.task.await.unwrap().unwrap();
+    }
+}

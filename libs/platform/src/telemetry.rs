@@ -1,0 +1,181 @@
+//! Logs and traces.
+//!
+//! Logs go to stdout as JSON (default) or human-readable text. Traces go through
+//! `tracing-opentelemetry`; spans are always given OpenTelemetry ids so that the `traceparent`
+//! header carries the order's trace from service to service, and they are exported over OTLP/gRPC
+//! only when `OTEL_EXPORTER_OTLP_ENDPOINT` is set.
+
+use opentelemetry::propagation::{Extractor, Injector};
+use opentelemetry::trace::TracerProvider as _;
+use opentelemetry::KeyValue;
+use opentelemetry_sdk::propagation::TraceContextPropagator;
+use opentelemetry_sdk::trace::SdkTracerProvider;
+use opentelemetry_sdk::Resource;
+use tracing_opentelemetry::OpenTelemetrySpanExt;
+use tracing_subscriber::layer::SubscriberExt;
+use tracing_subscriber::util::SubscriberInitExt;
+use tracing_subscriber::EnvFilter;
+
+use crate::config::{ConfigError, Env};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LogFormat {
+    Json,
+    Pretty,
+}
+
+#[derive(Debug, Clone)]
+pub struct TelemetrySettings {
+    pub service_name: String,
+    pub otlp_endpoint: Option<String>,
+    pub log_filter: String,
+    pub log_format: LogFormat,
+}
+
+impl TelemetrySettings {
+    pub fn from_env(env: &Env, binary_name: &str) -> Result<Self, ConfigError> {
+        let log_format = match env.string_or("LOG_FORMAT", "json").to_ascii_lowercase().as_str() {
+            "json" => LogFormat::Json,
+            "pretty" | "text" => LogFormat::Pretty,
+            other => return Err(ConfigError::new("LOG_FORMAT", format!("must be json or pretty, not {other:?}"))),
+        };
+        let otlp_endpoint = match env.get("OTEL_EXPORTER_OTLP_ENDPOINT") {
+            None => None,
+            Some(url) if url.starts_with("http://") || url.starts_with("https://") => Some(url),
+            Some(url) => {
+                return Err(ConfigError::new(
+                    "OTEL_EXPORTER_OTLP_ENDPOINT",
+                    format!("must start with http:// or https://, not {url:?}"),
+                ))
+            }
+        };
+        let log_filter = env.string_or("RUST_LOG", "info");
+        EnvFilter::try_new(&log_filter)
+            .map_err(|e| ConfigError::new("RUST_LOG", format!("is not a valid filter: {e}")))?;
+        Ok(Self {
+            service_name: env.string_or("OTEL_SERVICE_NAME", binary_name),
+            otlp_endpoint,
+            log_filter,
+            log_format,
+        })
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+#[error("cannot set up the OTLP exporter: {0}")]
+pub struct TelemetryError(String);
+
+/// Keeps the tracer provider alive; [`TelemetryGuard::shutdown`] flushes the last spans.
+#[derive(Debug)]
+pub struct TelemetryGuard {
+    provider: SdkTracerProvider,
+}
+
+impl TelemetryGuard {
+    /// Flushes and stops the exporter. Call once, last, on the way out.
+    pub fn shutdown(self) {
+        if let Err(err) = self.provider.shutdown() {
+            tracing::warn!(error = %err, "Flushing spans on shutdown failed.");
+        }
+    }
+}
+
+/// Installs the global subscriber and propagator. Later calls in the same process (tests that run
+/// several apps) keep the first subscriber and still return a working guard.
+pub fn init(settings: &TelemetrySettings) -> Result<TelemetryGuard, TelemetryError> {
+    opentelemetry::global::set_text_map_propagator(TraceContextPropagator::new());
+    let resource = Resource::builder()
+        .with_service_name(settings.service_name.clone())
+        .with_attribute(KeyValue::new("service.version", env!("CARGO_PKG_VERSION")))
+        .with_attribute(KeyValue::new("service.instance.id", instance_id()))
+        .build();
+    let mut builder = SdkTracerProvider::builder().with_resource(resource);
+    if let Some(endpoint) = &settings.otlp_endpoint {
+        use opentelemetry_otlp::WithExportConfig;
+        let exporter = opentelemetry_otlp::SpanExporter::builder()
+            .with_tonic()
+            .with_endpoint(endpoint.clone())
+            .build()
+            .map_err(|e| TelemetryError(e.to_string()))?;
+        builder = builder.with_batch_exporter(exporter);
+    }
+    let provider = builder.build();
+    let tracer = provider.tracer(settings.service_name.clone());
+    let filter = EnvFilter::try_new(&settings.log_filter).unwrap_or_else(|_| EnvFilter::new("info"));
+    let otel_layer = tracing_opentelemetry::layer().with_tracer(tracer);
+    let registry = tracing_subscriber::registry().with(filter).with(otel_layer);
+    let installed = match settings.log_format {
+        LogFormat::Json => registry
+            .with(
+                tracing_subscriber::fmt::layer()
+                    .json()
+                    .flatten_event(true)
+                    .with_current_span(true)
+                    .with_span_list(false),
+            )
+            .try_init(),
+        LogFormat::Pretty => registry.with(tracing_subscriber::fmt::layer()).try_init(),
+    };
+    if installed.is_ok() {
+        opentelemetry::global::set_tracer_provider(provider.clone());
+    }
+    Ok(TelemetryGuard { provider })
+}
+
+/// Host name and process id: distinguishes replicas in traces and in lease ownership.
+pub fn instance_id() -> String {
+    let host = std::fs::read_to_string("/etc/hostname")
+        .ok()
+        .map(|h| h.trim().to_owned())
+        .filter(|h| !h.is_empty())
+        .or_else(|| std::env::var("HOSTNAME").ok())
+        .unwrap_or_else(|| "localhost".to_owned());
+    format!("{host}-{}", std::process::id())
+}
+
+struct HeaderInjector<'a>(&'a mut async_nats::HeaderMap);
+
+impl Injector for HeaderInjector<'_> {
+    fn set(&mut self, key: &str, value: String) {
+        if let (Ok(name), Ok(value)) =
+            (key.parse::<async_nats::HeaderName>(), value.parse::<async_nats::HeaderValue>())
+        {
+            self.0.insert(name, value);
+        }
+    }
+}
+
+struct HeaderExtractor<'a>(&'a async_nats::HeaderMap);
+
+impl Extractor for HeaderExtractor<'_> {
+    fn get(&self, key: &str) -> Option<&str> {
+        self.0.get(key).map(|v| v.as_str())
+    }
+
+    fn keys(&self) -> Vec<&str> {
+        self.0.iter().map(|(name, _)| name.as_ref()).collect()
+    }
+}
+
+/// Writes the W3C trace context of `span` into NATS headers.
+pub fn inject_trace_context(span: &tracing::Span, headers: &mut async_nats::HeaderMap) {
+    let context = span.context();
+    opentelemetry::global::get_text_map_propagator(|propagator| {
+        propagator.inject_context(&context, &mut HeaderInjector(headers));
+    });
+}
+
+/// Reads the W3C trace context from NATS headers, for use as a parent or a link.
+pub fn extract_trace_context(headers: &async_nats::HeaderMap) -> opentelemetry::Context {
+    opentelemetry::global::get_text_map_propagator(|propagator| {
+        propagator.extract(&HeaderExtractor(headers))
+    })
+}
+
+/// The trace id of a span as 32 hex characters, or `None` when it has no valid context.
+pub fn trace_id(span: &tracing::Span) -> Option<String> {
+    use opentelemetry::trace::TraceContextExt;
+    let context = span.context();
+    let span_context = context.span().span_context().clone();
+    span_context.is_valid().then(|| span_context.trace_id().to_string())
+}

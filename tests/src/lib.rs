@@ -1,0 +1,14 @@
+//! Test harness shared by every crate's integration tests, and home of the cross-service tests
+//! (`tests/tests/*.rs`).
+//!
+//! - [`nats`]: a real `nats-server` per test group: free port, temporary JetStream store, and
+//!   kill/restart on demand. `NATS_SERVER_BIN` picks the binary (default: `nats-server` on PATH,
+//!   then `/usr/sbin/nats-server`).
+//! - [`process`]: child processes of the workspace's binaries, killed on drop.
+//! - [`keys`]: RSA key pairs for the OAuth JWT bearer flow.
+//! - [`wait`]: polling with a deadline, for conditions no event announces.
+
+pub mod keys;
+pub mod nats;
+pub mod process;
+pub mod wait;
