@@ -1,1 +1,22 @@
-//! placeholder
+//! sf-bridge: Salesforce Platform Events into JetStream, with a durable replay cursor.
+//!
+//! - [`config`]: the service's settings (CONTRACT §2).
+//! - [`app`]: wiring: NATS resources, the health/metrics listener, the leadership loop.
+//! - [`lease`]: one active subscriber per channel, through a KV lease with compare-and-swap.
+//! - [`cursor`]: the replay cursor in KV, written only after JetStream acknowledged the events up
+//!   to it.
+//! - [`ingest`]: one Subscribe session: flow control, decoding, publishing, cursor advancement.
+//! - [`event`]: Platform Event → `provisioning.requested.v1`, or the reason it is poison.
+//! - [`status`] and [`metrics`]: what `/health/sf-events` and `/metrics` show.
+
+pub mod app;
+pub mod config;
+pub mod cursor;
+pub mod event;
+pub mod ingest;
+pub mod lease;
+pub mod metrics;
+pub mod status;
+
+pub use app::App;
+pub use config::BridgeSettings;

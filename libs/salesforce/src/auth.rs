@@ -1,0 +1,259 @@
+//! OAuth 2.0 JWT bearer flow: a signed assertion (RS256, `iss` = consumer key, `sub` = user,
+//! `aud` = login URL, `exp` = now + 3 min) is exchanged for an access token at
+//! `{SF_LOGIN_URL}/services/oauth2/token`. There is no refresh token in this flow: a new assertion
+//! is signed whenever a new token is needed.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use serde::{Deserialize, Serialize};
+use tokio::sync::Mutex;
+
+use crate::settings::SalesforceSettings;
+
+/// An access token and where to use it. `Debug` hides the token itself.
+#[derive(Clone)]
+pub struct Token {
+    access_token: String,
+    /// REST base and the Pub/Sub `instanceurl`: the org's own host, not the login host.
+    pub instance_url: String,
+    /// Org id, from the `id` URL of the response (the Pub/Sub `tenantid`).
+    pub org_id: String,
+    pub issued_at: Instant,
+    /// Distinguishes tokens so a refresh triggered by a stale one does not discard a newer one.
+    pub generation: u64,
+}
+
+impl Token {
+    /// The secret. Only for request headers and metadata; never log it.
+    pub fn access_token(&self) -> &str {
+        &self.access_token
+    }
+}
+
+impl std::fmt::Debug for Token {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Token")
+            .field("access_token", &"<redacted>")
+            .field("instance_url", &self.instance_url)
+            .field("org_id", &self.org_id)
+            .field("generation", &self.generation)
+            .finish()
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum AuthError {
+    /// Salesforce refused the assertion (`invalid_grant`, `invalid_client_id`, ...). Retrying the
+    /// same assertion will not help; a person must fix the connected app, user or key.
+    #[error("Salesforce rejected the JWT bearer assertion: {error}: {description}")]
+    Rejected { error: String, description: String },
+    #[error("the token endpoint answered HTTP {status}")]
+    Status { status: u16 },
+    #[error("the token endpoint timed out")]
+    Timeout,
+    #[error("cannot reach the token endpoint: {0}")]
+    Transport(String),
+    #[error("the token response is not what the JWT bearer flow returns: {0}")]
+    InvalidResponse(String),
+    #[error("cannot sign the JWT assertion: {0}")]
+    Signing(String),
+}
+
+impl AuthError {
+    /// Transient errors may succeed on a later attempt without anyone acting.
+    pub fn is_transient(&self) -> bool {
+        match self {
+            Self::Timeout | Self::Transport(_) => true,
+            Self::Status { status } => *status == 429 || *status >= 500,
+            Self::Rejected { .. } | Self::InvalidResponse(_) | Self::Signing(_) => false,
+        }
+    }
+}
+
+#[derive(Serialize)]
+struct Claims<'a> {
+    iss: &'a str,
+    sub: &'a str,
+    aud: &'a str,
+    exp: u64,
+}
+
+#[derive(Deserialize)]
+struct TokenResponse {
+    access_token: String,
+    instance_url: String,
+    id: String,
+}
+
+#[derive(Deserialize)]
+struct TokenErrorResponse {
+    error: String,
+    #[serde(default)]
+    error_description: String,
+}
+
+/// Hands out a cached access token, fetching a new one when there is none, when it is older than
+/// `SF_TOKEN_MAX_AGE_SECS`, or when a caller reports it rejected ([`TokenProvider::refresh`]).
+/// Concurrent callers share one fetch.
+#[derive(Debug)]
+pub struct TokenProvider {
+    settings: SalesforceSettings,
+    http: reqwest::Client,
+    current: Mutex<Option<Arc<Token>>>,
+    fetches: std::sync::atomic::AtomicU64,
+}
+
+impl TokenProvider {
+    pub fn new(settings: SalesforceSettings, http: reqwest::Client) -> Arc<Self> {
+        Arc::new(Self { settings, http, current: Mutex::new(None), fetches: Default::default() })
+    }
+
+    pub fn settings(&self) -> &SalesforceSettings {
+        &self.settings
+    }
+
+    /// How many tokens were fetched (for metrics and tests).
+    pub fn fetch_count(&self) -> u64 {
+        self.fetches.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// A valid token, from cache when it is fresh enough.
+    pub async fn token(&self) -> Result<Arc<Token>, AuthError> {
+        let mut current = self.current.lock().await;
+        if let Some(token) = current.as_ref() {
+            if token.issued_at.elapsed() < self.settings.token_max_age {
+                return Ok(token.clone());
+            }
+        }
+        let next_generation = current.as_ref().map_or(1, |t| t.generation + 1);
+        let token = Arc::new(self.fetch(next_generation).await?);
+        *current = Some(token.clone());
+        Ok(token)
+    }
+
+    /// Salesforce rejected `stale`: replace it, unless another caller already did.
+    pub async fn refresh(&self, stale: &Token) -> Result<Arc<Token>, AuthError> {
+        let mut current = self.current.lock().await;
+        if let Some(token) = current.as_ref() {
+            if token.generation > stale.generation {
+                return Ok(token.clone());
+            }
+        }
+        tracing::info!(generation = stale.generation, "Salesforce rejected the access token; requesting a new one.");
+        let token = Arc::new(self.fetch(stale.generation + 1).await?);
+        *current = Some(token.clone());
+        Ok(token)
+    }
+
+    fn assertion(&self) -> Result<String, AuthError> {
+        let exp = time::OffsetDateTime::now_utc().unix_timestamp() as u64 + 180;
+        let claims = Claims {
+            iss: &self.settings.client_id,
+            sub: &self.settings.username,
+            aud: &self.settings.login_url,
+            exp,
+        };
+        jsonwebtoken::encode(
+            &jsonwebtoken::Header::new(jsonwebtoken::Algorithm::RS256),
+            &claims,
+            &self.settings.signing_key,
+        )
+        .map_err(|e| AuthError::Signing(e.to_string()))
+    }
+
+    async fn fetch(&self, generation: u64) -> Result<Token, AuthError> {
+        let assertion = self.assertion()?;
+        let url = format!("{}/services/oauth2/token", self.settings.login_url);
+        let form = [("grant_type", "urn:ietf:params:oauth:grant-type:jwt-bearer"), ("assertion", assertion.as_str())];
+        let body = serde_urlencoded_pairs(&form);
+        let response = self
+            .http
+            .post(&url)
+            .header(reqwest::header::CONTENT_TYPE, "application/x-www-form-urlencoded")
+            .body(body)
+            .timeout(self.settings.http_timeout)
+            .send()
+            .await
+            .map_err(|e| {
+                if e.is_timeout() {
+                    AuthError::Timeout
+                } else {
+                    AuthError::Transport(e.to_string())
+                }
+            })?;
+        let status = response.status();
+        let bytes = response.bytes().await.map_err(|e| AuthError::Transport(e.to_string()))?;
+        if !status.is_success() {
+            if let Ok(err) = serde_json::from_slice::<TokenErrorResponse>(&bytes) {
+                if status.is_client_error() && status.as_u16() != 429 {
+                    return Err(AuthError::Rejected { error: err.error, description: err.error_description });
+                }
+            }
+            return Err(AuthError::Status { status: status.as_u16() });
+        }
+        let parsed: TokenResponse =
+            serde_json::from_slice(&bytes).map_err(|e| AuthError::InvalidResponse(e.to_string()))?;
+        let org_id = org_id_from_identity_url(&parsed.id)
+            .ok_or_else(|| AuthError::InvalidResponse(format!("no org id in identity URL {:?}", parsed.id)))?;
+        self.fetches.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        tracing::info!(instance_url = %parsed.instance_url, %org_id, generation, "Obtained a Salesforce access token.");
+        Ok(Token {
+            access_token: parsed.access_token,
+            instance_url: parsed.instance_url.trim_end_matches('/').to_owned(),
+            org_id,
+            issued_at: Instant::now(),
+            generation,
+        })
+    }
+}
+
+/// `https://login.salesforce.com/id/<orgId>/<userId>` → `<orgId>`.
+pub fn org_id_from_identity_url(identity: &str) -> Option<String> {
+    let mut segments = identity.trim_end_matches('/').rsplit('/');
+    let _user = segments.next()?;
+    let org = segments.next()?;
+    (!org.is_empty() && org.bytes().all(|b| b.is_ascii_alphanumeric())).then(|| org.to_owned())
+}
+
+fn serde_urlencoded_pairs(pairs: &[(&str, &str)]) -> String {
+    pairs
+        .iter()
+        .map(|(k, v)| format!("{}={}", urlencode(k), urlencode(v)))
+        .collect::<Vec<_>>()
+        .join("&")
+}
+
+/// Percent-encoding for form bodies (RFC 3986 unreserved characters pass through).
+pub(crate) fn urlencode(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    for b in s.bytes() {
+        match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => out.push(b as char),
+            _ => out.push_str(&format!("%{b:02X}")),
+        }
+    }
+    out
+}
+
+/// A short pause before asking the token endpoint again after a transient failure.
+pub const TOKEN_RETRY_PAUSE: Duration = Duration::from_millis(500);
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn org_id_comes_from_the_identity_url() {
+        assert_eq!(
+            org_id_from_identity_url("https://login.salesforce.com/id/00D5g000000abcdEAA/0055g000001xyzAAA").as_deref(),
+            Some("00D5g000000abcdEAA")
+        );
+        assert_eq!(org_id_from_identity_url("nonsense"), None);
+    }
+
+    #[test]
+    fn form_values_are_percent_encoded() {
+        assert_eq!(urlencode("urn:a b+c"), "urn%3Aa%20b%2Bc");
+    }
+}

@@ -1,0 +1,267 @@
+//! REST API: SOQL queries and Order updates.
+//!
+//! A 401 (`INVALID_SESSION_ID`) makes the client fetch a new token and repeat the call once; any
+//! other failure is returned classified, and retry policy is the caller's (the provisioner never
+//! retries, sf-writer does).
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+
+use serde::de::DeserializeOwned;
+use serde::{Deserialize, Serialize};
+
+use crate::auth::{AuthError, Token, TokenProvider};
+
+/// One entry of a REST error body (`[{"message": …, "errorCode": …, "fields": […]}]`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ApiError {
+    #[serde(default, alias = "statusCode")]
+    #[serde(rename = "errorCode")]
+    pub error_code: String,
+    #[serde(default)]
+    pub message: String,
+    #[serde(default)]
+    pub fields: Vec<String>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum RestError {
+    #[error(transparent)]
+    Auth(#[from] AuthError),
+    #[error("Salesforce answered HTTP {status}: {}", describe(errors))]
+    Http { status: u16, errors: Vec<ApiError> },
+    #[error("the Salesforce call timed out")]
+    Timeout,
+    #[error("cannot connect to Salesforce: {0}")]
+    Connect(String),
+    #[error("Salesforce transport error: {0}")]
+    Transport(String),
+    #[error("unexpected Salesforce response: {0}")]
+    Decode(String),
+}
+
+fn describe(errors: &[ApiError]) -> String {
+    if errors.is_empty() {
+        return "no error body".to_owned();
+    }
+    errors.iter().map(|e| format!("{}: {}", e.error_code, e.message)).collect::<Vec<_>>().join("; ")
+}
+
+impl RestError {
+    /// The contract's error code for this failure (`ETIMEOUT`, `ECONNREFUSED`, or the HTTP status).
+    pub fn contract_code(&self) -> String {
+        match self {
+            Self::Http { status, .. } => status.to_string(),
+            Self::Auth(AuthError::Status { status }) => status.to_string(),
+            Self::Timeout | Self::Auth(AuthError::Timeout) => "ETIMEOUT".to_owned(),
+            Self::Connect(_) | Self::Auth(AuthError::Transport(_)) => "ECONNREFUSED".to_owned(),
+            Self::Auth(_) => "401".to_owned(),
+            Self::Transport(_) => "ECONNRESET".to_owned(),
+            Self::Decode(_) => "500".to_owned(),
+        }
+    }
+
+    /// Whether the same call may succeed later without anyone acting.
+    pub fn is_transient(&self) -> bool {
+        match self {
+            Self::Auth(e) => e.is_transient(),
+            Self::Http { status, errors } => {
+                *status == 429
+                    || *status >= 500
+                    || (*status == 403 && errors.iter().any(|e| e.error_code == "REQUEST_LIMIT_EXCEEDED"))
+            }
+            Self::Timeout | Self::Connect(_) | Self::Transport(_) => true,
+            Self::Decode(_) => false,
+        }
+    }
+}
+
+/// A page of SOQL results.
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct QueryResult<T> {
+    pub total_size: u64,
+    pub done: bool,
+    #[serde(default)]
+    pub next_records_url: Option<String>,
+    pub records: Vec<T>,
+}
+
+/// Per-record result of an sObject Collections request.
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq, Eq)]
+pub struct SaveResult {
+    #[serde(default)]
+    pub id: Option<String>,
+    pub success: bool,
+    #[serde(default)]
+    pub errors: Vec<ApiError>,
+}
+
+/// The `Sforce-Limit-Info` usage last seen (`api-usage=used/limit`).
+#[derive(Debug, Default)]
+pub struct ApiUsage {
+    pub used: AtomicU64,
+    pub limit: AtomicU64,
+}
+
+#[derive(Debug, Clone)]
+pub struct RestClient {
+    http: reqwest::Client,
+    tokens: Arc<TokenProvider>,
+    usage: Arc<ApiUsage>,
+}
+
+impl RestClient {
+    pub fn new(http: reqwest::Client, tokens: Arc<TokenProvider>) -> Self {
+        Self { http, tokens, usage: Arc::default() }
+    }
+
+    pub fn usage(&self) -> &Arc<ApiUsage> {
+        &self.usage
+    }
+
+    fn data_url(&self, token: &Token, path: &str) -> String {
+        format!("{}/services/data/v{}/{path}", token.instance_url, self.tokens.settings().api_version)
+    }
+
+    /// Runs a SOQL query and follows `nextRecordsUrl` until every record is read.
+    pub async fn query<T: DeserializeOwned>(&self, soql: &str) -> Result<Vec<T>, RestError> {
+        let path = format!("query?q={}", crate::auth::urlencode(soql));
+        let mut page: QueryResult<T> = self.send_json(reqwest::Method::GET, Target::Data(path), None).await?;
+        let mut records = std::mem::take(&mut page.records);
+        while let (false, Some(next)) = (page.done, page.next_records_url.take()) {
+            page = self.send_json(reqwest::Method::GET, Target::Absolute(next), None).await?;
+            records.append(&mut page.records);
+        }
+        Ok(records)
+    }
+
+    /// `PATCH sobjects/{sobject}/{id}` with the given fields (204 on success).
+    pub async fn update_record(&self, sobject: &str, id: &str, fields: &serde_json::Value) -> Result<(), RestError> {
+        let target = Target::Data(format!("sobjects/{sobject}/{id}"));
+        self.send(reqwest::Method::PATCH, target, Some(fields)).await.map(drop)
+    }
+
+    /// `PATCH composite/sobjects`: up to 200 records, each with `attributes.type` and `id`;
+    /// results come back in request order.
+    pub async fn update_collection(
+        &self,
+        records: &[serde_json::Value],
+        all_or_none: bool,
+    ) -> Result<Vec<SaveResult>, RestError> {
+        let body = serde_json::json!({ "allOrNone": all_or_none, "records": records });
+        self.send_json(reqwest::Method::PATCH, Target::Data("composite/sobjects".to_owned()), Some(&body)).await
+    }
+
+    async fn send_json<T: DeserializeOwned>(
+        &self,
+        method: reqwest::Method,
+        target: Target,
+        body: Option<&serde_json::Value>,
+    ) -> Result<T, RestError> {
+        let bytes = self.send(method, target, body).await?;
+        serde_json::from_slice(&bytes).map_err(|e| RestError::Decode(e.to_string()))
+    }
+
+    async fn send(
+        &self,
+        method: reqwest::Method,
+        target: Target,
+        body: Option<&serde_json::Value>,
+    ) -> Result<bytes::Bytes, RestError> {
+        let token = self.tokens.token().await?;
+        match self.send_once(&method, &target, body, &token).await {
+            Err(RestError::Http { status: 401, .. }) => {
+                let fresh = self.tokens.refresh(&token).await?;
+                self.send_once(&method, &target, body, &fresh).await
+            }
+            other => other,
+        }
+    }
+
+    async fn send_once(
+        &self,
+        method: &reqwest::Method,
+        target: &Target,
+        body: Option<&serde_json::Value>,
+        token: &Token,
+    ) -> Result<bytes::Bytes, RestError> {
+        let url = match target {
+            Target::Data(path) => self.data_url(token, path),
+            Target::Absolute(path) => format!("{}{path}", token.instance_url),
+        };
+        let mut request = self
+            .http
+            .request(method.clone(), &url)
+            .bearer_auth(token.access_token())
+            .timeout(self.tokens.settings().http_timeout);
+        if let Some(body) = body {
+            request = request.json(body);
+        }
+        let response = request.send().await.map_err(classify_transport)?;
+        if let Some(info) = response.headers().get("Sforce-Limit-Info").and_then(|v| v.to_str().ok()) {
+            self.record_usage(info);
+        }
+        let status = response.status();
+        let bytes = response.bytes().await.map_err(classify_transport)?;
+        if status.is_success() {
+            return Ok(bytes);
+        }
+        let errors = serde_json::from_slice::<Vec<ApiError>>(&bytes).unwrap_or_default();
+        Err(RestError::Http { status: status.as_u16(), errors })
+    }
+
+    fn record_usage(&self, header: &str) {
+        let usage = header.split(',').map(str::trim).find_map(|part| part.strip_prefix("api-usage="));
+        if let Some((used, limit)) = usage.and_then(|u| u.split_once('/')) {
+            if let (Ok(used), Ok(limit)) = (used.trim().parse(), limit.trim().parse()) {
+                self.usage.used.store(used, Ordering::Relaxed);
+                self.usage.limit.store(limit, Ordering::Relaxed);
+            }
+        }
+    }
+}
+
+enum Target {
+    /// Relative to `/services/data/vNN.N/`.
+    Data(String),
+    /// A path from the instance root, as `nextRecordsUrl` gives it.
+    Absolute(String),
+}
+
+fn classify_transport(err: reqwest::Error) -> RestError {
+    if err.is_timeout() {
+        RestError::Timeout
+    } else if err.is_connect() {
+        RestError::Connect(err.to_string())
+    } else {
+        RestError::Transport(err.to_string())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn errors_map_to_contract_codes() {
+        assert_eq!(RestError::Timeout.contract_code(), "ETIMEOUT");
+        assert_eq!(RestError::Connect("x".into()).contract_code(), "ECONNREFUSED");
+        let limit = RestError::Http {
+            status: 403,
+            errors: vec![ApiError { error_code: "REQUEST_LIMIT_EXCEEDED".into(), message: String::new(), fields: vec![] }],
+        };
+        assert_eq!(limit.contract_code(), "403");
+        assert!(limit.is_transient());
+        assert!(!RestError::Http { status: 400, errors: vec![] }.is_transient());
+    }
+
+    #[test]
+    fn record_errors_accept_status_code_spelling() {
+        let parsed: SaveResult = serde_json::from_str(
+            r#"{"id":"801","success":false,"errors":[{"statusCode":"ENTITY_IS_DELETED","message":"gone","fields":[]}]}"#,
+        )
+        .unwrap();
+        assert_eq!(parsed.errors[0].error_code, "ENTITY_IS_DELETED");
+    }
+}
