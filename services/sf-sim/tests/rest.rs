@@ -1,0 +1,476 @@
+//! The REST API: the contract's SOQL reads and their response shape, query errors and
+//! injection attempts, Order updates one by one and in collections, auth and faults.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod common;
+
+use common::*;
+use serde_json::{json, Value};
+use sf_sim::{Faults, SfSim};
+
+const ORDER_QUERY: &str = "SELECT Id, AccountId, Status, Activation_Status__c, WHMCS_Order_ID__c, \
+    Account.WH_Account__c, (SELECT Id, Quantity, Product2.Name, Product2.WH_Product_ID__c, \
+    Product2.Billing_Cycle__c FROM OrderItems) FROM Order WHERE Id = '{id}'";
+
+struct Api {
+    http: reqwest::Client,
+    base: String,
+    token: String,
+}
+
+impl Api {
+    async fn new(sim: &SfSim) -> Self {
+        Self {
+            http: reqwest::Client::new(),
+            base: format!("{}/services/data/v62.0", sim.instance_url()),
+            token: token(sim).await,
+        }
+    }
+
+    async fn query(&self, soql: &str) -> (u16, Value) {
+        let response = self
+            .http
+            .get(format!("{}/query", self.base))
+            .query(&[("q", soql)])
+            .bearer_auth(&self.token)
+            .send()
+            .await
+            .unwrap();
+        let status = response.status().as_u16();
+        (status, response.json().await.unwrap())
+    }
+
+    async fn patch(&self, path: &str, body: &Value) -> (u16, Value) {
+        let response = self
+            .http
+            .patch(format!("{}{path}", self.base))
+            .bearer_auth(&self.token)
+            .json(body)
+            .send()
+            .await
+            .unwrap();
+        let status = response.status().as_u16();
+        let text = response.text().await.unwrap();
+        (
+            status,
+            if text.is_empty() {
+                Value::Null
+            } else {
+                serde_json::from_str(&text).unwrap()
+            },
+        )
+    }
+}
+
+#[tokio::test]
+async fn contract_order_query_has_salesforce_shape() {
+    let sim = start().await;
+    let s = sim.state();
+    let account = s.seed_account("Acme", Some("42"));
+    let hosting = s.seed_product("Hosting", Some("7"), Some("Monthly"));
+    let domain = s.seed_product("Domain", None, Some("Annually"));
+    let order = s.seed_order(&account, &[(hosting.as_str(), 2), (domain.as_str(), 1)]);
+    let api = Api::new(&sim).await;
+
+    let (status, body) = api.query(&ORDER_QUERY.replace("{id}", &order)).await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["totalSize"], 1);
+    assert_eq!(body["done"], true);
+    let record = &body["records"][0];
+    assert_eq!(
+        record["attributes"],
+        json!({"type": "Order", "url": format!("/services/data/v62.0/sobjects/Order/{order}")})
+    );
+    assert_eq!(record["Id"], order);
+    assert_eq!(record["AccountId"], account);
+    assert_eq!(record["Status"], "Draft");
+    assert_eq!(record["Activation_Status__c"], Value::Null);
+    assert_eq!(record["WHMCS_Order_ID__c"], Value::Null);
+    assert_eq!(record["Account"]["attributes"]["type"], "Account");
+    assert_eq!(record["Account"]["WH_Account__c"], "42");
+    let items = &record["OrderItems"];
+    assert_eq!(items["totalSize"], 2);
+    assert_eq!(items["done"], true);
+    let first = &items["records"][0];
+    assert_eq!(first["attributes"]["type"], "OrderItem");
+    assert_eq!(first["Quantity"], 2.0);
+    assert_eq!(first["Product2"]["attributes"]["type"], "Product2");
+    assert_eq!(first["Product2"]["Name"], "Hosting");
+    assert_eq!(first["Product2"]["WH_Product_ID__c"], "7");
+    assert_eq!(first["Product2"]["Billing_Cycle__c"], "Monthly");
+    assert_eq!(
+        items["records"][1]["Product2"]["WH_Product_ID__c"],
+        Value::Null
+    );
+    assert_eq!(
+        record.as_object().unwrap().len(),
+        8,
+        "only selected fields: {record}"
+    );
+
+    // The 15-character id finds the same order; keywords and names ignore case.
+    let (_, short) = api
+        .query(&format!(
+            "select id, account.wh_account__c from ORDER where ID = '{}'",
+            &order[..15]
+        ))
+        .await;
+    assert_eq!(short["records"][0]["Id"], order);
+    assert_eq!(short["records"][0]["Account"]["WH_Account__c"], "42");
+    sim.shutdown().await;
+}
+
+#[tokio::test]
+async fn missing_relations_and_children_are_null() {
+    let sim = start().await;
+    let s = sim.state();
+    let no_client = s.seed_account("No client", None);
+    let empty = s.seed_order::<&str, f64>(&no_client, &[]);
+    let dangling = s.seed_order::<&str, f64>("001Sm0000000zzz", &[]);
+    let api = Api::new(&sim).await;
+
+    let (_, body) = api.query(&ORDER_QUERY.replace("{id}", &empty)).await;
+    let record = &body["records"][0];
+    assert_eq!(record["Account"]["WH_Account__c"], Value::Null);
+    assert_eq!(record["OrderItems"], Value::Null);
+    let (_, body) = api.query(&ORDER_QUERY.replace("{id}", &dangling)).await;
+    assert_eq!(body["records"][0]["Account"], Value::Null);
+    let (_, none) = api
+        .query(&ORDER_QUERY.replace("{id}", "801Sm0000000zzz"))
+        .await;
+    assert_eq!(none, json!({"totalSize": 0, "done": true, "records": []}));
+    sim.shutdown().await;
+}
+
+#[tokio::test]
+async fn order_items_query_by_order() {
+    let sim = start().await;
+    let s = sim.state();
+    let account = s.seed_account("Acme", Some("1"));
+    let p = s.seed_product("VPS", Some("2"), Some("Quarterly"));
+    let order = s.seed_order(&account, &[(p.as_str(), 3)]);
+    let _other = s.seed_order(&account, &[(p.as_str(), 1)]);
+    let api = Api::new(&sim).await;
+    let (status, body) = api
+        .query(&format!(
+            "SELECT Id, Quantity, Product2.Name, Product2.WH_Product_ID__c, Product2.Billing_Cycle__c \
+             FROM OrderItem WHERE OrderId = '{order}' LIMIT 200"
+        ))
+        .await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["totalSize"], 1);
+    assert_eq!(body["records"][0]["Quantity"], 3.0);
+    assert_eq!(
+        body["records"][0]["Product2"]["Billing_Cycle__c"],
+        "Quarterly"
+    );
+    sim.shutdown().await;
+}
+
+#[tokio::test]
+async fn query_errors_and_injection_attempts() {
+    let sim = start().await;
+    let order = sim.state().seed_order::<&str, f64>("001Sm0000000zzz", &[]);
+    let api = Api::new(&sim).await;
+    let cases = [
+        ("SELECT Id, Nope__c FROM Order", "INVALID_FIELD"),
+        ("SELECT Id, Account.Nope__c FROM Order", "INVALID_FIELD"),
+        ("SELECT Id FROM Nope__c", "INVALID_TYPE"),
+        ("SELEC Id FROM Order", "MALFORMED_QUERY"),
+        (
+            "SELECT Id FROM Order WHERE Id = '801' OR Id != ''",
+            "MALFORMED_QUERY",
+        ),
+        (
+            "SELECT Id FROM Order WHERE Status = 'Draft' OR Status = 'Activated'",
+            "MALFORMED_QUERY",
+        ),
+        (
+            "SELECT Id FROM Order WHERE Status = 'x'; DELETE FROM Order",
+            "MALFORMED_QUERY",
+        ),
+        (
+            "SELECT Id FROM Order WHERE Status = 'unterminated",
+            "MALFORMED_QUERY",
+        ),
+        (
+            "SELECT Id FROM Order WHERE Id = '' OR ''=''",
+            "MALFORMED_QUERY",
+        ),
+        (
+            "SELECT Id FROM Order WHERE Id = 'not-an-id!'",
+            "INVALID_QUERY_FILTER_OPERATOR",
+        ),
+        (
+            r"SELECT Id FROM Order WHERE Id = '801\' OR Id != \''",
+            "INVALID_QUERY_FILTER_OPERATOR",
+        ),
+        ("", "MALFORMED_QUERY"),
+    ];
+    for (soql, code) in cases {
+        let (status, body) = api.query(soql).await;
+        assert_eq!(status, 400, "{soql}: {body}");
+        assert_eq!(body[0]["errorCode"], code, "{soql}: {body}");
+        assert!(body[0]["message"].is_string());
+    }
+    // An escaped quote inside a text literal is data, not syntax: it simply matches nothing.
+    let (status, body) = api
+        .query(r"SELECT Id FROM Order WHERE Status = 'Draft\' OR Status != \''")
+        .await;
+    assert_eq!((status, body["totalSize"].clone()), (200, json!(0)));
+    let (_, body) = api
+        .query("SELECT Id FROM Order WHERE Status = 'Draft'")
+        .await;
+    assert_eq!(body["records"][0]["Id"], order);
+    sim.shutdown().await;
+}
+
+#[tokio::test]
+async fn every_response_carries_the_usage_header_and_auth_is_required() {
+    let sim = start().await;
+    let api = Api::new(&sim).await;
+    let url = format!("{}/query?q=SELECT+Id+FROM+Order", api.base);
+    let usage = |r: &reqwest::Response| {
+        let value = r.headers()["sforce-limit-info"]
+            .to_str()
+            .unwrap()
+            .to_owned();
+        value
+            .strip_prefix("api-usage=")
+            .unwrap()
+            .split('/')
+            .next()
+            .unwrap()
+            .parse::<u32>()
+            .unwrap()
+    };
+    let first = api
+        .http
+        .get(&url)
+        .bearer_auth(&api.token)
+        .send()
+        .await
+        .unwrap();
+    let second = api
+        .http
+        .get(&url)
+        .bearer_auth(&api.token)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(usage(&second), usage(&first) + 1);
+    assert!(first.headers()["sforce-limit-info"]
+        .to_str()
+        .unwrap()
+        .ends_with("/15000"));
+
+    let anonymous = api.http.get(&url).send().await.unwrap();
+    assert_eq!(anonymous.status(), 401);
+    assert!(anonymous.headers().contains_key("sforce-limit-info"));
+    let body: Value = anonymous.json().await.unwrap();
+    assert_eq!(body[0]["errorCode"], "INVALID_SESSION_ID");
+    let forged = api
+        .http
+        .get(&url)
+        .bearer_auth("00D!nope")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(forged.status(), 401);
+
+    let stats = sim.state().stats();
+    assert_eq!(stats.rest_requests, 4);
+    assert_eq!(stats.rest_requests_by_route["GET /query"], 4);
+    sim.shutdown().await;
+}
+
+#[tokio::test]
+async fn patch_single_order() {
+    let sim = start().await;
+    let order = sim.state().seed_order::<&str, f64>("001Sm0000000zzz", &[]);
+    sim.state().approve_order(&order);
+    let api = Api::new(&sim).await;
+    let path = format!("/sobjects/Order/{order}");
+
+    let (status, body) = api
+        .patch(
+            &path,
+            &json!({"Activation_Status__c": "Activated", "WHMCS_Order_ID__c": "1001",
+                    "Activation_Error_Code__c": null, "Activation_Error_Message__c": null}),
+        )
+        .await;
+    assert_eq!((status, body), (204, Value::Null));
+    let stored = sim.state().order(&order).unwrap();
+    assert_eq!(stored["Activation_Status__c"], "Activated");
+    assert_eq!(stored["WHMCS_Order_ID__c"], "1001");
+
+    let cases = [
+        (json!({"Nope__c": 1}), 400, "INVALID_FIELD"),
+        (
+            json!({"Activation_Status__c": "Done"}),
+            400,
+            "INVALID_OR_NULL_FOR_RESTRICTED_PICKLIST",
+        ),
+        (
+            json!({"Activation_Error_Message__c": "x".repeat(256)}),
+            400,
+            "STRING_TOO_LONG",
+        ),
+        (
+            json!({"AccountId": "001Sm0000000zzz"}),
+            400,
+            "INVALID_FIELD_FOR_INSERT_UPDATE",
+        ),
+        (json!([1, 2]), 400, "JSON_PARSER_ERROR"),
+    ];
+    for (body, status, code) in cases {
+        let (got, answer) = api.patch(&path, &body).await;
+        assert_eq!(got, status, "{body}: {answer}");
+        assert_eq!(answer[0]["errorCode"], code, "{body}: {answer}");
+    }
+    // A refused update changes nothing, not even the fields that were valid.
+    let (status, _) = api
+        .patch(&path, &json!({"Activation_Status__c": "Failed", "Activation_Error_Message__c": "y".repeat(300)}))
+        .await;
+    assert_eq!(status, 400);
+    assert_eq!(
+        sim.state().order(&order).unwrap()["Activation_Status__c"],
+        "Activated"
+    );
+
+    let (status, body) = api
+        .patch(
+            "/sobjects/Order/801Sm0000000zzz",
+            &json!({"Status": "Draft"}),
+        )
+        .await;
+    assert_eq!(
+        (status, body[0]["errorCode"].clone()),
+        (404, json!("NOT_FOUND"))
+    );
+    let (status, body) = api
+        .patch("/sobjects/Order/not-an-id", &json!({"Status": "Draft"}))
+        .await;
+    assert_eq!(status, 404);
+    assert!(body[0]["message"]
+        .as_str()
+        .unwrap()
+        .contains("Provided external ID field does not exist"));
+    assert!(sim.state().delete_order(&order));
+    let (status, body) = api.patch(&path, &json!({"Status": "Draft"})).await;
+    assert_eq!(
+        (status, body[0]["errorCode"].clone()),
+        (404, json!("ENTITY_IS_DELETED"))
+    );
+    sim.shutdown().await;
+}
+
+#[tokio::test]
+async fn composite_update_reports_per_record_results_in_order() {
+    let sim = start().await;
+    let s = sim.state();
+    let ok = s.seed_order::<&str, f64>("001Sm0000000zzz", &[]);
+    let deleted = s.seed_order::<&str, f64>("001Sm0000000zzz", &[]);
+    let bad_field = s.seed_order::<&str, f64>("001Sm0000000zzz", &[]);
+    s.delete_order(&deleted);
+    let api = Api::new(&sim).await;
+    let record = |id: &str, fields: Value| {
+        let mut r = json!({"attributes": {"type": "Order"}, "id": id});
+        r.as_object_mut()
+            .unwrap()
+            .extend(fields.as_object().unwrap().clone());
+        r
+    };
+    let records = json!([
+        record(
+            &ok,
+            json!({"Activation_Status__c": "Failed", "Activation_Error_Code__c": "WHMCS_ERROR"})
+        ),
+        record(&deleted, json!({"Activation_Status__c": "Failed"})),
+        record(
+            &bad_field,
+            json!({"Activation_Error_Message__c": "z".repeat(256)})
+        ),
+    ]);
+
+    let (status, body) = api
+        .patch(
+            "/composite/sobjects",
+            &json!({"allOrNone": true, "records": records}),
+        )
+        .await;
+    assert_eq!(status, 200);
+    assert_eq!(
+        body[0]["errors"][0]["statusCode"],
+        "ALL_OR_NONE_OPERATION_ROLLED_BACK"
+    );
+    assert_eq!(s.order(&ok).unwrap()["Activation_Status__c"], Value::Null);
+
+    let (status, body) = api
+        .patch(
+            "/composite/sobjects",
+            &json!({"allOrNone": false, "records": records}),
+        )
+        .await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body[0], json!({"id": ok, "success": true, "errors": []}));
+    assert_eq!(body[1]["success"], false);
+    assert_eq!(body[1]["errors"][0]["statusCode"], "ENTITY_IS_DELETED");
+    assert_eq!(body[2]["success"], false);
+    assert_eq!(body[2]["errors"][0]["statusCode"], "STRING_TOO_LONG");
+    assert_eq!(
+        body[2]["errors"][0]["fields"],
+        json!(["Activation_Error_Message__c"])
+    );
+    let stored = s.order(&ok).unwrap();
+    assert_eq!(stored["Activation_Status__c"], "Failed");
+    assert_eq!(stored["Activation_Error_Code__c"], "WHMCS_ERROR");
+
+    let too_many: Vec<Value> = (0..201)
+        .map(|_| record(&ok, json!({"Status": "Draft"})))
+        .collect();
+    let (status, body) = api
+        .patch("/composite/sobjects", &json!({"records": too_many}))
+        .await;
+    assert_eq!(
+        (status, body[0]["errorCode"].clone()),
+        (400, json!("EXCEEDED_ID_LIMIT"))
+    );
+    let (status, body) = api
+        .patch(
+            "/composite/sobjects",
+            &json!({"records": [record(&ok, json!({"Nope__c": 1}))]}),
+        )
+        .await;
+    assert_eq!(status, 200);
+    assert_eq!(body[0]["errors"][0]["statusCode"], "INVALID_FIELD");
+    sim.shutdown().await;
+}
+
+#[tokio::test]
+async fn rest_faults_answer_the_next_calls_with_salesforce_errors() {
+    let sim = start().await;
+    let api = Api::new(&sim).await;
+    sim.state().set_faults(Faults {
+        rest_status: Some((503, 2)),
+        ..Faults::default()
+    });
+    for _ in 0..2 {
+        let (status, body) = api.query("SELECT Id FROM Order").await;
+        assert_eq!(status, 503);
+        assert_eq!(body[0]["errorCode"], "SERVER_UNAVAILABLE");
+    }
+    assert_eq!(api.query("SELECT Id FROM Order").await.0, 200);
+    sim.state().set_faults(Faults {
+        rest_status: Some((403, 1)),
+        ..Faults::default()
+    });
+    let (status, body) = api.query("SELECT Id FROM Order").await;
+    assert_eq!(
+        (status, body[0]["errorCode"].clone()),
+        (403, json!("REQUEST_LIMIT_EXCEEDED"))
+    );
+    assert_eq!(sim.state().faults(), Faults::default());
+    sim.shutdown().await;
+}
