@@ -31,7 +31,9 @@ use serde::de::DeserializeOwned;
 use serde::Deserialize;
 use serde_json::{json, Value};
 
+use crate::error::SimError;
 use crate::faults::Faults;
+use crate::sobjects::SObject;
 use crate::state::{EventSpec, PoisonKind, SimHandle};
 
 #[derive(Debug)]
@@ -52,6 +54,10 @@ fn body<T: DeserializeOwned>(bytes: &Bytes) -> Result<T, AdminError> {
     };
     serde_json::from_slice(bytes)
         .map_err(|e| AdminError(StatusCode::BAD_REQUEST, format!("invalid JSON body: {e}")))
+}
+
+fn internal(err: &SimError) -> AdminError {
+    AdminError(StatusCode::INTERNAL_SERVER_ERROR, err.to_string())
 }
 
 fn not_found(id: &str) -> AdminError {
@@ -172,6 +178,16 @@ async fn patch_order(
     if sim.order(&id).is_none() {
         return Err(not_found(&id));
     }
+    // All names are checked first so that a bad body changes nothing.
+    if let Some(unknown) = fields
+        .keys()
+        .find(|name| SObject::Order.field(name).is_none())
+    {
+        return Err(AdminError(
+            StatusCode::BAD_REQUEST,
+            format!("Order has no field {unknown}"),
+        ));
+    }
     for (name, value) in fields {
         sim.set_order_field(&id, &name, value)
             .map_err(|e| AdminError(StatusCode::BAD_REQUEST, e.to_string()))?;
@@ -194,15 +210,17 @@ async fn approve_order(
     State(sim): State<SimHandle>,
     Path(id): Path<String>,
 ) -> Result<Response, AdminError> {
-    if sim.order(&id).is_none() {
-        return Err(not_found(&id));
+    match sim.approve_order(&id) {
+        Ok(event) => Ok(Json(event).into_response()),
+        Err(SimError::NotFound(_)) => Err(not_found(&id)),
+        Err(err) => Err(internal(&err)),
     }
-    Ok(Json(sim.approve_order(&id)).into_response())
 }
 
 async fn publish_event(State(sim): State<SimHandle>, bytes: Bytes) -> Result<Response, AdminError> {
     let spec: EventSpec = body(&bytes)?;
-    Ok(Json(sim.publish_event(spec)).into_response())
+    let event = sim.publish_event(spec).map_err(|e| internal(&e))?;
+    Ok(Json(event).into_response())
 }
 
 async fn list_events(State(sim): State<SimHandle>) -> Response {
@@ -214,7 +232,8 @@ async fn publish_poison(
     bytes: Bytes,
 ) -> Result<Response, AdminError> {
     let poison: Poison = body(&bytes)?;
-    Ok(Json(sim.publish_poison(poison.kind)).into_response())
+    let event = sim.publish_poison(poison.kind).map_err(|e| internal(&e))?;
+    Ok(Json(event).into_response())
 }
 
 async fn expire_tokens(State(sim): State<SimHandle>) -> StatusCode {

@@ -21,7 +21,7 @@
 //! let account = sim.state().seed_account("Acme", Some("42"));
 //! let product = sim.state().seed_product("Hosting", Some("7"), Some("Monthly"));
 //! let order = sim.state().seed_order(&account, &[(product.as_str(), 1)]);
-//! let event = sim.state().approve_order(&order);
+//! let event = sim.state().approve_order(&order)?;
 //! # let _ = event; sim.shutdown().await; Ok(()) }
 //! ```
 

@@ -479,25 +479,26 @@ impl SimHandle {
     }
 
     /// What the approval Flow does: marks the order `Activating` and publishes a complete event
-    /// for it. An unknown order id still gets its event (useful for tests of the guard).
-    pub fn approve_order(&self, order_id: &str) -> PublishedEvent {
-        {
+    /// for it. Fails with [`SimError::NotFound`] for an unknown order (use
+    /// [`SimHandle::publish_event`] to publish for ids that do not exist).
+    pub fn approve_order(&self, order_id: &str) -> Result<PublishedEvent, SimError> {
+        let order_id = {
             let mut store = self.inner.store();
-            match store.get_mut(order_id) {
-                Some(record) if record.object == SObject::Order => {
-                    record
-                        .fields
-                        .insert("Activation_Status__c".into(), "Activating".into());
-                    record.fields.insert(
-                        "LastModifiedDate".into(),
-                        Value::String(sf_datetime(time::OffsetDateTime::now_utc())),
-                    );
-                }
-                _ => tracing::warn!(order_id, "Approving an order that does not exist."),
-            }
-        }
+            let record = store
+                .get_mut(order_id)
+                .filter(|r| r.object == SObject::Order)
+                .ok_or_else(|| SimError::NotFound(order_id.to_owned()))?;
+            record
+                .fields
+                .insert("Activation_Status__c".into(), "Activating".into());
+            record.fields.insert(
+                "LastModifiedDate".into(),
+                Value::String(sf_datetime(time::OffsetDateTime::now_utc())),
+            );
+            record.id().to_owned()
+        };
         self.publish_event(EventSpec {
-            order_id: Some(order_id.to_owned()),
+            order_id: Some(order_id),
             idem_key: Some(uuid::Uuid::new_v4().to_string()),
             correlation_id: Some(uuid::Uuid::new_v4().to_string()),
             requested_by: Some("sim-operator".to_owned()),
@@ -507,7 +508,7 @@ impl SimHandle {
     }
 
     /// Publishes one event on the channel.
-    pub fn publish_event(&self, spec: EventSpec) -> PublishedEvent {
+    pub fn publish_event(&self, spec: EventSpec) -> Result<PublishedEvent, SimError> {
         let fields = EventFields {
             created_date_ms: now_ms(),
             created_by_id: self.inner.user_id.clone(),
@@ -518,6 +519,7 @@ impl SimHandle {
             version: spec.version,
             priority: (spec.schema == SchemaVersion::V2).then(|| "Normal".to_owned()),
         };
+        let payload = self.inner.schemas.encode(spec.schema, &fields)?;
         let meta = EventMeta {
             order_id: spec.order_id,
             idem_key: spec.idem_key,
@@ -526,14 +528,14 @@ impl SimHandle {
             source: "sim",
             published_at_ms: fields.created_date_ms,
         };
-        let payload = self.encode(spec.schema, &fields);
         let schema_id = self.inner.schemas.id_of(spec.schema).to_owned();
-        self.inner
-            .append_event(uuid::Uuid::new_v4().to_string(), schema_id, payload, meta)
+        Ok(self
+            .inner
+            .append_event(uuid::Uuid::new_v4().to_string(), schema_id, payload, meta))
     }
 
     /// Publishes an event a subscriber cannot process.
-    pub fn publish_poison(&self, kind: PoisonKind) -> PublishedEvent {
+    pub fn publish_poison(&self, kind: PoisonKind) -> Result<PublishedEvent, SimError> {
         let mut fields = EventFields {
             created_date_ms: now_ms(),
             created_by_id: self.inner.user_id.clone(),
@@ -548,17 +550,14 @@ impl SimHandle {
         let payload = match kind {
             PoisonKind::MalformedOrderId => {
                 fields.order_id = Some("not-an-id!".to_owned());
-                self.encode(SchemaVersion::V1, &fields)
+                self.inner.schemas.encode(SchemaVersion::V1, &fields)?
             }
-            PoisonKind::MissingOrderId => self.encode(SchemaVersion::V1, &fields),
-            PoisonKind::UndecodableAvro => {
-                fields.order_id = None;
-                self.inner.schemas.undecodable(&fields).unwrap_or_default()
-            }
+            PoisonKind::MissingOrderId => self.inner.schemas.encode(SchemaVersion::V1, &fields)?,
+            PoisonKind::UndecodableAvro => self.inner.schemas.undecodable(&fields)?,
             PoisonKind::UnknownSchema => {
                 fields.order_id = Some(messages::salesforce_id::to_18("801Sm0000POISON"));
                 schema_id = UNKNOWN_SCHEMA_ID.to_owned();
-                self.encode(SchemaVersion::V1, &fields)
+                self.inner.schemas.encode(SchemaVersion::V1, &fields)?
             }
         };
         let meta = EventMeta {
@@ -569,20 +568,9 @@ impl SimHandle {
             source: "sim",
             published_at_ms: fields.created_date_ms,
         };
-        self.inner
-            .append_event(uuid::Uuid::new_v4().to_string(), schema_id, payload, meta)
-    }
-
-    fn encode(&self, version: SchemaVersion, fields: &EventFields) -> Vec<u8> {
-        match self.inner.schemas.encode(version, fields) {
-            Ok(bytes) => bytes,
-            Err(err) => {
-                // The record is built from the schema itself, so this cannot happen; an empty
-                // payload would surface as an undecodable event rather than a crash.
-                tracing::error!(error = %err, "Encoding a simulated event failed.");
-                Vec::new()
-            }
-        }
+        Ok(self
+            .inner
+            .append_event(uuid::Uuid::new_v4().to_string(), schema_id, payload, meta))
     }
 
     /// Invalidates every access token issued so far.

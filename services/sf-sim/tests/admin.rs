@@ -99,6 +99,14 @@ async fn seeding_approving_and_inspecting_over_http() {
         sim.state().order(&order).unwrap()["Activation_Status__c"],
         Value::Null
     );
+    let (status, _) = call(
+        Method::PATCH,
+        format!("{admin}/orders/{order}"),
+        Some(json!({"Status": "Activated", "Nope__c": 1})),
+    )
+    .await;
+    assert_eq!(status, 400);
+    assert_eq!(sim.state().order(&order).unwrap()["Status"], "Draft");
 
     let (status, custom) = call(
         Method::POST,
@@ -139,6 +147,10 @@ async fn seeding_approving_and_inspecting_over_http() {
     )
     .await;
     assert_eq!(status, 404);
+    assert!(matches!(
+        sim.state().approve_order(&order),
+        Err(sf_sim::SimError::NotFound(_))
+    ));
     sim.shutdown().await;
 }
 

@@ -26,11 +26,11 @@ fn spec(order: &str) -> EventSpec {
 #[tokio::test]
 async fn latest_delivers_only_events_published_after_subscribing() {
     let sim = start().await;
-    let before = sim.state().publish_event(spec("801Sm0000000001"));
+    let before = sim.state().publish_event(spec("801Sm0000000001")).unwrap();
     let token = token(&sim).await;
     let mut sub = subscribe(&sim, &token, ReplayPreset::Latest, vec![], 10).await;
     fetches_seen(&sim, 1).await;
-    let after = sim.state().publish_event(spec("801Sm0000000002"));
+    let after = sim.state().publish_event(spec("801Sm0000000002")).unwrap();
 
     let response = sub.response().await;
     assert_eq!(event_ids(&response), vec![after.event_id.clone()]);
@@ -54,6 +54,7 @@ async fn earliest_with_flow_control_delivers_exactly_what_was_requested() {
         .map(|i| {
             sim.state()
                 .publish_event(spec(&format!("801Sm000000000{i}")))
+                .unwrap()
         })
         .collect();
     let token = token(&sim).await;
@@ -98,6 +99,7 @@ async fn custom_replay_starts_strictly_after_the_given_id() {
         .map(|i| {
             sim.state()
                 .publish_event(spec(&format!("801Sm000000000{i}")))
+                .unwrap()
         })
         .collect();
     let token = token(&sim).await;
@@ -125,7 +127,7 @@ async fn custom_replay_starts_strictly_after_the_given_id() {
     )
     .await;
     fetches_seen(&sim, 2).await;
-    let next = sim.state().publish_event(spec("801Sm0000000009"));
+    let next = sim.state().publish_event(spec("801Sm0000000009")).unwrap();
     assert_eq!(event_ids(&at_tip.response().await), vec![next.event_id]);
     sim.shutdown().await;
 }
@@ -133,7 +135,7 @@ async fn custom_replay_starts_strictly_after_the_given_id() {
 #[tokio::test]
 async fn corrupted_or_unknown_replay_ids_are_refused_with_the_trailer() {
     let sim = start().await;
-    let event = sim.state().publish_event(spec("801Sm0000000001"));
+    let event = sim.state().publish_event(spec("801Sm0000000001")).unwrap();
     let token = token(&sim).await;
     let unknown = (replay_u64(&event.replay_id) + 1).to_be_bytes().to_vec();
     for bad in [vec![1, 2, 3, 4], vec![], unknown] {
@@ -162,7 +164,7 @@ async fn keepalive_reports_the_tip_while_events_are_owed() {
     let mut config = config();
     config.keepalive_interval = Duration::from_millis(200);
     let sim = start_with(config).await;
-    let event = sim.state().publish_event(spec("801Sm0000000001"));
+    let event = sim.state().publish_event(spec("801Sm0000000001")).unwrap();
     let token = token(&sim).await;
     let mut sub = subscribe(&sim, &token, ReplayPreset::Latest, vec![], 5).await;
     let keepalive = sub.response().await;
@@ -202,7 +204,7 @@ async fn idle_stream_closes_when_nothing_is_requested() {
     let mut config = config();
     config.idle_close = Duration::from_millis(300);
     let sim = start_with(config).await;
-    sim.state().publish_event(spec("801Sm0000000001"));
+    sim.state().publish_event(spec("801Sm0000000001")).unwrap();
     let token = token(&sim).await;
     let mut sub = subscribe(&sim, &token, ReplayPreset::Earliest, vec![], 1).await;
     let response = sub.response().await;
@@ -345,7 +347,7 @@ async fn open_stream_survives_token_expiry() {
     let mut sub = subscribe(&sim, &token, ReplayPreset::Latest, vec![], 5).await;
     fetches_seen(&sim, 1).await;
     sim.state().expire_tokens();
-    let event = sim.state().publish_event(spec("801Sm0000000001"));
+    let event = sim.state().publish_event(spec("801Sm0000000001")).unwrap();
     assert_eq!(event_ids(&sub.response().await), vec![event.event_id]);
     sim.shutdown().await;
 }
@@ -355,13 +357,16 @@ async fn payloads_decode_with_the_schema_get_schema_returns() {
     let sim = start().await;
     let account = sim.state().seed_account("Acme", Some("7"));
     let order = sim.state().seed_order::<&str, f64>(&account, &[]);
-    let approved = sim.state().approve_order(&order);
-    let v2 = sim.state().publish_event(EventSpec {
-        order_id: Some(order.clone()),
-        version: Some(2.0),
-        schema: SchemaVersion::V2,
-        ..EventSpec::default()
-    });
+    let approved = sim.state().approve_order(&order).unwrap();
+    let v2 = sim
+        .state()
+        .publish_event(EventSpec {
+            order_id: Some(order.clone()),
+            version: Some(2.0),
+            schema: SchemaVersion::V2,
+            ..EventSpec::default()
+        })
+        .unwrap();
     assert_ne!(approved.schema_id, v2.schema_id);
 
     let token = token(&sim).await;
@@ -470,7 +475,7 @@ async fn poison_events_are_delivered_like_any_other() {
     ];
     let published: Vec<_> = kinds
         .iter()
-        .map(|k| sim.state().publish_poison(*k))
+        .map(|k| sim.state().publish_poison(*k).unwrap())
         .collect();
     let token = token(&sim).await;
     let mut client = client(&sim).await;
@@ -623,6 +628,7 @@ async fn abort_fault_ends_the_stream_after_n_events_once() {
         .map(|i| {
             sim.state()
                 .publish_event(spec(&format!("801Sm000000000{i}")))
+                .unwrap()
         })
         .collect();
     sim.state().set_faults(Faults {
@@ -660,8 +666,8 @@ async fn abort_fault_ends_the_stream_after_n_events_once() {
 #[tokio::test]
 async fn duplicate_fault_delivers_each_event_twice() {
     let sim = start().await;
-    let a = sim.state().publish_event(spec("801Sm0000000001"));
-    let b = sim.state().publish_event(spec("801Sm0000000002"));
+    let a = sim.state().publish_event(spec("801Sm0000000001")).unwrap();
+    let b = sim.state().publish_event(spec("801Sm0000000002")).unwrap();
     sim.state()
         .update_faults(|f| f.pubsub_duplicate_deliveries = true);
     let token = token(&sim).await;
@@ -686,7 +692,7 @@ async fn stall_fault_sends_nothing_until_cleared() {
     let token = token(&sim).await;
     let mut sub = subscribe(&sim, &token, ReplayPreset::Latest, vec![], 5).await;
     fetches_seen(&sim, 1).await;
-    let event = sim.state().publish_event(spec("801Sm0000000001"));
+    let event = sim.state().publish_event(spec("801Sm0000000001")).unwrap();
     // Absence can only be observed over a window: several keepalive periods pass in silence.
     let silent = tokio::time::timeout(Duration::from_millis(400), sub.responses.message()).await;
     assert!(silent.is_err(), "a stalled stream sent {silent:?}");

@@ -289,7 +289,7 @@ async fn every_response_carries_the_usage_header_and_auth_is_required() {
 async fn patch_single_order() {
     let sim = start().await;
     let order = sim.state().seed_order::<&str, f64>("001Sm0000000zzz", &[]);
-    sim.state().approve_order(&order);
+    sim.state().approve_order(&order).unwrap();
     let api = Api::new(&sim).await;
     let path = format!("/sobjects/Order/{order}");
 
