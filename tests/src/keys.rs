@@ -28,15 +28,27 @@ pub fn test_keys() -> &'static TestKeys {
 pub fn generate(label: &str) -> TestKeys {
     let mut rng = rand_core06::OsRng;
     let private = rsa::RsaPrivateKey::new(&mut rng, 2048).expect("generate RSA key");
-    let private_pem = private.to_pkcs8_pem(LineEnding::LF).expect("encode private key").to_string();
+    let private_pem = private
+        .to_pkcs8_pem(LineEnding::LF)
+        .expect("encode private key")
+        .to_string();
     let public_pem = private
         .to_public_key()
         .to_public_key_pem(LineEnding::LF)
         .expect("encode public key");
-    let dir = tempfile::Builder::new().prefix("testkeys-").tempdir().expect("temp dir").keep();
+    let dir = tempfile::Builder::new()
+        .prefix("testkeys-")
+        .tempdir()
+        .expect("temp dir")
+        .keep();
     let private_key_path = dir.join(format!("{label}.key.pem"));
     let public_key_path = dir.join(format!("{label}.pub.pem"));
     std::fs::write(&private_key_path, &private_pem).expect("write private key");
     std::fs::write(&public_key_path, &public_pem).expect("write public key");
-    TestKeys { private_pem, public_pem, private_key_path, public_key_path }
+    TestKeys {
+        private_pem,
+        public_pem,
+        private_key_path,
+        public_key_path,
+    }
 }

@@ -16,7 +16,9 @@ pub fn server_binary() -> PathBuf {
         }
     }
     let on_path = std::env::var_os("PATH").and_then(|paths| {
-        std::env::split_paths(&paths).map(|dir| dir.join("nats-server")).find(|p| p.is_file())
+        std::env::split_paths(&paths)
+            .map(|dir| dir.join("nats-server"))
+            .find(|p| p.is_file())
     });
     on_path.unwrap_or_else(|| "/usr/sbin/nats-server".into())
 }
@@ -32,9 +34,16 @@ impl NatsServer {
     /// Starts a server and waits until it accepts connections.
     #[allow(clippy::expect_used)]
     pub async fn start() -> Self {
-        let dir = tempfile::Builder::new().prefix("nats-test-").tempdir().expect("temp dir");
+        let dir = tempfile::Builder::new()
+            .prefix("nats-test-")
+            .tempdir()
+            .expect("temp dir");
         let port = free_port();
-        let mut server = Self { child: None, port, dir };
+        let mut server = Self {
+            child: None,
+            port,
+            dir,
+        };
         server.spawn().await;
         server
     }
@@ -54,7 +63,9 @@ impl NatsServer {
     /// A plain client, for assertions.
     #[allow(clippy::expect_used)]
     pub async fn client(&self) -> async_nats::Client {
-        async_nats::connect(self.url()).await.expect("connect to test nats-server")
+        async_nats::connect(self.url())
+            .await
+            .expect("connect to test nats-server")
     }
 
     /// SIGKILL: no flush, no goodbye, as a crash would.
@@ -88,16 +99,18 @@ impl NatsServer {
         self.child = Some(child);
         let deadline = Instant::now() + Duration::from_secs(20);
         loop {
+            // The server accepts clients once JetStream is up ("Server is ready").
             if let Ok(client) = async_nats::connect(self.url()).await {
-                // JetStream is ready once the account info call answers.
-                let js = async_nats::jetstream::new(client);
-                if js.query_account().await.is_ok() {
+                if client.flush().await.is_ok() {
                     return;
                 }
             }
             if Instant::now() > deadline {
                 let log = std::fs::read_to_string(&log).unwrap_or_default();
-                panic!("nats-server did not become ready on port {}:\n{log}", self.port);
+                panic!(
+                    "nats-server did not become ready on port {}:\n{log}",
+                    self.port
+                );
             }
             tokio::time::sleep(Duration::from_millis(20)).await;
         }

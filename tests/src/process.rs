@@ -33,9 +33,17 @@ impl ChildProcess {
                 command.env(key, value);
             }
         }
-        command.envs(env).stdout(Stdio::from(log)).stderr(Stdio::from(err_log));
-        let child = command.spawn().unwrap_or_else(|e| panic!("cannot start {binary}: {e}"));
-        Self { child: Some(child), log_path }
+        command
+            .envs(env)
+            .stdout(Stdio::from(log))
+            .stderr(Stdio::from(err_log));
+        let child = command
+            .spawn()
+            .unwrap_or_else(|e| panic!("cannot start {binary}: {e}"));
+        Self {
+            child: Some(child),
+            log_path,
+        }
     }
 
     pub fn pid(&self) -> Option<u32> {
@@ -53,7 +61,9 @@ impl ChildProcess {
     /// SIGTERM, then waits for the exit status.
     pub fn terminate(&mut self) -> Option<std::process::ExitStatus> {
         let mut child = self.child.take()?;
-        let _ = Command::new("kill").args(["-TERM", &child.id().to_string()]).status();
+        let _ = Command::new("kill")
+            .args(["-TERM", &child.id().to_string()])
+            .status();
         child.wait().ok()
     }
 

@@ -90,7 +90,10 @@ mod tests {
 
     #[test]
     fn epoch_ms_renders_as_rfc3339() {
-        assert_eq!(rfc3339_from_epoch_ms(1_700_000_000_123).as_deref(), Some("2023-11-14T22:13:20.123Z"));
+        assert_eq!(
+            rfc3339_from_epoch_ms(1_700_000_000_123).as_deref(),
+            Some("2023-11-14T22:13:20.123Z")
+        );
     }
 
     #[test]

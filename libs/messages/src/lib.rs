@@ -12,4 +12,4 @@ pub mod headers;
 pub mod salesforce_id;
 pub mod subjects;
 
-pub use bodies::{DeadLetterV1, DeadLetterOrigin, ProvisioningRequestedV1};
+pub use bodies::{DeadLetterOrigin, DeadLetterV1, ProvisioningRequestedV1};

@@ -50,13 +50,19 @@ mod tests {
 
     #[test]
     fn channel_key_is_a_valid_kv_key() {
-        assert_eq!(channel_key("/event/OrderProvisionRequested__e"), "event.OrderProvisionRequested__e");
+        assert_eq!(
+            channel_key("/event/OrderProvisionRequested__e"),
+            "event.OrderProvisionRequested__e"
+        );
         assert_eq!(channel_key("/event/we ird*"), "event.we_ird_");
     }
 
     #[test]
     fn subjects_follow_the_contract() {
-        assert_eq!(provisioning_requested("801xx0000000001AAA"), "provisioning.requested.801xx0000000001AAA");
+        assert_eq!(
+            provisioning_requested("801xx0000000001AAA"),
+            "provisioning.requested.801xx0000000001AAA"
+        );
         assert_eq!(deadletter("sf-bridge"), "provisioning.deadletter.sf-bridge");
     }
 }

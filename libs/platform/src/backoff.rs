@@ -14,7 +14,11 @@ pub struct Backoff {
 
 impl Backoff {
     pub fn new(base: Duration, cap: Duration) -> Self {
-        Self { base, cap, attempt: 0 }
+        Self {
+            base,
+            cap,
+            attempt: 0,
+        }
     }
 
     /// The delay before the next attempt; grows with each call until [`Backoff::reset`].
@@ -53,7 +57,10 @@ mod tests {
             .map(|_| {
                 let ceiling = backoff.ceiling();
                 let delay = backoff.next_delay();
-                assert!(delay <= ceiling && delay >= ceiling / 10, "{delay:?} vs {ceiling:?}");
+                assert!(
+                    delay <= ceiling && delay >= ceiling / 10,
+                    "{delay:?} vs {ceiling:?}"
+                );
                 ceiling
             })
             .collect();

@@ -20,7 +20,10 @@ pub struct ConfigError {
 
 impl ConfigError {
     pub fn new(variable: &str, problem: impl Into<String>) -> Self {
-        Self { variable: variable.to_owned(), problem: problem.into() }
+        Self {
+            variable: variable.to_owned(),
+            problem: problem.into(),
+        }
     }
 }
 
@@ -37,8 +40,17 @@ impl Env {
     }
 
     /// Reads only the given pairs (tests, tools).
-    pub fn from_pairs<K: Into<String>, V: Into<String>>(pairs: impl IntoIterator<Item = (K, V)>) -> Self {
-        Self { overrides: Some(pairs.into_iter().map(|(k, v)| (k.into(), v.into())).collect()) }
+    pub fn from_pairs<K: Into<String>, V: Into<String>>(
+        pairs: impl IntoIterator<Item = (K, V)>,
+    ) -> Self {
+        Self {
+            overrides: Some(
+                pairs
+                    .into_iter()
+                    .map(|(k, v)| (k.into(), v.into()))
+                    .collect(),
+            ),
+        }
     }
 
     /// The raw value; an empty value counts as unset, as most tooling treats it.
@@ -51,7 +63,8 @@ impl Env {
     }
 
     pub fn required(&self, name: &str) -> Result<String, ConfigError> {
-        self.get(name).ok_or_else(|| ConfigError::new(name, "is required but not set"))
+        self.get(name)
+            .ok_or_else(|| ConfigError::new(name, "is required but not set"))
     }
 
     pub fn string_or(&self, name: &str, default: &str) -> String {
@@ -81,9 +94,9 @@ impl Env {
     {
         self.get(name)
             .map(|raw| {
-                raw.trim()
-                    .parse()
-                    .map_err(|e| ConfigError::new(name, format!("has an invalid value {raw:?}: {e}")))
+                raw.trim().parse().map_err(|e| {
+                    ConfigError::new(name, format!("has an invalid value {raw:?}: {e}"))
+                })
             })
             .transpose()
     }
@@ -94,12 +107,20 @@ impl Env {
             None => Ok(default),
             Some(v) if matches!(v.as_str(), "true" | "1" | "yes") => Ok(true),
             Some(v) if matches!(v.as_str(), "false" | "0" | "no") => Ok(false),
-            Some(v) => Err(ConfigError::new(name, format!("must be true or false, not {v:?}"))),
+            Some(v) => Err(ConfigError::new(
+                name,
+                format!("must be true or false, not {v:?}"),
+            )),
         }
     }
 
     /// A whole number within `range`.
-    pub fn int_in_range<T>(&self, name: &str, default: T, range: std::ops::RangeInclusive<T>) -> Result<T, ConfigError>
+    pub fn int_in_range<T>(
+        &self,
+        name: &str,
+        default: T,
+        range: std::ops::RangeInclusive<T>,
+    ) -> Result<T, ConfigError>
     where
         T: FromStr + PartialOrd + Display + Copy,
         T::Err: Display,
@@ -110,14 +131,19 @@ impl Env {
         } else {
             Err(ConfigError::new(
                 name,
-                format!("must be between {} and {}, not {value}", range.start(), range.end()),
+                format!(
+                    "must be between {} and {}, not {value}",
+                    range.start(),
+                    range.end()
+                ),
             ))
         }
     }
 
     /// A duration given in milliseconds (`*_MS` variables).
     pub fn millis_or(&self, name: &str, default: Duration) -> Result<Duration, ConfigError> {
-        self.parse_opt::<u64>(name).map(|v| v.map_or(default, Duration::from_millis))
+        self.parse_opt::<u64>(name)
+            .map(|v| v.map_or(default, Duration::from_millis))
     }
 
     /// A duration given in seconds (`*_SECS` variables); fractions allowed.
@@ -125,15 +151,22 @@ impl Env {
         match self.parse_opt::<f64>(name)? {
             None => Ok(default),
             Some(v) if v.is_finite() && v > 0.0 => Ok(Duration::from_secs_f64(v)),
-            Some(v) => Err(ConfigError::new(name, format!("must be a positive number of seconds, not {v}"))),
+            Some(v) => Err(ConfigError::new(
+                name,
+                format!("must be a positive number of seconds, not {v}"),
+            )),
         }
     }
 
     /// An `ip:port` listen address.
     pub fn socket_addr_or(&self, name: &str, default: &str) -> Result<SocketAddr, ConfigError> {
         let raw = self.string_or(name, default);
-        raw.parse()
-            .map_err(|e| ConfigError::new(name, format!("must be an ip:port address, not {raw:?}: {e}")))
+        raw.parse().map_err(|e| {
+            ConfigError::new(
+                name,
+                format!("must be an ip:port address, not {raw:?}: {e}"),
+            )
+        })
     }
 
     /// A URL with an `http` or `https` scheme, returned without a trailing slash.
@@ -153,7 +186,12 @@ fn check_http_url(name: &str, raw: &str) -> Result<String, ConfigError> {
     let rest = trimmed
         .strip_prefix("https://")
         .or_else(|| trimmed.strip_prefix("http://"))
-        .ok_or_else(|| ConfigError::new(name, format!("must start with http:// or https://, not {raw:?}")))?;
+        .ok_or_else(|| {
+            ConfigError::new(
+                name,
+                format!("must start with http:// or https://, not {raw:?}"),
+            )
+        })?;
     if rest.is_empty() || rest.starts_with('/') {
         return Err(ConfigError::new(name, format!("has no host: {raw:?}")));
     }
@@ -186,21 +224,34 @@ mod tests {
     fn missing_required_variable_is_named() {
         let env = Env::from_pairs([("A", "1")]);
         let err = env.required("SF_CLIENT_ID").unwrap_err();
-        assert_eq!(err.to_string(), "configuration variable SF_CLIENT_ID is required but not set");
+        assert_eq!(
+            err.to_string(),
+            "configuration variable SF_CLIENT_ID is required but not set"
+        );
     }
 
     #[test]
     fn out_of_range_number_is_named_with_the_range() {
         let env = Env::from_pairs([("SF_PUBSUB_BATCH", "500")]);
-        let err = env.int_in_range("SF_PUBSUB_BATCH", 100u32, 1..=100).unwrap_err();
-        assert!(err.to_string().contains("SF_PUBSUB_BATCH must be between 1 and 100, not 500"), "{err}");
+        let err = env
+            .int_in_range("SF_PUBSUB_BATCH", 100u32, 1..=100)
+            .unwrap_err();
+        assert!(
+            err.to_string()
+                .contains("SF_PUBSUB_BATCH must be between 1 and 100, not 500"),
+            "{err}"
+        );
     }
 
     #[test]
     fn urls_need_a_scheme_and_lose_the_trailing_slash() {
         let env = Env::from_pairs([("U", "http://h:1/"), ("V", "h:1")]);
         assert_eq!(env.http_url_or("U", "").unwrap(), "http://h:1");
-        assert!(env.http_url_or("V", "").unwrap_err().to_string().contains("V must start with http://"));
+        assert!(env
+            .http_url_or("V", "")
+            .unwrap_err()
+            .to_string()
+            .contains("V must start with http://"));
     }
 
     #[test]
@@ -208,6 +259,8 @@ mod tests {
         let env = Env::from_pairs([("X", "  ")]);
         assert_eq!(env.string_or("X", "d"), "d");
         assert!(env.bool_or("X", true).unwrap());
-        assert!(Env::from_pairs([("X", "maybe")]).bool_or("X", true).is_err());
+        assert!(Env::from_pairs([("X", "maybe")])
+            .bool_or("X", true)
+            .is_err());
     }
 }

@@ -27,7 +27,9 @@ pub struct Health {
 
 impl std::fmt::Debug for Health {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Health").field("service", &self.service).finish_non_exhaustive()
+        f.debug_struct("Health")
+            .field("service", &self.service)
+            .finish_non_exhaustive()
     }
 }
 
@@ -56,7 +58,11 @@ impl Health {
     }
 
     /// Registers a check run on every `/health` read (cheap, non-blocking checks only).
-    pub fn add_probe(&self, integration: &str, probe: impl Fn() -> Result<(), String> + Send + Sync + 'static) {
+    pub fn add_probe(
+        &self,
+        integration: &str,
+        probe: impl Fn() -> Result<(), String> + Send + Sync + 'static,
+    ) {
         if let Ok(mut probes) = self.probes.write() {
             probes.push((integration.to_owned(), Box::new(probe)));
         }
@@ -134,14 +140,20 @@ pub async fn serve(
     let local_addr = listener.local_addr()?;
     tracing::info!(%local_addr, "Serving /health and /metrics.");
     let task = tokio::spawn(async move {
-        axum::serve(listener, app).with_graceful_shutdown(cancel.cancelled_owned()).await
+        axum::serve(listener, app)
+            .with_graceful_shutdown(cancel.cancelled_owned())
+            .await
     });
     Ok(HttpServer { local_addr, task })
 }
 
 async fn health_handler(State(state): State<ServerState>) -> Response {
     let (healthy, body) = state.health.report();
-    let status = if healthy { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE };
+    let status = if healthy {
+        StatusCode::OK
+    } else {
+        StatusCode::SERVICE_UNAVAILABLE
+    };
     (status, Json(body)).into_response()
 }
 
@@ -149,7 +161,10 @@ async fn metrics_handler(State(state): State<ServerState>) -> Response {
     let mut text = String::new();
     match prometheus_client::encoding::text::encode(&mut text, &state.registry) {
         Ok(()) => (
-            [(header::CONTENT_TYPE, "application/openmetrics-text; version=1.0.0; charset=utf-8")],
+            [(
+                header::CONTENT_TYPE,
+                "application/openmetrics-text; version=1.0.0; charset=utf-8",
+            )],
             text,
         )
             .into_response(),
@@ -182,14 +197,30 @@ mod tests {
         registry.register("demo_events", "Events seen", counter.clone());
         counter.inc();
         let cancel = CancellationToken::new();
-        let server = serve("127.0.0.1:0".parse().unwrap(), health, Arc::new(registry), Router::new(), cancel.clone())
+        let server = serve(
+            "127.0.0.1:0".parse().unwrap(),
+            health,
+            Arc::new(registry),
+            Router::new(),
+            cancel.clone(),
+        )
+        .await
+        .unwrap();
+        let base = format!("http://{}", server.local_addr);
+        let health: serde_json::Value = reqwest::get(format!("{base}/health"))
+            .await
+            .unwrap()
+            .json()
             .await
             .unwrap();
-        let base = format!("http://{}", server.local_addr);
-        let health: serde_json::Value = reqwest::get(format!("{base}/health")).await.unwrap().json().await.unwrap();
         assert_eq!(health["status"], "ok");
         assert_eq!(health["integrations"]["nats"]["status"], "up");
-        let metrics = reqwest::get(format!("{base}/metrics")).await.unwrap().text().await.unwrap();
+        let metrics = reqwest::get(format!("{base}/metrics"))
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap();
         assert!(metrics.contains("demo_events_total 1"), "{metrics}");
         cancel.cancel();
         server.task.await.unwrap().unwrap();

@@ -38,20 +38,29 @@ impl std::fmt::Debug for NatsSettings {
 impl NatsSettings {
     pub fn from_env(env: &Env) -> Result<Self, ConfigError> {
         let raw = env.string_or("NATS_URL", "nats://127.0.0.1:4222");
-        let urls: Vec<String> =
-            raw.split(',').map(str::trim).filter(|u| !u.is_empty()).map(str::to_owned).collect();
+        let urls: Vec<String> = raw
+            .split(',')
+            .map(str::trim)
+            .filter(|u| !u.is_empty())
+            .map(str::to_owned)
+            .collect();
         if urls.is_empty() {
             return Err(ConfigError::new("NATS_URL", "holds no server URL"));
         }
         for url in &urls {
-            url.parse::<async_nats::ServerAddr>()
-                .map_err(|e| ConfigError::new("NATS_URL", format!("has an invalid URL {url:?}: {e}")))?;
+            url.parse::<async_nats::ServerAddr>().map_err(|e| {
+                ConfigError::new("NATS_URL", format!("has an invalid URL {url:?}: {e}"))
+            })?;
         }
         let user = env.get("NATS_USER");
         let password = env.get("NATS_PASSWORD");
         if user.is_some() != password.is_some() {
             return Err(ConfigError::new(
-                if user.is_some() { "NATS_PASSWORD" } else { "NATS_USER" },
+                if user.is_some() {
+                    "NATS_PASSWORD"
+                } else {
+                    "NATS_USER"
+                },
                 "must be set together with its pair (NATS_USER and NATS_PASSWORD)",
             ));
         }
@@ -59,7 +68,10 @@ impl NatsSettings {
             match env.get(name) {
                 None => Ok(None),
                 Some(path) if std::path::Path::new(&path).is_file() => Ok(Some(path.into())),
-                Some(path) => Err(ConfigError::new(name, format!("names a file that does not exist: {path}"))),
+                Some(path) => Err(ConfigError::new(
+                    name,
+                    format!("names a file that does not exist: {path}"),
+                )),
             }
         };
         Ok(Self {
@@ -74,14 +86,24 @@ impl NatsSettings {
 
     /// Plain settings for one server URL (tests, tools).
     pub fn for_url(url: &str) -> Self {
-        Self { urls: vec![url.to_owned()], creds_file: None, user: None, password: None, token: None, tls_ca_file: None }
+        Self {
+            urls: vec![url.to_owned()],
+            creds_file: None,
+            user: None,
+            password: None,
+            token: None,
+            tls_ca_file: None,
+        }
     }
 }
 
 #[derive(Debug, thiserror::Error)]
 pub enum NatsError {
     #[error("cannot read NATS credentials file {path}: {source}")]
-    Credentials { path: String, source: std::io::Error },
+    Credentials {
+        path: String,
+        source: std::io::Error,
+    },
     #[error("cannot connect to NATS: {0}")]
     Connect(#[from] async_nats::ConnectError),
     #[error("cannot create or read stream {name}: {detail}")]
@@ -99,26 +121,41 @@ impl NatsError {
 
 /// Connects with the contract's settings. The client retries the first connection in the
 /// background, so a service starts (and reports itself degraded) while NATS is unreachable.
-pub async fn connect(settings: &NatsSettings, client_name: &str) -> Result<async_nats::Client, NatsError> {
+pub async fn connect(
+    settings: &NatsSettings,
+    client_name: &str,
+) -> Result<async_nats::Client, NatsError> {
     let mut options = ConnectOptions::new()
         .name(client_name)
         .retry_on_initial_connect()
         .connection_timeout(Duration::from_secs(5))
         .event_callback(|event| async move {
             match event {
-                async_nats::Event::Disconnected => tracing::warn!("NATS connection lost; reconnecting."),
+                async_nats::Event::Disconnected => {
+                    tracing::warn!("NATS connection lost; reconnecting.")
+                }
                 async_nats::Event::Connected => tracing::info!("NATS connection established."),
-                async_nats::Event::SlowConsumer(sid) => tracing::warn!(sid, "NATS slow consumer; messages dropped."),
-                async_nats::Event::ServerError(err) => tracing::warn!(error = %err, "NATS server error."),
-                async_nats::Event::ClientError(err) => tracing::debug!(error = %err, "NATS client error."),
+                async_nats::Event::SlowConsumer(sid) => {
+                    tracing::warn!(sid, "NATS slow consumer; messages dropped.")
+                }
+                async_nats::Event::ServerError(err) => {
+                    tracing::warn!(error = %err, "NATS server error.")
+                }
+                async_nats::Event::ClientError(err) => {
+                    tracing::debug!(error = %err, "NATS client error.")
+                }
                 other => tracing::debug!(event = %other, "NATS connection event."),
             }
         });
     if let Some(path) = &settings.creds_file {
-        options = options.credentials_file(path).await.map_err(|source| NatsError::Credentials {
-            path: path.display().to_string(),
-            source,
-        })?;
+        options =
+            options
+                .credentials_file(path)
+                .await
+                .map_err(|source| NatsError::Credentials {
+                    path: path.display().to_string(),
+                    source,
+                })?;
     }
     if let (Some(user), Some(password)) = (&settings.user, &settings.password) {
         options = options.user_and_password(user.clone(), password.clone());
@@ -129,8 +166,11 @@ pub async fn connect(settings: &NatsSettings, client_name: &str) -> Result<async
     if let Some(ca) = &settings.tls_ca_file {
         options = options.add_root_certificates(ca.clone()).require_tls(true);
     }
-    let addrs: Vec<async_nats::ServerAddr> =
-        settings.urls.iter().filter_map(|u| u.parse().ok()).collect();
+    let addrs: Vec<async_nats::ServerAddr> = settings
+        .urls
+        .iter()
+        .filter_map(|u| u.parse().ok())
+        .collect();
     Ok(options.connect(addrs).await?)
 }
 
@@ -140,7 +180,10 @@ pub fn is_connected(client: &async_nats::Client) -> bool {
 }
 
 /// Returns the stream, creating it with `config` when it does not exist.
-pub async fn ensure_stream(js: &jetstream::Context, config: stream::Config) -> Result<stream::Stream, NatsError> {
+pub async fn ensure_stream(
+    js: &jetstream::Context,
+    config: stream::Config,
+) -> Result<stream::Stream, NatsError> {
     let name = config.name.clone();
     match js.get_stream(&name).await {
         Ok(existing) => Ok(existing),
@@ -150,35 +193,63 @@ pub async fn ensure_stream(js: &jetstream::Context, config: stream::Config) -> R
                 Ok(created)
             }
             // Another replica won the race: take what it made.
-            Err(_) => js
-                .get_stream(&name)
-                .await
-                .map_err(|e| NatsError::Stream { name: name.clone(), detail: e.to_string() }),
+            Err(_) => js.get_stream(&name).await.map_err(|e| NatsError::Stream {
+                name: name.clone(),
+                detail: e.to_string(),
+            }),
         },
-        Err(err) => Err(NatsError::Stream { name, detail: err.to_string() }),
+        Err(err) => Err(NatsError::Stream {
+            name,
+            detail: err.to_string(),
+        }),
     }
 }
 
 /// Returns the KV bucket, creating it with `config` when it does not exist.
-pub async fn ensure_bucket(js: &jetstream::Context, config: kv::Config) -> Result<kv::Store, NatsError> {
+///
+/// The bucket's backing stream is created directly, with the same settings async-nats'
+/// `create_key_value` would use: that call first reads the account info, whose reply from
+/// nats-server 2.9 async-nats 0.51 cannot parse, so it would fail on Debian's server.
+pub async fn ensure_bucket(
+    js: &jetstream::Context,
+    config: kv::Config,
+) -> Result<kv::Store, NatsError> {
     let name = config.bucket.clone();
-    let stream_name = format!("KV_{name}");
-    match js.get_stream(&stream_name).await {
-        Ok(_) => js
-            .get_key_value(&name)
-            .await
-            .map_err(|e| NatsError::Bucket { name: name.clone(), detail: e.to_string() }),
-        Err(err) if is_not_found(&err) => match js.create_key_value(config).await {
-            Ok(store) => {
-                tracing::info!(bucket = %name, "Created JetStream KV bucket.");
-                Ok(store)
-            }
-            Err(_) => js
-                .get_key_value(&name)
-                .await
-                .map_err(|e| NatsError::Bucket { name: name.clone(), detail: e.to_string() }),
-        },
-        Err(err) => Err(NatsError::Bucket { name, detail: err.to_string() }),
+    let bucket_error = |e: &dyn std::fmt::Display| NatsError::Bucket {
+        name: name.clone(),
+        detail: e.to_string(),
+    };
+    ensure_stream(js, bucket_stream_config(&config))
+        .await
+        .map_err(|e| bucket_error(&e))?;
+    js.get_key_value(&name).await.map_err(|e| bucket_error(&e))
+}
+
+/// The stream behind a KV bucket (ADR-8 conventions, as async-nats builds it).
+pub fn bucket_stream_config(config: &kv::Config) -> stream::Config {
+    let history = config.history.max(1);
+    let default_window = Duration::from_secs(120);
+    let duplicate_window = if config.max_age > Duration::ZERO && config.max_age < default_window {
+        config.max_age
+    } else {
+        default_window
+    };
+    stream::Config {
+        name: format!("KV_{}", config.bucket),
+        description: (!config.description.is_empty()).then(|| config.description.clone()),
+        subjects: vec![format!("$KV.{}.>", config.bucket)],
+        max_messages_per_subject: history,
+        max_bytes: config.max_bytes,
+        max_age: config.max_age,
+        max_message_size: config.max_value_size,
+        storage: config.storage,
+        num_replicas: config.num_replicas.max(1),
+        allow_rollup: true,
+        allow_direct: true,
+        deny_delete: true,
+        discard: stream::DiscardPolicy::New,
+        duplicate_window,
+        ..Default::default()
     }
 }
 

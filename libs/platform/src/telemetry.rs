@@ -34,10 +34,19 @@ pub struct TelemetrySettings {
 
 impl TelemetrySettings {
     pub fn from_env(env: &Env, binary_name: &str) -> Result<Self, ConfigError> {
-        let log_format = match env.string_or("LOG_FORMAT", "json").to_ascii_lowercase().as_str() {
+        let log_format = match env
+            .string_or("LOG_FORMAT", "json")
+            .to_ascii_lowercase()
+            .as_str()
+        {
             "json" => LogFormat::Json,
             "pretty" | "text" => LogFormat::Pretty,
-            other => return Err(ConfigError::new("LOG_FORMAT", format!("must be json or pretty, not {other:?}"))),
+            other => {
+                return Err(ConfigError::new(
+                    "LOG_FORMAT",
+                    format!("must be json or pretty, not {other:?}"),
+                ))
+            }
         };
         let otlp_endpoint = match env.get("OTEL_EXPORTER_OTLP_ENDPOINT") {
             None => None,
@@ -101,7 +110,8 @@ pub fn init(settings: &TelemetrySettings) -> Result<TelemetryGuard, TelemetryErr
     }
     let provider = builder.build();
     let tracer = provider.tracer(settings.service_name.clone());
-    let filter = EnvFilter::try_new(&settings.log_filter).unwrap_or_else(|_| EnvFilter::new("info"));
+    let filter =
+        EnvFilter::try_new(&settings.log_filter).unwrap_or_else(|_| EnvFilter::new("info"));
     let otel_layer = tracing_opentelemetry::layer().with_tracer(tracer);
     let registry = tracing_subscriber::registry().with(filter).with(otel_layer);
     let installed = match settings.log_format {
@@ -137,9 +147,10 @@ struct HeaderInjector<'a>(&'a mut async_nats::HeaderMap);
 
 impl Injector for HeaderInjector<'_> {
     fn set(&mut self, key: &str, value: String) {
-        if let (Ok(name), Ok(value)) =
-            (key.parse::<async_nats::HeaderName>(), value.parse::<async_nats::HeaderValue>())
-        {
+        if let (Ok(name), Ok(value)) = (
+            key.parse::<async_nats::HeaderName>(),
+            value.parse::<async_nats::HeaderValue>(),
+        ) {
             self.0.insert(name, value);
         }
     }
@@ -157,9 +168,24 @@ impl Extractor for HeaderExtractor<'_> {
     }
 }
 
-/// Writes the W3C trace context of `span` into NATS headers.
+/// Writes the W3C trace context of `span` into NATS headers. When the span has no trace context
+/// (telemetry not initialised, as in some tools), a new root context is written instead, so
+/// every message still carries a `traceparent` as the contract requires.
 pub fn inject_trace_context(span: &tracing::Span, headers: &mut async_nats::HeaderMap) {
-    let context = span.context();
+    use opentelemetry::trace::{
+        SpanContext, SpanId, TraceContextExt, TraceFlags, TraceId, TraceState,
+    };
+    let mut context = span.context();
+    if !context.span().span_context().is_valid() {
+        let span_context = SpanContext::new(
+            TraceId::from_bytes(rand::random::<[u8; 16]>()),
+            SpanId::from_bytes(rand::random::<[u8; 8]>()),
+            TraceFlags::SAMPLED,
+            false,
+            TraceState::default(),
+        );
+        context = opentelemetry::Context::new().with_remote_span_context(span_context);
+    }
     opentelemetry::global::get_text_map_propagator(|propagator| {
         propagator.inject_context(&context, &mut HeaderInjector(headers));
     });
@@ -177,5 +203,30 @@ pub fn trace_id(span: &tracing::Span) -> Option<String> {
     use opentelemetry::trace::TraceContextExt;
     let context = span.context();
     let span_context = context.span().span_context().clone();
-    span_context.is_valid().then(|| span_context.trace_id().to_string())
+    span_context
+        .is_valid()
+        .then(|| span_context.trace_id().to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_message_gets_a_traceparent_even_without_a_tracer() {
+        opentelemetry::global::set_text_map_propagator(TraceContextPropagator::new());
+        let mut headers = async_nats::HeaderMap::new();
+        inject_trace_context(&tracing::Span::none(), &mut headers);
+        let traceparent = headers
+            .get("traceparent")
+            .map(|v| v.as_str().to_owned())
+            .unwrap_or_default();
+        assert!(
+            traceparent.starts_with("00-") && traceparent.ends_with("-01"),
+            "{traceparent:?}"
+        );
+        let extracted = extract_trace_context(&headers);
+        use opentelemetry::trace::TraceContextExt;
+        assert!(extracted.span().span_context().is_valid());
+    }
 }

@@ -23,7 +23,8 @@ pub mod error_codes {
     pub const REPLAY_ID_VALIDATION_FAILED: &str =
         "sfdc.platform.eventbus.grpc.subscription.fetch.replayid.validation.failed";
     pub const AUTH_ERROR: &str = "sfdc.platform.eventbus.grpc.service.auth.error";
-    pub const AUTH_REFRESH_INVALID: &str = "sfdc.platform.eventbus.grpc.service.auth.refresh.invalid";
+    pub const AUTH_REFRESH_INVALID: &str =
+        "sfdc.platform.eventbus.grpc.service.auth.refresh.invalid";
     pub const SERVICE_UNAVAILABLE: &str = "sfdc.platform.eventbus.grpc.service.unavailable";
     pub const TOPIC_NOT_FOUND: &str = "sfdc.platform.eventbus.grpc.topic.not.found";
     pub const FETCH_NUM_REQUESTED_INVALID: &str =

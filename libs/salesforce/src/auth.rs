@@ -106,7 +106,12 @@ pub struct TokenProvider {
 
 impl TokenProvider {
     pub fn new(settings: SalesforceSettings, http: reqwest::Client) -> Arc<Self> {
-        Arc::new(Self { settings, http, current: Mutex::new(None), fetches: Default::default() })
+        Arc::new(Self {
+            settings,
+            http,
+            current: Mutex::new(None),
+            fetches: Default::default(),
+        })
     }
 
     pub fn settings(&self) -> &SalesforceSettings {
@@ -140,7 +145,10 @@ impl TokenProvider {
                 return Ok(token.clone());
             }
         }
-        tracing::info!(generation = stale.generation, "Salesforce rejected the access token; requesting a new one.");
+        tracing::info!(
+            generation = stale.generation,
+            "Salesforce rejected the access token; requesting a new one."
+        );
         let token = Arc::new(self.fetch(stale.generation + 1).await?);
         *current = Some(token.clone());
         Ok(token)
@@ -165,12 +173,18 @@ impl TokenProvider {
     async fn fetch(&self, generation: u64) -> Result<Token, AuthError> {
         let assertion = self.assertion()?;
         let url = format!("{}/services/oauth2/token", self.settings.login_url);
-        let form = [("grant_type", "urn:ietf:params:oauth:grant-type:jwt-bearer"), ("assertion", assertion.as_str())];
+        let form = [
+            ("grant_type", "urn:ietf:params:oauth:grant-type:jwt-bearer"),
+            ("assertion", assertion.as_str()),
+        ];
         let body = serde_urlencoded_pairs(&form);
         let response = self
             .http
             .post(&url)
-            .header(reqwest::header::CONTENT_TYPE, "application/x-www-form-urlencoded")
+            .header(
+                reqwest::header::CONTENT_TYPE,
+                "application/x-www-form-urlencoded",
+            )
             .body(body)
             .timeout(self.settings.http_timeout)
             .send()
@@ -183,20 +197,30 @@ impl TokenProvider {
                 }
             })?;
         let status = response.status();
-        let bytes = response.bytes().await.map_err(|e| AuthError::Transport(e.to_string()))?;
+        let bytes = response
+            .bytes()
+            .await
+            .map_err(|e| AuthError::Transport(e.to_string()))?;
         if !status.is_success() {
             if let Ok(err) = serde_json::from_slice::<TokenErrorResponse>(&bytes) {
                 if status.is_client_error() && status.as_u16() != 429 {
-                    return Err(AuthError::Rejected { error: err.error, description: err.error_description });
+                    return Err(AuthError::Rejected {
+                        error: err.error,
+                        description: err.error_description,
+                    });
                 }
             }
-            return Err(AuthError::Status { status: status.as_u16() });
+            return Err(AuthError::Status {
+                status: status.as_u16(),
+            });
         }
-        let parsed: TokenResponse =
-            serde_json::from_slice(&bytes).map_err(|e| AuthError::InvalidResponse(e.to_string()))?;
-        let org_id = org_id_from_identity_url(&parsed.id)
-            .ok_or_else(|| AuthError::InvalidResponse(format!("no org id in identity URL {:?}", parsed.id)))?;
-        self.fetches.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let parsed: TokenResponse = serde_json::from_slice(&bytes)
+            .map_err(|e| AuthError::InvalidResponse(e.to_string()))?;
+        let org_id = org_id_from_identity_url(&parsed.id).ok_or_else(|| {
+            AuthError::InvalidResponse(format!("no org id in identity URL {:?}", parsed.id))
+        })?;
+        self.fetches
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         tracing::info!(instance_url = %parsed.instance_url, %org_id, generation, "Obtained a Salesforce access token.");
         Ok(Token {
             access_token: parsed.access_token,
@@ -229,7 +253,9 @@ pub(crate) fn urlencode(s: &str) -> String {
     let mut out = String::with_capacity(s.len());
     for b in s.bytes() {
         match b {
-            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => out.push(b as char),
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => {
+                out.push(b as char)
+            }
             _ => out.push_str(&format!("%{b:02X}")),
         }
     }
@@ -246,7 +272,10 @@ mod tests {
     #[test]
     fn org_id_comes_from_the_identity_url() {
         assert_eq!(
-            org_id_from_identity_url("https://login.salesforce.com/id/00D5g000000abcdEAA/0055g000001xyzAAA").as_deref(),
+            org_id_from_identity_url(
+                "https://login.salesforce.com/id/00D5g000000abcdEAA/0055g000001xyzAAA"
+            )
+            .as_deref(),
             Some("00D5g000000abcdEAA")
         );
         assert_eq!(org_id_from_identity_url("nonsense"), None);

@@ -69,7 +69,9 @@ fn to_json(value: Value) -> Json {
         Value::Union(_, inner) => to_json(*inner),
         Value::Array(items) => Json::Array(items.into_iter().map(to_json).collect()),
         Value::Map(map) => Json::Object(map.into_iter().map(|(k, v)| (k, to_json(v))).collect()),
-        Value::Record(fields) => Json::Object(fields.into_iter().map(|(k, v)| (k, to_json(v))).collect()),
+        Value::Record(fields) => {
+            Json::Object(fields.into_iter().map(|(k, v)| (k, to_json(v))).collect())
+        }
         other => Json::String(format!("{other:?}")),
     }
 }
@@ -89,7 +91,10 @@ mod tests {
         let schema = parse_schema(SCHEMA).unwrap();
         let mut record = Record::new(&schema).unwrap();
         record.put("CreatedDate", Value::Long(1_700_000_000_123));
-        record.put("OrderId__c", Value::Union(1, Box::new(Value::String("801xx".into()))));
+        record.put(
+            "OrderId__c",
+            Value::Union(1, Box::new(Value::String("801xx".into()))),
+        );
         record.put("Version__c", Value::Union(0, Box::new(Value::Null)));
         let bytes = apache_avro::to_avro_datum(&schema, record).unwrap();
         let decoded = decode_record(&schema, &bytes).unwrap();
@@ -101,13 +106,19 @@ mod tests {
     #[test]
     fn truncated_and_padded_payloads_are_errors() {
         let schema = parse_schema(SCHEMA).unwrap();
-        assert!(matches!(decode_record(&schema, &[0x02]), Err(AvroError::Decode(_))));
+        assert!(matches!(
+            decode_record(&schema, &[0x02]),
+            Err(AvroError::Decode(_))
+        ));
         let mut record = Record::new(&schema).unwrap();
         record.put("CreatedDate", Value::Long(1));
         record.put("OrderId__c", Value::Union(0, Box::new(Value::Null)));
         record.put("Version__c", Value::Union(0, Box::new(Value::Null)));
         let mut bytes = apache_avro::to_avro_datum(&schema, record).unwrap();
         bytes.extend_from_slice(&[1, 2, 3]);
-        assert!(matches!(decode_record(&schema, &bytes), Err(AvroError::TrailingBytes(3))));
+        assert!(matches!(
+            decode_record(&schema, &bytes),
+            Err(AvroError::TrailingBytes(3))
+        ));
     }
 }

@@ -14,7 +14,9 @@ use std::time::Duration;
 
 use apache_avro::Schema;
 use pubsub_proto::pub_sub_client::PubSubClient as GrpcClient;
-use pubsub_proto::{FetchRequest, FetchResponse, ReplayPreset, SchemaRequest, TopicInfo, TopicRequest};
+use pubsub_proto::{
+    FetchRequest, FetchResponse, ReplayPreset, SchemaRequest, TopicInfo, TopicRequest,
+};
 use tokio::sync::{mpsc, RwLock};
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::metadata::MetadataValue;
@@ -39,11 +41,18 @@ pub enum PubSubError {
     #[error(transparent)]
     Auth(#[from] AuthError),
     #[error("Pub/Sub API call failed: {code:?}: {message}{}", error_code.as_deref().map(|c| format!(" (error-code {c})")).unwrap_or_default())]
-    Status { code: tonic::Code, message: String, error_code: Option<String> },
+    Status {
+        code: tonic::Code,
+        message: String,
+        error_code: Option<String>,
+    },
     #[error("invalid Pub/Sub endpoint {0}")]
     Endpoint(String),
     #[error("schema {schema_id} is unusable: {source}")]
-    Schema { schema_id: String, source: AvroError },
+    Schema {
+        schema_id: String,
+        source: AvroError,
+    },
     #[error("the Subscribe stream's request side is closed")]
     RequestSideClosed,
 }
@@ -55,7 +64,11 @@ impl PubSubError {
             .get(pubsub_proto::metadata::ERROR_CODE)
             .and_then(|v| v.to_str().ok())
             .map(str::to_owned);
-        Self::Status { code: status.code(), message: status.message().to_owned(), error_code }
+        Self::Status {
+            code: status.code(),
+            message: status.message().to_owned(),
+            error_code,
+        }
     }
 
     /// Salesforce's `error-code` trailer, when the failure carried one.
@@ -70,9 +83,14 @@ impl PubSubError {
     pub fn is_auth_rejected(&self) -> bool {
         use pubsub_proto::error_codes::{AUTH_ERROR, AUTH_REFRESH_INVALID};
         match self {
-            Self::Status { code, error_code, .. } => {
+            Self::Status {
+                code, error_code, ..
+            } => {
                 *code == tonic::Code::Unauthenticated
-                    || matches!(error_code.as_deref(), Some(AUTH_ERROR | AUTH_REFRESH_INVALID))
+                    || matches!(
+                        error_code.as_deref(),
+                        Some(AUTH_ERROR | AUTH_REFRESH_INVALID)
+                    )
             }
             _ => false,
         }
@@ -81,7 +99,10 @@ impl PubSubError {
     /// The stored replay id is no longer valid (corrupted, or older than the retention window).
     pub fn is_invalid_replay_id(&self) -> bool {
         use pubsub_proto::error_codes::{REPLAY_ID_CORRUPTED, REPLAY_ID_VALIDATION_FAILED};
-        matches!(self.error_code(), Some(REPLAY_ID_CORRUPTED | REPLAY_ID_VALIDATION_FAILED))
+        matches!(
+            self.error_code(),
+            Some(REPLAY_ID_CORRUPTED | REPLAY_ID_VALIDATION_FAILED)
+        )
     }
 
     /// Whether retrying later, unchanged, may succeed. Auth rejections count as transient because
@@ -89,10 +110,14 @@ impl PubSubError {
     pub fn is_transient(&self) -> bool {
         match self {
             Self::Auth(e) => e.is_transient(),
-            Self::Status { code, .. } => !matches!(
-                code,
-                tonic::Code::InvalidArgument | tonic::Code::PermissionDenied | tonic::Code::Unimplemented
-            ) || self.is_invalid_replay_id(),
+            Self::Status { code, .. } => {
+                !matches!(
+                    code,
+                    tonic::Code::InvalidArgument
+                        | tonic::Code::PermissionDenied
+                        | tonic::Code::Unimplemented
+                ) || self.is_invalid_replay_id()
+            }
             Self::Endpoint(_) | Self::Schema { .. } => false,
             Self::RequestSideClosed => true,
         }
@@ -123,7 +148,9 @@ impl PubSubClient {
                 .tls_config(ClientTlsConfig::new().with_native_roots())
                 .map_err(|e| PubSubError::Endpoint(format!("{endpoint}: {e}")))?;
         } else if !endpoint.starts_with("http://") {
-            return Err(PubSubError::Endpoint(format!("{endpoint}: scheme must be https:// or http://")));
+            return Err(PubSubError::Endpoint(format!(
+                "{endpoint}: scheme must be https:// or http://"
+            )));
         }
         let channel = builder.connect_lazy();
         Ok(Self {
@@ -142,11 +169,16 @@ impl PubSubClient {
         let metadata = request.metadata_mut();
         for (key, value) in [
             (pubsub_proto::metadata::ACCESS_TOKEN, token.access_token()),
-            (pubsub_proto::metadata::INSTANCE_URL, token.instance_url.as_str()),
+            (
+                pubsub_proto::metadata::INSTANCE_URL,
+                token.instance_url.as_str(),
+            ),
             (pubsub_proto::metadata::TENANT_ID, token.org_id.as_str()),
         ] {
             let value: MetadataValue<_> = value.parse().map_err(|_| {
-                PubSubError::Auth(AuthError::InvalidResponse(format!("{key} holds characters gRPC metadata cannot carry")))
+                PubSubError::Auth(AuthError::InvalidResponse(format!(
+                    "{key} holds characters gRPC metadata cannot carry"
+                )))
             })?;
             metadata.insert(key, value);
         }
@@ -158,27 +190,48 @@ impl PubSubClient {
         if let Some(schema) = self.schemas.read().await.get(schema_id) {
             return Ok(schema.clone());
         }
-        let request = SchemaRequest { schema_id: schema_id.to_owned() };
+        let request = SchemaRequest {
+            schema_id: schema_id.to_owned(),
+        };
         let info = self
-            .unary_with_auth_retry(|mut grpc, req| async move { grpc.get_schema(req).await }, request)
+            .unary_with_auth_retry(
+                |mut grpc, req| async move { grpc.get_schema(req).await },
+                request,
+            )
             .await?;
-        let schema = Arc::new(
-            parse_schema(&info.schema_json)
-                .map_err(|source| PubSubError::Schema { schema_id: schema_id.to_owned(), source })?,
-        );
+        let schema =
+            Arc::new(
+                parse_schema(&info.schema_json).map_err(|source| PubSubError::Schema {
+                    schema_id: schema_id.to_owned(),
+                    source,
+                })?,
+            );
         tracing::info!(schema_id, "Fetched and cached event schema.");
-        self.schemas.write().await.insert(schema_id.to_owned(), schema.clone());
+        self.schemas
+            .write()
+            .await
+            .insert(schema_id.to_owned(), schema.clone());
         Ok(schema)
     }
 
     /// `GetTopic`: whether we may subscribe, and the topic's current schema.
     pub async fn topic(&self, topic_name: &str) -> Result<TopicInfo, PubSubError> {
-        let request = TopicRequest { topic_name: topic_name.to_owned() };
-        self.unary_with_auth_retry(|mut grpc, req| async move { grpc.get_topic(req).await }, request).await
+        let request = TopicRequest {
+            topic_name: topic_name.to_owned(),
+        };
+        self.unary_with_auth_retry(
+            |mut grpc, req| async move { grpc.get_topic(req).await },
+            request,
+        )
+        .await
     }
 
     /// Calls a unary RPC; when the token is rejected, fetches a new one and tries once more.
-    async fn unary_with_auth_retry<Req, Resp, F, Fut>(&self, call: F, message: Req) -> Result<Resp, PubSubError>
+    async fn unary_with_auth_retry<Req, Resp, F, Fut>(
+        &self,
+        call: F,
+        message: Req,
+    ) -> Result<Resp, PubSubError>
     where
         Req: Clone,
         F: Fn(GrpcClient<Channel>, tonic::Request<Req>) -> Fut,
@@ -221,11 +274,23 @@ impl PubSubClient {
             num_requested,
             auth_refresh: String::new(),
         };
-        sender.send(first).await.map_err(|_| PubSubError::RequestSideClosed)?;
+        sender
+            .send(first)
+            .await
+            .map_err(|_| PubSubError::RequestSideClosed)?;
         let request = Self::authorize(ReceiverStream::new(receiver), &token)?;
-        let response = self.grpc.clone().subscribe(request).await.map_err(PubSubError::from_status);
+        let response = self
+            .grpc
+            .clone()
+            .subscribe(request)
+            .await
+            .map_err(PubSubError::from_status);
         match response {
-            Ok(response) => Ok(Subscription { sender, inbound: response.into_inner(), token }),
+            Ok(response) => Ok(Subscription {
+                sender,
+                inbound: response.into_inner(),
+                token,
+            }),
             Err(err) => {
                 if err.is_auth_rejected() {
                     // The next attempt, made by the caller after its backoff, uses a new token.
@@ -250,14 +315,23 @@ pub struct Subscription {
 impl Subscription {
     /// Asks for `n` more events (Salesforce adds it to what is outstanding, up to 100).
     pub async fn request(&self, n: i32) -> Result<(), PubSubError> {
-        let request = FetchRequest { num_requested: n, ..Default::default() };
-        self.sender.send(request).await.map_err(|_| PubSubError::RequestSideClosed)
+        let request = FetchRequest {
+            num_requested: n,
+            ..Default::default()
+        };
+        self.sender
+            .send(request)
+            .await
+            .map_err(|_| PubSubError::RequestSideClosed)
     }
 
     /// The next response (events, or an empty keepalive); `None` when the server ended the
     /// stream cleanly.
     pub async fn next(&mut self) -> Result<Option<FetchResponse>, PubSubError> {
-        self.inbound.message().await.map_err(PubSubError::from_status)
+        self.inbound
+            .message()
+            .await
+            .map_err(PubSubError::from_status)
     }
 
     pub fn token(&self) -> &Arc<Token> {

@@ -44,7 +44,11 @@ fn describe(errors: &[ApiError]) -> String {
     if errors.is_empty() {
         return "no error body".to_owned();
     }
-    errors.iter().map(|e| format!("{}: {}", e.error_code, e.message)).collect::<Vec<_>>().join("; ")
+    errors
+        .iter()
+        .map(|e| format!("{}: {}", e.error_code, e.message))
+        .collect::<Vec<_>>()
+        .join("; ")
 }
 
 impl RestError {
@@ -68,7 +72,10 @@ impl RestError {
             Self::Http { status, errors } => {
                 *status == 429
                     || *status >= 500
-                    || (*status == 403 && errors.iter().any(|e| e.error_code == "REQUEST_LIMIT_EXCEEDED"))
+                    || (*status == 403
+                        && errors
+                            .iter()
+                            .any(|e| e.error_code == "REQUEST_LIMIT_EXCEEDED"))
             }
             Self::Timeout | Self::Connect(_) | Self::Transport(_) => true,
             Self::Decode(_) => false,
@@ -113,7 +120,11 @@ pub struct RestClient {
 
 impl RestClient {
     pub fn new(http: reqwest::Client, tokens: Arc<TokenProvider>) -> Self {
-        Self { http, tokens, usage: Arc::default() }
+        Self {
+            http,
+            tokens,
+            usage: Arc::default(),
+        }
     }
 
     pub fn usage(&self) -> &Arc<ApiUsage> {
@@ -121,25 +132,40 @@ impl RestClient {
     }
 
     fn data_url(&self, token: &Token, path: &str) -> String {
-        format!("{}/services/data/v{}/{path}", token.instance_url, self.tokens.settings().api_version)
+        format!(
+            "{}/services/data/v{}/{path}",
+            token.instance_url,
+            self.tokens.settings().api_version
+        )
     }
 
     /// Runs a SOQL query and follows `nextRecordsUrl` until every record is read.
     pub async fn query<T: DeserializeOwned>(&self, soql: &str) -> Result<Vec<T>, RestError> {
         let path = format!("query?q={}", crate::auth::urlencode(soql));
-        let mut page: QueryResult<T> = self.send_json(reqwest::Method::GET, Target::Data(path), None).await?;
+        let mut page: QueryResult<T> = self
+            .send_json(reqwest::Method::GET, Target::Data(path), None)
+            .await?;
         let mut records = std::mem::take(&mut page.records);
         while let (false, Some(next)) = (page.done, page.next_records_url.take()) {
-            page = self.send_json(reqwest::Method::GET, Target::Absolute(next), None).await?;
+            page = self
+                .send_json(reqwest::Method::GET, Target::Absolute(next), None)
+                .await?;
             records.append(&mut page.records);
         }
         Ok(records)
     }
 
     /// `PATCH sobjects/{sobject}/{id}` with the given fields (204 on success).
-    pub async fn update_record(&self, sobject: &str, id: &str, fields: &serde_json::Value) -> Result<(), RestError> {
+    pub async fn update_record(
+        &self,
+        sobject: &str,
+        id: &str,
+        fields: &serde_json::Value,
+    ) -> Result<(), RestError> {
         let target = Target::Data(format!("sobjects/{sobject}/{id}"));
-        self.send(reqwest::Method::PATCH, target, Some(fields)).await.map(drop)
+        self.send(reqwest::Method::PATCH, target, Some(fields))
+            .await
+            .map(drop)
     }
 
     /// `PATCH composite/sobjects`: up to 200 records, each with `attributes.type` and `id`;
@@ -150,7 +176,12 @@ impl RestClient {
         all_or_none: bool,
     ) -> Result<Vec<SaveResult>, RestError> {
         let body = serde_json::json!({ "allOrNone": all_or_none, "records": records });
-        self.send_json(reqwest::Method::PATCH, Target::Data("composite/sobjects".to_owned()), Some(&body)).await
+        self.send_json(
+            reqwest::Method::PATCH,
+            Target::Data("composite/sobjects".to_owned()),
+            Some(&body),
+        )
+        .await
     }
 
     async fn send_json<T: DeserializeOwned>(
@@ -199,7 +230,11 @@ impl RestClient {
             request = request.json(body);
         }
         let response = request.send().await.map_err(classify_transport)?;
-        if let Some(info) = response.headers().get("Sforce-Limit-Info").and_then(|v| v.to_str().ok()) {
+        if let Some(info) = response
+            .headers()
+            .get("Sforce-Limit-Info")
+            .and_then(|v| v.to_str().ok())
+        {
             self.record_usage(info);
         }
         let status = response.status();
@@ -208,11 +243,17 @@ impl RestClient {
             return Ok(bytes);
         }
         let errors = serde_json::from_slice::<Vec<ApiError>>(&bytes).unwrap_or_default();
-        Err(RestError::Http { status: status.as_u16(), errors })
+        Err(RestError::Http {
+            status: status.as_u16(),
+            errors,
+        })
     }
 
     fn record_usage(&self, header: &str) {
-        let usage = header.split(',').map(str::trim).find_map(|part| part.strip_prefix("api-usage="));
+        let usage = header
+            .split(',')
+            .map(str::trim)
+            .find_map(|part| part.strip_prefix("api-usage="));
         if let Some((used, limit)) = usage.and_then(|u| u.split_once('/')) {
             if let (Ok(used), Ok(limit)) = (used.trim().parse(), limit.trim().parse()) {
                 self.usage.used.store(used, Ordering::Relaxed);
@@ -246,14 +287,25 @@ mod tests {
     #[test]
     fn errors_map_to_contract_codes() {
         assert_eq!(RestError::Timeout.contract_code(), "ETIMEOUT");
-        assert_eq!(RestError::Connect("x".into()).contract_code(), "ECONNREFUSED");
+        assert_eq!(
+            RestError::Connect("x".into()).contract_code(),
+            "ECONNREFUSED"
+        );
         let limit = RestError::Http {
             status: 403,
-            errors: vec![ApiError { error_code: "REQUEST_LIMIT_EXCEEDED".into(), message: String::new(), fields: vec![] }],
+            errors: vec![ApiError {
+                error_code: "REQUEST_LIMIT_EXCEEDED".into(),
+                message: String::new(),
+                fields: vec![],
+            }],
         };
         assert_eq!(limit.contract_code(), "403");
         assert!(limit.is_transient());
-        assert!(!RestError::Http { status: 400, errors: vec![] }.is_transient());
+        assert!(!RestError::Http {
+            status: 400,
+            errors: vec![]
+        }
+        .is_transient());
     }
 
     #[test]

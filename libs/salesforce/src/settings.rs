@@ -44,19 +44,26 @@ impl SalesforceSettings {
         let username = env.required("SF_USERNAME")?;
         let private_key_path: PathBuf = env.required("SF_PRIVATE_KEY_PATH")?.into();
         let pem = std::fs::read(&private_key_path).map_err(|e| {
-            ConfigError::new("SF_PRIVATE_KEY_PATH", format!("cannot be read ({}): {e}", private_key_path.display()))
+            ConfigError::new(
+                "SF_PRIVATE_KEY_PATH",
+                format!("cannot be read ({}): {e}", private_key_path.display()),
+            )
         })?;
         let signing_key = jsonwebtoken::EncodingKey::from_rsa_pem(&pem).map_err(|e| {
-            ConfigError::new("SF_PRIVATE_KEY_PATH", format!("is not a PEM RSA private key: {e}"))
+            ConfigError::new(
+                "SF_PRIVATE_KEY_PATH",
+                format!("is not a PEM RSA private key: {e}"),
+            )
         })?;
         let api_version = env.string_or("SF_API_VERSION", "62.0");
-        let valid_version = api_version
-            .split_once('.')
-            .is_some_and(|(major, minor)| {
-                !major.is_empty() && major.bytes().all(|b| b.is_ascii_digit()) && minor == "0"
-            });
+        let valid_version = api_version.split_once('.').is_some_and(|(major, minor)| {
+            !major.is_empty() && major.bytes().all(|b| b.is_ascii_digit()) && minor == "0"
+        });
         if !valid_version {
-            return Err(ConfigError::new("SF_API_VERSION", format!("must look like 62.0, not {api_version:?}")));
+            return Err(ConfigError::new(
+                "SF_API_VERSION",
+                format!("must look like 62.0, not {api_version:?}"),
+            ));
         }
         Ok(Self {
             login_url,

@@ -54,18 +54,27 @@ pub struct App {
 impl App {
     /// Connects, starts the HTTP listener and creates the streams and buckets when absent.
     /// Waits (reporting itself degraded) while NATS is unreachable, until `cancel`.
-    pub async fn build(settings: BridgeSettings, cancel: &CancellationToken) -> Result<Self, AppError> {
+    pub async fn build(
+        settings: BridgeSettings,
+        cancel: &CancellationToken,
+    ) -> Result<Self, AppError> {
         let settings = Arc::new(settings);
         let nats = platform::nats::connect(&settings.common.nats, "sf-bridge").await?;
         let health = Health::new("sf-bridge", env!("CARGO_PKG_VERSION"));
         health.add_nats(nats.clone());
-        let status = BridgeStatus::new(settings.events_enabled, &settings.channel, &settings.instance_id);
+        let status = BridgeStatus::new(
+            settings.events_enabled,
+            &settings.channel,
+            &settings.instance_id,
+        );
         let mut registry = Registry::default();
         let metrics = BridgeMetrics::register(&mut registry);
 
         let status_for_route = status.clone();
-        let extra = Router::new()
-            .route("/health/sf-events", get(move || async move { Json(status_for_route.report()) }));
+        let extra = Router::new().route(
+            "/health/sf-events",
+            get(move || async move { Json(status_for_route.report()) }),
+        );
         let http_cancel = CancellationToken::new();
         let http = platform::http::serve(
             settings.common.http_addr,
@@ -79,7 +88,12 @@ impl App {
         let js = jetstream::new(nats.clone());
         let (cursor_kv, lease_kv) = ensure_resources(&js, &settings, cancel).await?;
         let cursor = CursorStore::new(cursor_kv, &settings.channel, &settings.instance_id);
-        let lease = Lease::new(lease_kv, &settings.channel, &settings.instance_id, settings.lease_ttl);
+        let lease = Lease::new(
+            lease_kv,
+            &settings.channel,
+            &settings.instance_id,
+            settings.lease_ttl,
+        );
         if let Ok(Some(stored)) = cursor.load().await {
             status.set_cursor(stored.view());
         }
@@ -91,11 +105,25 @@ impl App {
                     .build()
                     .map_err(|e| std::io::Error::other(e.to_string()))?;
                 let tokens = TokenProvider::new(sf.clone(), http_client);
-                Some(Arc::new(PubSubClient::new(&settings.pubsub_endpoint, tokens)?))
+                Some(Arc::new(PubSubClient::new(
+                    &settings.pubsub_endpoint,
+                    tokens,
+                )?))
             }
             _ => None,
         };
-        Ok(Self { settings, nats, status, metrics, health, http, http_cancel, cursor, lease, client })
+        Ok(Self {
+            settings,
+            nats,
+            status,
+            metrics,
+            health,
+            http,
+            http_cancel,
+            cursor,
+            lease,
+            client,
+        })
     }
 
     pub fn http_addr(&self) -> SocketAddr {
@@ -221,7 +249,8 @@ async fn try_ensure_resources(
     settings: &BridgeSettings,
 ) -> Result<(kv::Store, kv::Store), platform::nats::NatsError> {
     platform::nats::ensure_stream(js, requests_stream_config(settings)).await?;
-    platform::nats::ensure_stream(js, deadletter_stream_config(&settings.deadletter_stream)).await?;
+    platform::nats::ensure_stream(js, deadletter_stream_config(&settings.deadletter_stream))
+        .await?;
     let cursor = platform::nats::ensure_bucket(
         js,
         kv::Config {
@@ -253,7 +282,9 @@ async fn try_ensure_resources(
 pub fn requests_stream_config(settings: &BridgeSettings) -> stream::Config {
     stream::Config {
         name: settings.requests_stream.clone(),
-        description: Some("Salesforce OrderProvisionRequested__e events, one message per event id".to_owned()),
+        description: Some(
+            "Salesforce OrderProvisionRequested__e events, one message per event id".to_owned(),
+        ),
         subjects: vec![messages::subjects::PROVISIONING_REQUESTED_ALL.to_owned()],
         storage: stream::StorageType::File,
         retention: stream::RetentionPolicy::Limits,

@@ -48,23 +48,43 @@ impl BridgeSettings {
     pub fn from_env(env: &Env) -> Result<Self, ConfigError> {
         let common = CommonSettings::from_env(env, "sf-bridge")?;
         let events_enabled = env.bool_or("SF_EVENTS_ENABLED", true)?;
-        let salesforce = if events_enabled { Some(SalesforceSettings::from_env(env)?) } else { None };
-        let channel = env.string_or("SF_PROVISION_EVENT_CHANNEL", "/event/OrderProvisionRequested__e");
+        let salesforce = if events_enabled {
+            Some(SalesforceSettings::from_env(env)?)
+        } else {
+            None
+        };
+        let channel = env.string_or(
+            "SF_PROVISION_EVENT_CHANNEL",
+            "/event/OrderProvisionRequested__e",
+        );
         if !channel.starts_with('/') {
             return Err(ConfigError::new(
                 "SF_PROVISION_EVENT_CHANNEL",
                 format!("must be a topic name such as /event/OrderProvisionRequested__e, not {channel:?}"),
             ));
         }
-        let initial_replay = match env.string_or("SF_EVENTS_REPLAY", "LATEST").to_ascii_uppercase().as_str() {
+        let initial_replay = match env
+            .string_or("SF_EVENTS_REPLAY", "LATEST")
+            .to_ascii_uppercase()
+            .as_str()
+        {
             "LATEST" => InitialReplay::Latest,
             "ALL" | "EARLIEST" => InitialReplay::All,
             other => {
-                return Err(ConfigError::new("SF_EVENTS_REPLAY", format!("must be LATEST or ALL, not {other:?}")))
+                return Err(ConfigError::new(
+                    "SF_EVENTS_REPLAY",
+                    format!("must be LATEST or ALL, not {other:?}"),
+                ))
             }
         };
-        let duplicate_window = env.secs_or("SF_BRIDGE_DUPLICATE_WINDOW_SECS", Duration::from_secs(72 * 3600))?;
-        let requests_max_age = env.secs_or("SF_BRIDGE_STREAM_MAX_AGE_SECS", Duration::from_secs(7 * 24 * 3600))?;
+        let duplicate_window = env.secs_or(
+            "SF_BRIDGE_DUPLICATE_WINDOW_SECS",
+            Duration::from_secs(72 * 3600),
+        )?;
+        let requests_max_age = env.secs_or(
+            "SF_BRIDGE_STREAM_MAX_AGE_SECS",
+            Duration::from_secs(7 * 24 * 3600),
+        )?;
         if duplicate_window > requests_max_age {
             return Err(ConfigError::new(
                 "SF_BRIDGE_DUPLICATE_WINDOW_SECS",
@@ -73,26 +93,44 @@ impl BridgeSettings {
         }
         let lease_ttl = env.secs_or("SF_BRIDGE_LEASE_TTL_SECS", Duration::from_secs(15))?;
         if lease_ttl < Duration::from_secs(1) {
-            return Err(ConfigError::new("SF_BRIDGE_LEASE_TTL_SECS", "must be at least 1 second"));
+            return Err(ConfigError::new(
+                "SF_BRIDGE_LEASE_TTL_SECS",
+                "must be at least 1 second",
+            ));
         }
         Ok(Self {
             salesforce,
             events_enabled,
             channel,
             initial_replay,
-            pubsub_endpoint: env.http_url_or("SF_PUBSUB_ENDPOINT", "https://api.pubsub.salesforce.com:7443")?,
+            pubsub_endpoint: env.http_url_or(
+                "SF_PUBSUB_ENDPOINT",
+                "https://api.pubsub.salesforce.com:7443",
+            )?,
             batch: env.int_in_range("SF_PUBSUB_BATCH", 100u32, 1..=100)?,
-            stream_idle_timeout: env.secs_or("SF_PUBSUB_IDLE_TIMEOUT_SECS", Duration::from_secs(300))?,
-            requests_stream: env.string_or("SF_BRIDGE_STREAM", messages::subjects::streams::REQUESTS),
-            deadletter_stream: env.string_or("DEADLETTER_STREAM", messages::subjects::streams::DEADLETTER),
+            stream_idle_timeout: env
+                .secs_or("SF_PUBSUB_IDLE_TIMEOUT_SECS", Duration::from_secs(300))?,
+            requests_stream: env
+                .string_or("SF_BRIDGE_STREAM", messages::subjects::streams::REQUESTS),
+            deadletter_stream: env
+                .string_or("DEADLETTER_STREAM", messages::subjects::streams::DEADLETTER),
             duplicate_window,
             requests_max_age,
-            cursor_bucket: env.string_or("SF_BRIDGE_CURSOR_BUCKET", messages::subjects::buckets::BRIDGE_CURSOR),
-            lease_bucket: env.string_or("SF_BRIDGE_LEASE_BUCKET", messages::subjects::buckets::BRIDGE_LEASE),
+            cursor_bucket: env.string_or(
+                "SF_BRIDGE_CURSOR_BUCKET",
+                messages::subjects::buckets::BRIDGE_CURSOR,
+            ),
+            lease_bucket: env.string_or(
+                "SF_BRIDGE_LEASE_BUCKET",
+                messages::subjects::buckets::BRIDGE_LEASE,
+            ),
             lease_ttl,
             max_in_flight: env.int_in_range("SF_BRIDGE_MAX_IN_FLIGHT", 1000usize, 1..=4000)?,
-            cursor_flush_interval: env.millis_or("SF_BRIDGE_CURSOR_FLUSH_MS", Duration::from_millis(250))?,
-            instance_id: env.get("SF_BRIDGE_INSTANCE_ID").unwrap_or_else(platform::telemetry::instance_id),
+            cursor_flush_interval: env
+                .millis_or("SF_BRIDGE_CURSOR_FLUSH_MS", Duration::from_millis(250))?,
+            instance_id: env
+                .get("SF_BRIDGE_INSTANCE_ID")
+                .unwrap_or_else(platform::telemetry::instance_id),
             common,
         })
     }
@@ -121,9 +159,18 @@ mod tests {
 
     #[test]
     fn bad_replay_preset_and_batch_are_rejected() {
-        let env = Env::from_pairs([("SF_EVENTS_ENABLED", "false"), ("SF_EVENTS_REPLAY", "SOMETIMES")]);
-        assert_eq!(BridgeSettings::from_env(&env).unwrap_err().variable, "SF_EVENTS_REPLAY");
+        let env = Env::from_pairs([
+            ("SF_EVENTS_ENABLED", "false"),
+            ("SF_EVENTS_REPLAY", "SOMETIMES"),
+        ]);
+        assert_eq!(
+            BridgeSettings::from_env(&env).unwrap_err().variable,
+            "SF_EVENTS_REPLAY"
+        );
         let env = Env::from_pairs([("SF_EVENTS_ENABLED", "false"), ("SF_PUBSUB_BATCH", "0")]);
-        assert_eq!(BridgeSettings::from_env(&env).unwrap_err().variable, "SF_PUBSUB_BATCH");
+        assert_eq!(
+            BridgeSettings::from_env(&env).unwrap_err().variable,
+            "SF_PUBSUB_BATCH"
+        );
     }
 }

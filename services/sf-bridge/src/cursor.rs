@@ -30,7 +30,10 @@ impl StoredCursor {
     }
 
     pub fn view(&self) -> CursorView {
-        CursorView { replay_id: Some(self.replay_id.clone()), updated_at: Some(self.updated_at.clone()) }
+        CursorView {
+            replay_id: Some(self.replay_id.clone()),
+            updated_at: Some(self.updated_at.clone()),
+        }
     }
 }
 
@@ -51,7 +54,11 @@ pub struct CursorStore {
 
 impl CursorStore {
     pub fn new(kv: kv::Store, channel: &str, writer: &str) -> Self {
-        Self { kv, key: messages::subjects::channel_key(channel), writer: writer.to_owned() }
+        Self {
+            kv,
+            key: messages::subjects::channel_key(channel),
+            writer: writer.to_owned(),
+        }
     }
 
     pub fn key(&self) -> &str {
@@ -61,7 +68,12 @@ impl CursorStore {
     /// The stored cursor. A value that does not parse is reported as `Ok(None)` with an error
     /// log: the bridge then starts from `SF_EVENTS_REPLAY`, and replays are de-duplicated.
     pub async fn load(&self) -> Result<Option<StoredCursor>, CursorError> {
-        let Some(bytes) = self.kv.get(&self.key).await.map_err(|e| CursorError::Read(e.to_string()))? else {
+        let Some(bytes) = self
+            .kv
+            .get(&self.key)
+            .await
+            .map_err(|e| CursorError::Read(e.to_string()))?
+        else {
             return Ok(None);
         };
         match serde_json::from_slice::<StoredCursor>(&bytes) {
@@ -73,7 +85,11 @@ impl CursorStore {
         }
     }
 
-    pub async fn save(&self, replay_id: &[u8], event_id: Option<&str>) -> Result<StoredCursor, CursorError> {
+    pub async fn save(
+        &self,
+        replay_id: &[u8],
+        event_id: Option<&str>,
+    ) -> Result<StoredCursor, CursorError> {
         let cursor = StoredCursor {
             replay_id: base64::engine::general_purpose::STANDARD.encode(replay_id),
             updated_at: messages::bodies::rfc3339(time::OffsetDateTime::now_utc()),
@@ -81,7 +97,10 @@ impl CursorStore {
             written_by: Some(self.writer.clone()),
         };
         let bytes = serde_json::to_vec(&cursor).map_err(|e| CursorError::Write(e.to_string()))?;
-        self.kv.put(&self.key, bytes.into()).await.map_err(|e| CursorError::Write(e.to_string()))?;
+        self.kv
+            .put(&self.key, bytes.into())
+            .await
+            .map_err(|e| CursorError::Write(e.to_string()))?;
         Ok(cursor)
     }
 }

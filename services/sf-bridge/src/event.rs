@@ -45,26 +45,40 @@ pub struct EventEnvelope<'a> {
     pub received_at: &'a str,
 }
 
-fn optional_string(record: &Map<String, Value>, field: &'static str) -> Result<Option<String>, PoisonReason> {
+fn optional_string(
+    record: &Map<String, Value>,
+    field: &'static str,
+) -> Result<Option<String>, PoisonReason> {
     match record.get(field) {
         None | Some(Value::Null) => Ok(None),
         Some(Value::String(s)) if s.trim().is_empty() => Ok(None),
         Some(Value::String(s)) => Ok(Some(s.trim().to_owned())),
-        Some(other) => Err(PoisonReason::FieldType { field, detail: format!("expected text, got {other}") }),
+        Some(other) => Err(PoisonReason::FieldType {
+            field,
+            detail: format!("expected text, got {other}"),
+        }),
     }
 }
 
 /// Builds the contract body. A missing `CorrelationId__c` gets a new UUID here, once: every
 /// later hop carries this one.
-pub fn to_requested(envelope: &EventEnvelope<'_>, record: &Map<String, Value>) -> Result<ProvisioningRequestedV1, PoisonReason> {
+pub fn to_requested(
+    envelope: &EventEnvelope<'_>,
+    record: &Map<String, Value>,
+) -> Result<ProvisioningRequestedV1, PoisonReason> {
     let order_id = optional_string(record, "OrderId__c")?.ok_or(PoisonReason::OrderIdMissing)?;
-    messages::salesforce_id::validate(&order_id)
-        .map_err(|e| PoisonReason::OrderIdInvalid { value: order_id.clone(), detail: e.to_string() })?;
+    messages::salesforce_id::validate(&order_id).map_err(|e| PoisonReason::OrderIdInvalid {
+        value: order_id.clone(),
+        detail: e.to_string(),
+    })?;
     let version = match record.get("Version__c") {
         None | Some(Value::Null) => None,
         Some(Value::Number(n)) => n.as_f64(),
         Some(other) => {
-            return Err(PoisonReason::FieldType { field: "Version__c", detail: format!("expected a number, got {other}") })
+            return Err(PoisonReason::FieldType {
+                field: "Version__c",
+                detail: format!("expected a number, got {other}"),
+            })
         }
     };
     let created_at = match record.get("CreatedDate") {
@@ -142,10 +156,19 @@ mod tests {
     #[test]
     fn bad_order_ids_are_poison() {
         let missing = record(json!({"OrderId__c": null}));
-        assert_eq!(to_requested(&envelope(), &missing).unwrap_err(), PoisonReason::OrderIdMissing);
+        assert_eq!(
+            to_requested(&envelope(), &missing).unwrap_err(),
+            PoisonReason::OrderIdMissing
+        );
         let malformed = record(json!({"OrderId__c": "801' OR 1=1"}));
-        assert_eq!(to_requested(&envelope(), &malformed).unwrap_err().code(), "order_id_invalid");
+        assert_eq!(
+            to_requested(&envelope(), &malformed).unwrap_err().code(),
+            "order_id_invalid"
+        );
         let wrong_type = record(json!({"OrderId__c": 42}));
-        assert_eq!(to_requested(&envelope(), &wrong_type).unwrap_err().code(), "field_type");
+        assert_eq!(
+            to_requested(&envelope(), &wrong_type).unwrap_err().code(),
+            "field_type"
+        );
     }
 }

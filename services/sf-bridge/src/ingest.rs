@@ -86,7 +86,9 @@ enum InFlightKind {
     DeadLetter { reason: &'static str },
 }
 
-type AckFuture = Pin<Box<dyn Future<Output = (InFlight, Result<jetstream::publish::PublishAck, String>)> + Send>>;
+type AckFuture = Pin<
+    Box<dyn Future<Output = (InFlight, Result<jetstream::publish::PublishAck, String>)> + Send>,
+>;
 
 /// The newest replay id whose ack arrived in order, and what is already stored.
 #[derive(Default)]
@@ -118,7 +120,16 @@ impl Ingest {
         health: Arc<platform::http::Health>,
     ) -> Self {
         let js = jetstream::new(nats.clone());
-        Self { settings, client, nats, js, cursor, status, metrics, health }
+        Self {
+            settings,
+            client,
+            nats,
+            js,
+            cursor,
+            status,
+            metrics,
+            health,
+        }
     }
 
     /// Runs sessions until `stop` is cancelled, reconnecting with backoff.
@@ -128,7 +139,9 @@ impl Ingest {
         while !stop.is_cancelled() {
             self.status.set_state(SubscriptionState::Connecting);
             let mut received_any = false;
-            let result = self.session(&stop, fallback_to_earliest, &mut received_any).await;
+            let result = self
+                .session(&stop, fallback_to_earliest, &mut received_any)
+                .await;
             if received_any {
                 backoff.reset();
                 fallback_to_earliest = false;
@@ -163,7 +176,9 @@ impl Ingest {
                             fallback_to_earliest = true;
                             None
                         }
-                        SessionError::NatsDown | SessionError::Publish(_) | SessionError::Cursor(_) => {
+                        SessionError::NatsDown
+                        | SessionError::Publish(_)
+                        | SessionError::Cursor(_) => {
                             tracing::warn!(error = %err, "JetStream unavailable; Subscribe session ended, resuming from the stored cursor.");
                             Some(backoff.next_delay())
                         }
@@ -177,7 +192,10 @@ impl Ingest {
             };
             if let Some(delay) = delay {
                 self.status.set_state(SubscriptionState::Backoff);
-                tracing::info!(delay_ms = delay.as_millis() as u64, "Waiting before re-subscribing.");
+                tracing::info!(
+                    delay_ms = delay.as_millis() as u64,
+                    "Waiting before re-subscribing."
+                );
                 tokio::select! {
                     () = stop.cancelled() => break,
                     () = tokio::time::sleep(delay) => {}
@@ -186,14 +204,20 @@ impl Ingest {
         }
     }
 
-    fn replay_start(&self, stored: Option<&crate::cursor::StoredCursor>, fallback_to_earliest: bool) -> ReplayStart {
+    fn replay_start(
+        &self,
+        stored: Option<&crate::cursor::StoredCursor>,
+        fallback_to_earliest: bool,
+    ) -> ReplayStart {
         if fallback_to_earliest {
             return ReplayStart::Earliest;
         }
         match stored.map(crate::cursor::StoredCursor::replay_id_bytes) {
             Some(Ok(bytes)) if !bytes.is_empty() => ReplayStart::After(bytes),
             Some(_) => {
-                tracing::error!("Stored replay cursor is not valid base64; starting from SF_EVENTS_REPLAY.");
+                tracing::error!(
+                    "Stored replay cursor is not valid base64; starting from SF_EVENTS_REPLAY."
+                );
                 self.initial_start()
             }
             None => self.initial_start(),
@@ -225,7 +249,10 @@ impl Ingest {
         let start = self.replay_start(stored.as_ref(), fallback_to_earliest);
         let batch = self.settings.batch;
         tracing::info!(channel = %self.settings.channel, ?start, batch, "Opening Subscribe stream.");
-        let mut subscription = self.client.subscribe(&self.settings.channel, &start, batch as i32).await?;
+        let mut subscription = self
+            .client
+            .subscribe(&self.settings.channel, &start, batch as i32)
+            .await?;
         let mut outstanding = batch;
         let mut in_flight: FuturesOrdered<AckFuture> = FuturesOrdered::new();
         let mut idle_deadline = tokio::time::Instant::now() + self.settings.stream_idle_timeout;
@@ -284,7 +311,9 @@ impl Ingest {
                 () = tokio::time::sleep_until(idle_deadline) => break Ok(SessionEnd::Idle),
             }
             // Top up at half the batch, unless JetStream is behind.
-            if outstanding <= batch / 2 && in_flight.len() + (batch as usize) <= self.settings.max_in_flight {
+            if outstanding <= batch / 2
+                && in_flight.len() + (batch as usize) <= self.settings.max_in_flight
+            {
                 let more = batch - outstanding;
                 subscription.request(more as i32).await?;
                 outstanding = batch;
@@ -302,12 +331,19 @@ impl Ingest {
     }
 
     fn flush_due(&self, progress: &CursorProgress) -> bool {
-        progress.last_write.is_none_or(|at| at.elapsed() >= self.settings.cursor_flush_interval)
+        progress
+            .last_write
+            .is_none_or(|at| at.elapsed() >= self.settings.cursor_flush_interval)
     }
 
-    async fn drain(&self, in_flight: &mut FuturesOrdered<AckFuture>, progress: &mut CursorProgress) {
+    async fn drain(
+        &self,
+        in_flight: &mut FuturesOrdered<AckFuture>,
+        progress: &mut CursorProgress,
+    ) {
         let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
-        while let Ok(Some((entry, ack))) = tokio::time::timeout_at(deadline, in_flight.next()).await {
+        while let Ok(Some((entry, ack))) = tokio::time::timeout_at(deadline, in_flight.next()).await
+        {
             if self.on_ack(entry, ack, progress).is_err() {
                 // Nothing after a failed publish may move the cursor.
                 break;
@@ -330,11 +366,17 @@ impl Ingest {
             InFlightKind::Requested { created_ms } => {
                 if ack.duplicate {
                     self.metrics.events_duplicate.inc();
-                    tracing::info!(stream_sequence = ack.sequence, "Platform Event already enqueued; duplicate ignored by JetStream.");
+                    tracing::info!(
+                        stream_sequence = ack.sequence,
+                        "Platform Event already enqueued; duplicate ignored by JetStream."
+                    );
                 } else {
                     self.metrics.events_published.inc();
                     self.status.events_published.fetch_add(1, Ordering::Relaxed);
-                    tracing::info!(stream_sequence = ack.sequence, "Platform Event enqueued for provisioning");
+                    tracing::info!(
+                        stream_sequence = ack.sequence,
+                        "Platform Event enqueued for provisioning"
+                    );
                 }
                 if let Some(ms) = created_ms {
                     let now_ms = time::OffsetDateTime::now_utc().unix_timestamp_nanos() / 1_000_000;
@@ -345,9 +387,15 @@ impl Ingest {
             InFlightKind::DeadLetter { reason } => {
                 if !ack.duplicate {
                     self.metrics.dead_lettered(reason);
-                    self.status.events_dead_lettered.fetch_add(1, Ordering::Relaxed);
+                    self.status
+                        .events_dead_lettered
+                        .fetch_add(1, Ordering::Relaxed);
                 }
-                tracing::warn!(reason, stream_sequence = ack.sequence, "Platform Event set aside on the dead-letter subject.");
+                tracing::warn!(
+                    reason,
+                    stream_sequence = ack.sequence,
+                    "Platform Event set aside on the dead-letter subject."
+                );
             }
         }
         progress.acked = Some((entry.replay_id, entry.event_id));
@@ -364,7 +412,9 @@ impl Ingest {
         match self.cursor.save(&replay_id, event_id.as_deref()).await {
             Ok(stored) => {
                 self.metrics.cursor_writes.inc();
-                self.metrics.cursor_updated_timestamp.set(time::OffsetDateTime::now_utc().unix_timestamp() as f64);
+                self.metrics
+                    .cursor_updated_timestamp
+                    .set(time::OffsetDateTime::now_utc().unix_timestamp() as f64);
                 self.status.set_cursor(stored.view());
                 progress.saved = Some(replay_id);
                 progress.last_write = Some(Instant::now());
@@ -403,14 +453,18 @@ impl Ingest {
         });
         match outcome {
             Ok((body, created_ms)) => self.publish_requested(body, replay_id, created_ms).await,
-            Err(reason) => self.publish_dead_letter(&event, replay_id, &reason, &received_at).await,
+            Err(reason) => {
+                self.publish_dead_letter(&event, replay_id, &reason, &received_at)
+                    .await
+            }
         }
     }
 
     async fn decode(
         &self,
         event: &pubsub_proto::ProducerEvent,
-    ) -> Result<Result<serde_json::Map<String, serde_json::Value>, PoisonReason>, SessionError> {
+    ) -> Result<Result<serde_json::Map<String, serde_json::Value>, PoisonReason>, SessionError>
+    {
         let schema = match self.client.schema(&event.schema_id).await {
             Ok(schema) => schema,
             Err(err @ PubSubError::Schema { .. }) => {
@@ -419,13 +473,26 @@ impl Ingest {
                     detail: err.to_string(),
                 }))
             }
-            Err(PubSubError::Status { code: tonic::Code::NotFound | tonic::Code::InvalidArgument, message, .. }) => {
-                return Ok(Err(PoisonReason::SchemaUnavailable { schema_id: event.schema_id.clone(), detail: message }))
+            Err(PubSubError::Status {
+                code: tonic::Code::NotFound | tonic::Code::InvalidArgument,
+                message,
+                ..
+            }) => {
+                return Ok(Err(PoisonReason::SchemaUnavailable {
+                    schema_id: event.schema_id.clone(),
+                    detail: message,
+                }))
             }
             Err(err) => return Err(err.into()),
         };
-        Ok(salesforce::avro::decode_record(&schema, &event.payload)
-            .map_err(|e| PoisonReason::AvroDecode { schema_id: event.schema_id.clone(), detail: e.to_string() }))
+        Ok(
+            salesforce::avro::decode_record(&schema, &event.payload).map_err(|e| {
+                PoisonReason::AvroDecode {
+                    schema_id: event.schema_id.clone(),
+                    detail: e.to_string(),
+                }
+            }),
+        )
     }
 
     async fn publish_requested(
@@ -452,11 +519,23 @@ impl Ingest {
             salesforce.replay_id = %body.replay_id,
         );
         let mut headers = async_nats::HeaderMap::new();
-        platform::nats::insert_header(&mut headers, messages::headers::CORRELATION_ID, &body.correlation_id);
-        platform::nats::insert_header(&mut headers, messages::headers::SCHEMA, messages::ProvisioningRequestedV1::SCHEMA);
+        platform::nats::insert_header(
+            &mut headers,
+            messages::headers::CORRELATION_ID,
+            &body.correlation_id,
+        );
+        platform::nats::insert_header(
+            &mut headers,
+            messages::headers::SCHEMA,
+            messages::ProvisioningRequestedV1::SCHEMA,
+        );
         platform::telemetry::inject_trace_context(&span, &mut headers);
-        let payload = serde_json::to_vec(&body).map_err(|e| SessionError::Publish(e.to_string()))?;
-        let publish = Publish::build().payload(payload.into()).headers(headers).message_id(body.event_id.as_str());
+        let payload =
+            serde_json::to_vec(&body).map_err(|e| SessionError::Publish(e.to_string()))?;
+        let publish = Publish::build()
+            .payload(payload.into())
+            .headers(headers)
+            .message_id(body.event_id.as_str());
         let entry = InFlight {
             replay_id,
             event_id: Some(body.event_id.clone()),
@@ -512,23 +591,44 @@ impl Ingest {
             dead_lettered_at: received_at.to_owned(),
         };
         let mut headers = async_nats::HeaderMap::new();
-        platform::nats::insert_header(&mut headers, messages::headers::CORRELATION_ID, &correlation_id);
-        platform::nats::insert_header(&mut headers, messages::headers::SCHEMA, DeadLetterV1::SCHEMA);
+        platform::nats::insert_header(
+            &mut headers,
+            messages::headers::CORRELATION_ID,
+            &correlation_id,
+        );
+        platform::nats::insert_header(
+            &mut headers,
+            messages::headers::SCHEMA,
+            DeadLetterV1::SCHEMA,
+        );
         platform::telemetry::inject_trace_context(&span, &mut headers);
         // The replay id identifies the delivery even when the event id is unusable.
         let message_id = format!("{SERVICE}:{replay_b64}");
-        let payload = serde_json::to_vec(&body).map_err(|e| SessionError::Publish(e.to_string()))?;
-        let publish = Publish::build().payload(payload.into()).headers(headers).message_id(message_id.as_str());
+        let payload =
+            serde_json::to_vec(&body).map_err(|e| SessionError::Publish(e.to_string()))?;
+        let publish = Publish::build()
+            .payload(payload.into())
+            .headers(headers)
+            .message_id(message_id.as_str());
         let entry = InFlight {
             replay_id,
             event_id: (!event.id.is_empty()).then(|| event.id.clone()),
-            kind: InFlightKind::DeadLetter { reason: reason.code() },
+            kind: InFlightKind::DeadLetter {
+                reason: reason.code(),
+            },
             span: span.clone(),
         };
-        self.send(messages::subjects::deadletter(SERVICE), publish, entry).instrument(span).await
+        self.send(messages::subjects::deadletter(SERVICE), publish, entry)
+            .instrument(span)
+            .await
     }
 
-    async fn send(&self, subject: String, publish: Publish, entry: InFlight) -> Result<AckFuture, SessionError> {
+    async fn send(
+        &self,
+        subject: String,
+        publish: Publish,
+        entry: InFlight,
+    ) -> Result<AckFuture, SessionError> {
         let ack = self
             .js
             .send_publish(subject, publish)

@@ -30,7 +30,12 @@ pub enum LeaseError {
 
 impl Lease {
     pub fn new(kv: kv::Store, channel: &str, owner: &str, ttl: Duration) -> Self {
-        Self { kv, key: messages::subjects::channel_key(channel), owner: owner.to_owned(), ttl }
+        Self {
+            kv,
+            key: messages::subjects::channel_key(channel),
+            owner: owner.to_owned(),
+            ttl,
+        }
     }
 
     pub fn ttl(&self) -> Duration {
@@ -68,7 +73,11 @@ impl Lease {
                 () = stop.cancelled() => break,
                 () = tokio::time::sleep(renew_every) => {}
             }
-            match self.kv.update(&self.key, self.owner.clone().into(), revision).await {
+            match self
+                .kv
+                .update(&self.key, self.owner.clone().into(), revision)
+                .await
+            {
                 Ok(next) => {
                     revision = next;
                     last_renewed = Instant::now();
@@ -89,7 +98,11 @@ impl Lease {
             }
         }
         // Hand over at once instead of making a standby wait out the TTL.
-        if let Err(err) = self.kv.delete_expect_revision(&self.key, Some(revision)).await {
+        if let Err(err) = self
+            .kv
+            .delete_expect_revision(&self.key, Some(revision))
+            .await
+        {
             tracing::debug!(error = %err, "Could not release the lease; it will expire.");
         } else {
             tracing::info!(key = %self.key, "Released the subscription lease.");

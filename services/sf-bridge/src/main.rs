@@ -13,7 +13,8 @@ async fn main() -> anyhow::Result<()> {
             std::process::exit(2);
         }
     };
-    let telemetry = platform::telemetry::init(&settings.common.telemetry).context("initialise telemetry")?;
+    let telemetry =
+        platform::telemetry::init(&settings.common.telemetry).context("initialise telemetry")?;
     tracing::info!(
         channel = %settings.channel,
         pubsub_endpoint = %settings.pubsub_endpoint,
@@ -23,7 +24,9 @@ async fn main() -> anyhow::Result<()> {
     );
     let cancel = platform::shutdown::on_signal();
     let result = async {
-        let app = App::build(settings, &cancel).await.context("start sf-bridge")?;
+        let app = App::build(settings, &cancel)
+            .await
+            .context("start sf-bridge")?;
         app.run_until_stopped(cancel).await.context("run sf-bridge")
     }
     .await;

@@ -48,8 +48,16 @@ impl BridgeMetrics {
             in_flight: Gauge::default(),
         };
         let sub = registry.sub_registry_with_prefix("sf_bridge");
-        sub.register("events_received", "Platform Events received from Salesforce", metrics.events_received.clone());
-        sub.register("events_published", "Events acknowledged by JetStream", metrics.events_published.clone());
+        sub.register(
+            "events_received",
+            "Platform Events received from Salesforce",
+            metrics.events_received.clone(),
+        );
+        sub.register(
+            "events_published",
+            "Events acknowledged by JetStream",
+            metrics.events_published.clone(),
+        );
         sub.register(
             "events_duplicate",
             "Events JetStream recognised as already stored (Nats-Msg-Id)",
@@ -60,34 +68,62 @@ impl BridgeMetrics {
             "Events set aside on provisioning.deadletter.sf-bridge, by reason",
             metrics.events_dead_lettered.clone(),
         );
-        sub.register("keepalives", "Empty keepalive responses from Salesforce", metrics.keepalives.clone());
-        sub.register("reconnects", "Subscribe streams re-opened, by reason", metrics.reconnects.clone());
+        sub.register(
+            "keepalives",
+            "Empty keepalive responses from Salesforce",
+            metrics.keepalives.clone(),
+        );
+        sub.register(
+            "reconnects",
+            "Subscribe streams re-opened, by reason",
+            metrics.reconnects.clone(),
+        );
         sub.register(
             "replay_id_fallbacks",
             "Stored replay ids Salesforce rejected, replaced by EARLIEST",
             metrics.replay_id_fallbacks.clone(),
         );
-        sub.register("cursor_writes", "Replay cursor writes to KV", metrics.cursor_writes.clone());
+        sub.register(
+            "cursor_writes",
+            "Replay cursor writes to KV",
+            metrics.cursor_writes.clone(),
+        );
         sub.register(
             "cursor_updated_timestamp_seconds",
             "Unix time of the last replay cursor write",
             metrics.cursor_updated_timestamp.clone(),
         );
-        sub.register("leader", "1 while this replica holds the subscription lease", metrics.is_leader.clone());
+        sub.register(
+            "leader",
+            "1 while this replica holds the subscription lease",
+            metrics.is_leader.clone(),
+        );
         sub.register(
             "event_lag_seconds",
             "Time from the event's CreatedDate in Salesforce to its JetStream ack",
             metrics.event_lag_seconds.clone(),
         );
-        sub.register("publishes_in_flight", "Publishes awaiting their JetStream ack", metrics.in_flight.clone());
+        sub.register(
+            "publishes_in_flight",
+            "Publishes awaiting their JetStream ack",
+            metrics.in_flight.clone(),
+        );
         metrics
     }
 
     pub fn dead_lettered(&self, reason: &str) {
-        self.events_dead_lettered.get_or_create(&ReasonLabel { reason: reason.to_owned() }).inc();
+        self.events_dead_lettered
+            .get_or_create(&ReasonLabel {
+                reason: reason.to_owned(),
+            })
+            .inc();
     }
 
     pub fn reconnect(&self, reason: &str) {
-        self.reconnects.get_or_create(&ReasonLabel { reason: reason.to_owned() }).inc();
+        self.reconnects
+            .get_or_create(&ReasonLabel {
+                reason: reason.to_owned(),
+            })
+            .inc();
     }
 }

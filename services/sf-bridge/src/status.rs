@@ -55,7 +55,11 @@ impl BridgeStatus {
             channel: channel.to_owned(),
             instance_id: instance_id.to_owned(),
             inner: RwLock::new(Inner {
-                state: if enabled { SubscriptionState::Connecting } else { SubscriptionState::Disabled },
+                state: if enabled {
+                    SubscriptionState::Connecting
+                } else {
+                    SubscriptionState::Disabled
+                },
                 cursor: CursorView::default(),
                 last_event_at: None,
                 last_error: None,
@@ -77,7 +81,10 @@ impl BridgeStatus {
     }
 
     pub fn state(&self) -> SubscriptionState {
-        self.inner.read().map(|i| i.state).unwrap_or(SubscriptionState::Connecting)
+        self.inner
+            .read()
+            .map(|i| i.state)
+            .unwrap_or(SubscriptionState::Connecting)
     }
 
     pub fn set_cursor(&self, cursor: CursorView) {
@@ -96,8 +103,18 @@ impl BridgeStatus {
     /// The `/health/sf-events` body.
     pub fn report(&self) -> serde_json::Value {
         let (state, cursor, last_event_at, last_error) = match self.inner.read() {
-            Ok(inner) => (inner.state, inner.cursor.clone(), inner.last_event_at.clone(), inner.last_error.clone()),
-            Err(_) => (SubscriptionState::Connecting, CursorView::default(), None, None),
+            Ok(inner) => (
+                inner.state,
+                inner.cursor.clone(),
+                inner.last_event_at.clone(),
+                inner.last_error.clone(),
+            ),
+            Err(_) => (
+                SubscriptionState::Connecting,
+                CursorView::default(),
+                None,
+                None,
+            ),
         };
         serde_json::json!({
             "enabled": self.enabled,

@@ -1,0 +1,25 @@
+#!/usr/bin/env bash
+# The whole test suite, as CI runs it:
+#   1. formatting and lints (skip with SKIP_LINT=1),
+#   2. every crate's tests against Debian's nats-server 2.9,
+#   3. the NATS integration tests again against the current nats-server release.
+# Each test starts its own nats-server (free port, temporary store), so nothing else is needed.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+eval "$(scripts/ensure-nats.sh)"
+echo "nats-server (Debian):  $("$NATS_SERVER_DEBIAN" --version)"
+echo "nats-server (current): $("$NATS_SERVER_CURRENT" --version)"
+
+if [ "${SKIP_LINT:-0}" != 1 ]; then
+  echo "== cargo fmt --check"
+  cargo fmt --all -- --check
+  echo "== cargo clippy"
+  cargo clippy --workspace --all-targets --quiet -- -D warnings
+fi
+
+echo "== tests (nats-server $("$NATS_SERVER_DEBIAN" --version | awk '{print $2}'))"
+NATS_SERVER_BIN="$NATS_SERVER_DEBIAN" cargo test --workspace --no-fail-fast
+
+echo "== NATS integration tests (nats-server $("$NATS_SERVER_CURRENT" --version | awk '{print $2}'))"
+NATS_SERVER_BIN="$NATS_SERVER_CURRENT" cargo test -p sf-bridge --no-fail-fast --test '*'
