@@ -1,0 +1,106 @@
+#!/usr/bin/env bash
+# The whole pipeline on this machine, without Docker: a nats-server with JetStream, sf-sim (the
+# Salesforce stand-in) and the services built so far, as local processes. Seeds demo data,
+# approves the demo orders the way the Salesforce Flow does, and shows them flowing.
+# Ctrl-C stops everything. State and logs live in .local/ (removed at start; KEEP_STATE=1 keeps it).
+#
+# Ports (override with the variables): NATS 14222, sf-sim login/admin 18081, sf-sim REST 18082,
+# sf-sim Pub/Sub 17443, sf-bridge health 18080.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+root="$(pwd)"
+state="$root/.local"
+profile="${PROFILE:-debug}"
+NATS_PORT="${NATS_PORT:-14222}"
+SIM_LOGIN_PORT="${SIM_LOGIN_PORT:-18081}"
+SIM_INSTANCE_PORT="${SIM_INSTANCE_PORT:-18082}"
+SIM_PUBSUB_PORT="${SIM_PUBSUB_PORT:-17443}"
+BRIDGE_HTTP_PORT="${BRIDGE_HTTP_PORT:-18080}"
+
+say() { printf '\n\033[1m== %s\033[0m\n' "$*"; }
+
+command -v openssl >/dev/null || { apt-get update -qq && apt-get install -y -qq openssl; }
+command -v curl >/dev/null || { apt-get update -qq && apt-get install -y -qq curl; }
+eval "$(scripts/ensure-nats.sh)"
+nats_bin="${NATS_SERVER_BIN:-$NATS_SERVER_CURRENT}"
+
+say "Building the services ($profile)"
+if [ "$profile" = release ]; then cargo build --release --bins; else cargo build --bins; fi
+bin="$root/target/$profile"
+
+[ "${KEEP_STATE:-0}" = 1 ] || rm -rf "$state"
+mkdir -p "$state/logs" "$state/keys"
+if [ ! -f "$state/keys/sf.key.pem" ]; then
+  openssl genpkey -algorithm RSA -pkeyopt rsa_keygen_bits:2048 -out "$state/keys/sf.key.pem" 2>/dev/null
+  openssl pkey -in "$state/keys/sf.key.pem" -pubout -out "$state/keys/sf.pub.pem"
+fi
+
+pids=()
+cleanup() {
+  trap - EXIT INT TERM
+  say "Stopping"
+  for pid in "${pids[@]}"; do kill -TERM "$pid" 2>/dev/null || true; done
+  wait 2>/dev/null || true
+  echo "Logs are in $state/logs."
+}
+trap cleanup EXIT INT TERM
+
+wait_http() { # url, name
+  for _ in $(seq 1 200); do curl -fsS -o /dev/null "$1" 2>/dev/null && return 0; sleep 0.1; done
+  echo "$2 did not come up; see $state/logs" >&2; exit 1
+}
+
+say "Starting nats-server ($("$nats_bin" --version)) on $NATS_PORT"
+"$nats_bin" -js -a 127.0.0.1 -p "$NATS_PORT" -sd "$state/nats" -m $((NATS_PORT + 1)) >"$state/logs/nats.log" 2>&1 &
+pids+=($!)
+wait_http "http://127.0.0.1:$((NATS_PORT + 1))/healthz" nats-server
+
+say "Starting sf-sim"
+SF_SIM_LOGIN_ADDR="127.0.0.1:$SIM_LOGIN_PORT" SF_SIM_INSTANCE_ADDR="127.0.0.1:$SIM_INSTANCE_PORT" \
+SF_SIM_PUBSUB_ADDR="127.0.0.1:$SIM_PUBSUB_PORT" SF_SIM_PUBLIC_KEY_PATH="$state/keys/sf.pub.pem" \
+SF_SIM_CLIENT_ID=demo-consumer-key SF_SIM_USERNAME=integration@demo.example SF_SIM_KEEPALIVE_SECS=5 \
+LOG_FORMAT=pretty "$bin/sf-sim" >"$state/logs/sf-sim.log" 2>&1 &
+pids+=($!)
+wait_http "http://127.0.0.1:$SIM_LOGIN_PORT/health" sf-sim
+
+say "Starting sf-bridge"
+NATS_URL="nats://127.0.0.1:$NATS_PORT" HTTP_ADDR="127.0.0.1:$BRIDGE_HTTP_PORT" \
+SF_LOGIN_URL="http://127.0.0.1:$SIM_LOGIN_PORT" SF_CLIENT_ID=demo-consumer-key \
+SF_USERNAME=integration@demo.example SF_PRIVATE_KEY_PATH="$state/keys/sf.key.pem" \
+SF_PUBSUB_ENDPOINT="http://127.0.0.1:$SIM_PUBSUB_PORT" SF_EVENTS_REPLAY=ALL \
+LOG_FORMAT=pretty "$bin/sf-bridge" >"$state/logs/sf-bridge.log" 2>&1 &
+pids+=($!)
+wait_http "http://127.0.0.1:$BRIDGE_HTTP_PORT/health" sf-bridge
+for _ in $(seq 1 100); do
+  curl -fsS "http://127.0.0.1:$BRIDGE_HTTP_PORT/health/sf-events" | grep -q '"state":"subscribed"' && break
+  sleep 0.1
+done
+
+say "Seeding demo data in sf-sim and approving the orders"
+seed="$(curl -fsS -X POST "http://127.0.0.1:$SIM_LOGIN_PORT/admin/seed-demo")"
+orders="$(python3 -c 'import json,sys; print(" ".join(json.load(sys.stdin)["orders"]))' <<<"$seed")"
+for order in $orders; do
+  curl -fsS -X POST "http://127.0.0.1:$SIM_LOGIN_PORT/admin/orders/$order/approve" >/dev/null
+  echo "approved Order $order (Activation_Status__c = Activating, OrderProvisionRequested__e published)"
+done
+
+say "Events flowing (sf-bridge log)"
+count=$(wc -w <<<"$orders")
+for _ in $(seq 1 100); do
+  [ "$(grep -c 'Platform Event enqueued for provisioning' "$state/logs/sf-bridge.log" || true)" -ge "$count" ] && break
+  sleep 0.1
+done
+grep 'Platform Event enqueued for provisioning' "$state/logs/sf-bridge.log" | sed 's/\x1b\[[0-9;]*m//g' | tail -n "$count"
+
+say "sf-bridge /health/sf-events"
+curl -fsS "http://127.0.0.1:$BRIDGE_HTTP_PORT/health/sf-events" | python3 -m json.tool
+
+cat <<MSG
+
+The stack is running. Try:
+  curl -X POST http://127.0.0.1:$SIM_LOGIN_PORT/admin/orders/<OrderId>/approve   # approve again
+  curl http://127.0.0.1:$BRIDGE_HTTP_PORT/metrics | grep sf_bridge_
+  tail -f $state/logs/sf-bridge.log
+Ctrl-C stops everything.
+MSG
+wait
