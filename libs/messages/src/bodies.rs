@@ -31,6 +31,72 @@ impl ProvisioningRequestedV1 {
     pub const SCHEMA: &'static str = "provisioning.requested.v1";
 }
 
+/// The result of one provisioning job (`provisioning.outcome.<OrderId>.<result>`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum OutcomeResult {
+    Activated,
+    Failed,
+    Skipped,
+}
+
+impl OutcomeResult {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Activated => "activated",
+            Self::Failed => "failed",
+            Self::Skipped => "skipped",
+        }
+    }
+}
+
+/// Body of `provisioning.outcome.<OrderId>.<result>`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ProvisioningOutcomeV1 {
+    /// Always [`ProvisioningOutcomeV1::SCHEMA`].
+    pub schema: String,
+    pub order_id: String,
+    pub result: OutcomeResult,
+    pub whmcs_order_id: Option<u64>,
+    #[serde(default)]
+    pub whmcs_service_ids: Vec<u64>,
+    pub whmcs_invoice_id: Option<u64>,
+    pub error_code: Option<String>,
+    pub error_message: Option<String>,
+    /// The last step reached (CONTRACT §5 step names).
+    pub step: String,
+    pub correlation_id: String,
+    pub event_id: String,
+    pub idem_key: Option<String>,
+    pub started_at: String,
+    pub finished_at: String,
+    pub duration_ms: u64,
+}
+
+impl ProvisioningOutcomeV1 {
+    pub const SCHEMA: &'static str = "provisioning.outcome.v1";
+}
+
+/// Body of `sf.order.update.<OrderId>`: the Order fields sf-writer must set. `fields` holds
+/// exactly the Salesforce field names and values (null clears a field).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct OrderUpdateV1 {
+    /// Always [`OrderUpdateV1::SCHEMA`].
+    pub schema: String,
+    pub order_id: String,
+    /// Per-order sequence, increasing with every update the provisioner issues for this order;
+    /// sf-writer never applies an update older than one it already applied.
+    pub sequence: u64,
+    pub fields: serde_json::Map<String, serde_json::Value>,
+    pub correlation_id: String,
+    pub event_id: String,
+    pub created_at: String,
+}
+
+impl OrderUpdateV1 {
+    pub const SCHEMA: &'static str = "sf.order.update.v1";
+}
+
 /// Body of `provisioning.deadletter.<service>`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct DeadLetterV1 {

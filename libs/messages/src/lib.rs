@@ -4,7 +4,8 @@
 //!
 //! - [`subjects`]: subject builders and wildcard filters.
 //! - [`headers`]: header names carried by every message.
-//! - [`bodies`]: `provisioning.requested.v1`, `provisioning.deadletter.v1`.
+//! - [`bodies`]: `provisioning.requested.v1`, `provisioning.outcome.v1`, `sf.order.update.v1`,
+//!   `provisioning.deadletter.v1`.
 //! - [`salesforce_id`]: validation of 15/18-character Salesforce ids.
 
 pub mod bodies;
@@ -12,4 +13,7 @@ pub mod headers;
 pub mod salesforce_id;
 pub mod subjects;
 
-pub use bodies::{DeadLetterOrigin, DeadLetterV1, ProvisioningRequestedV1};
+pub use bodies::{
+    DeadLetterOrigin, DeadLetterV1, OrderUpdateV1, OutcomeResult, ProvisioningOutcomeV1,
+    ProvisioningRequestedV1,
+};

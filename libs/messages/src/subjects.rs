@@ -14,12 +14,36 @@ pub fn deadletter(service: &str) -> String {
 pub const DEADLETTER_PREFIX: &str = "provisioning.deadletter";
 pub const DEADLETTER_ALL: &str = "provisioning.deadletter.>";
 
+/// `provisioning.outcome.<OrderId>.<result>`, `<result>` ∈ `activated`, `failed`, `skipped`.
+pub fn provisioning_outcome(order_id: &str, result: &str) -> String {
+    format!("{PROVISIONING_OUTCOME_PREFIX}.{order_id}.{result}")
+}
+pub const PROVISIONING_OUTCOME_PREFIX: &str = "provisioning.outcome";
+pub const PROVISIONING_OUTCOME_ALL: &str = "provisioning.outcome.>";
+
+/// `sf.order.update.<OrderId>`: field changes for sf-writer to apply.
+pub fn order_update(order_id: &str) -> String {
+    format!("{ORDER_UPDATE_PREFIX}.{order_id}")
+}
+pub const ORDER_UPDATE_PREFIX: &str = "sf.order.update";
+pub const ORDER_UPDATE_ALL: &str = "sf.order.update.>";
+
 /// Default stream names (overridable by configuration; documented in docs/configuration.md).
 pub mod streams {
     /// Captures `provisioning.requested.>`.
     pub const REQUESTS: &str = "PROVISIONING_REQUESTS";
     /// Captures `provisioning.deadletter.>`.
     pub const DEADLETTER: &str = "PROVISIONING_DEADLETTER";
+    /// Captures `provisioning.outcome.>`.
+    pub const OUTCOMES: &str = "PROVISIONING_OUTCOMES";
+    /// Captures `sf.order.update.>`.
+    pub const ORDER_UPDATES: &str = "SF_ORDER_UPDATES";
+}
+
+/// Default durable consumer names.
+pub mod consumers {
+    pub const PROVISIONER: &str = "provisioner";
+    pub const SF_WRITER: &str = "sf-writer";
 }
 
 /// Default KV bucket names.
@@ -28,6 +52,8 @@ pub mod buckets {
     pub const BRIDGE_CURSOR: &str = "sf_bridge_cursor";
     /// sf-bridge leadership lease, one key per channel.
     pub const BRIDGE_LEASE: &str = "sf_bridge_lease";
+    /// Provisioner job journal, one key per order.
+    pub const JOBS: &str = "provisioning_jobs";
 }
 
 /// A KV key derived from a channel name (`/event/Foo__e` → `event.Foo__e`), since KV keys

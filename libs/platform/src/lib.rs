@@ -7,6 +7,7 @@
 //!   trace-context propagation through NATS headers.
 //! - [`http`]: the `/health` and `/metrics` listener.
 //! - [`shutdown`]: SIGTERM/SIGINT to a cancellation token.
+//! - [`streams`]: the pipeline's stream definitions.
 //! - [`backoff`]: exponential backoff with full jitter.
 
 pub mod backoff;
@@ -14,6 +15,7 @@ pub mod config;
 pub mod http;
 pub mod nats;
 pub mod shutdown;
+pub mod streams;
 pub mod telemetry;
 
 pub use tokio_util::sync::CancellationToken;

@@ -249,8 +249,11 @@ async fn try_ensure_resources(
     settings: &BridgeSettings,
 ) -> Result<(kv::Store, kv::Store), platform::nats::NatsError> {
     platform::nats::ensure_stream(js, requests_stream_config(settings)).await?;
-    platform::nats::ensure_stream(js, deadletter_stream_config(&settings.deadletter_stream))
-        .await?;
+    platform::nats::ensure_stream(
+        js,
+        platform::streams::deadletter(&settings.deadletter_stream),
+    )
+    .await?;
     let cursor = platform::nats::ensure_bucket(
         js,
         kv::Config {
@@ -277,33 +280,11 @@ async fn try_ensure_resources(
     Ok((cursor, lease))
 }
 
-/// The requests stream: file storage, a long duplicate window so a replay (after a crash, or the
-/// EARLIEST fallback, up to Salesforce's 72-hour retention) stores each event once.
+/// The requests stream, with the configured duplicate window and retention.
 pub fn requests_stream_config(settings: &BridgeSettings) -> stream::Config {
-    stream::Config {
-        name: settings.requests_stream.clone(),
-        description: Some(
-            "Salesforce OrderProvisionRequested__e events, one message per event id".to_owned(),
-        ),
-        subjects: vec![messages::subjects::PROVISIONING_REQUESTED_ALL.to_owned()],
-        storage: stream::StorageType::File,
-        retention: stream::RetentionPolicy::Limits,
-        max_age: settings.requests_max_age,
-        duplicate_window: settings.duplicate_window,
-        ..Default::default()
-    }
-}
-
-/// Dead letters of every service, kept for operators to inspect and replay.
-pub fn deadletter_stream_config(name: &str) -> stream::Config {
-    stream::Config {
-        name: name.to_owned(),
-        description: Some("Messages the pipeline could not process, with the reason".to_owned()),
-        subjects: vec![messages::subjects::DEADLETTER_ALL.to_owned()],
-        storage: stream::StorageType::File,
-        retention: stream::RetentionPolicy::Limits,
-        max_age: Duration::from_secs(30 * 24 * 3600),
-        duplicate_window: Duration::from_secs(24 * 3600),
-        ..Default::default()
-    }
+    platform::streams::requests(
+        &settings.requests_stream,
+        settings.duplicate_window,
+        settings.requests_max_age,
+    )
 }

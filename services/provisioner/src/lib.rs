@@ -1,0 +1,27 @@
+//! provisioner: one job per Salesforce provisioning event, WHMCS side effects exactly once.
+//!
+//! - [`config`]: settings (CONTRACT §2).
+//! - [`app`]: wiring and ordered shutdown.
+//! - [`worker`]: the durable pull consumer (explicit ack, max_deliver = 1) and job slots.
+//! - [`job`]: one message: validate, claim, ack, orchestrate, report.
+//! - [`journal`]: the KV job journal (claims by compare-and-swap, leases, WHMCS ids).
+//! - [`orchestrator`]: the steps, from the Salesforce read to AcceptOrder.
+//! - [`publisher`]: outcome and Salesforce-update messages.
+//! - [`recovery`]: abandoned jobs (expired leases, max-deliveries advisories) → INTERRUPTED.
+//! - [`salesforce_order`], [`steps`], [`deadletter`], [`metrics`].
+
+pub mod app;
+pub mod config;
+pub mod deadletter;
+pub mod job;
+pub mod journal;
+pub mod metrics;
+pub mod orchestrator;
+pub mod publisher;
+pub mod recovery;
+pub mod salesforce_order;
+pub mod steps;
+pub mod worker;
+
+pub use app::App;
+pub use config::ProvisionerSettings;

@@ -1,0 +1,125 @@
+//! Prometheus metrics of the provisioner.
+
+use std::time::Duration;
+
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
+use prometheus_client::registry::Registry;
+
+use crate::steps::Step;
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct OutcomeLabels {
+    pub result: String,
+    pub error_code: String,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct StepLabel {
+    pub step: String,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ReasonLabel {
+    pub reason: String,
+}
+
+fn step_histogram() -> Histogram {
+    Histogram::new(exponential_buckets(0.005, 2.0, 14))
+}
+
+#[derive(Debug, Clone)]
+pub struct ProvisionerMetrics {
+    pub attempts: Family<OutcomeLabels, Counter>,
+    pub duration_seconds: Histogram,
+    pub step_duration_seconds: Family<StepLabel, Histogram, fn() -> Histogram>,
+    pub not_claimed: Family<ReasonLabel, Counter>,
+    pub interrupted: Family<ReasonLabel, Counter>,
+    pub dead_lettered: Counter,
+    pub in_flight: Gauge,
+    pub journal_writes: Counter,
+    /// Enqueue (sf-bridge receipt) to outcome.
+    pub end_to_end_seconds: Histogram,
+}
+
+impl ProvisionerMetrics {
+    pub fn register(registry: &mut Registry) -> Self {
+        let metrics = Self {
+            attempts: Family::default(),
+            duration_seconds: Histogram::new(exponential_buckets(0.01, 2.0, 14)),
+            step_duration_seconds: Family::new_with_constructor(step_histogram),
+            not_claimed: Family::default(),
+            interrupted: Family::default(),
+            dead_lettered: Counter::default(),
+            in_flight: Gauge::default(),
+            journal_writes: Counter::default(),
+            end_to_end_seconds: Histogram::new(exponential_buckets(0.01, 2.0, 16)),
+        };
+        let sub = registry.sub_registry_with_prefix("provisioner");
+        sub.register(
+            "attempts",
+            "Provisioning jobs by result and error code",
+            metrics.attempts.clone(),
+        );
+        sub.register(
+            "duration_seconds",
+            "Duration of a provisioning job",
+            metrics.duration_seconds.clone(),
+        );
+        sub.register(
+            "step_duration_seconds",
+            "Duration of each orchestration step",
+            metrics.step_duration_seconds.clone(),
+        );
+        sub.register(
+            "events_not_claimed",
+            "Events that started no job (duplicate event, repeated IdemKey__c, job in progress)",
+            metrics.not_claimed.clone(),
+        );
+        sub.register(
+            "jobs_interrupted",
+            "Jobs marked INTERRUPTED, by how they were found",
+            metrics.interrupted.clone(),
+        );
+        sub.register(
+            "dead_lettered",
+            "Messages set aside on provisioning.deadletter.provisioner",
+            metrics.dead_lettered.clone(),
+        );
+        sub.register(
+            "jobs_in_flight",
+            "Jobs running on this replica",
+            metrics.in_flight.clone(),
+        );
+        sub.register(
+            "journal_writes",
+            "Job journal writes",
+            metrics.journal_writes.clone(),
+        );
+        sub.register(
+            "enqueue_to_outcome_seconds",
+            "Time from sf-bridge receiving the event to the outcome",
+            metrics.end_to_end_seconds.clone(),
+        );
+        metrics
+    }
+
+    pub fn observe_step(&self, step: Step, elapsed: Duration) {
+        self.step_duration_seconds
+            .get_or_create(&StepLabel {
+                step: step.as_str().to_owned(),
+            })
+            .observe(elapsed.as_secs_f64());
+    }
+
+    pub fn attempt(&self, result: &str, error_code: Option<&str>) {
+        let labels = OutcomeLabels {
+            result: result.to_owned(),
+            error_code: error_code.unwrap_or("").to_owned(),
+        };
+        self.attempts.get_or_create(&labels).inc();
+    }
+}

@@ -1,0 +1,409 @@
+//! The orchestration of one claimed job: `order_details` → `guard` → `mapping` →
+//! `payment_method` → `whmcs_create` → `whmcs_accept`. No WHMCS call is retried: a failure ends
+//! the job with the contract's error code, and operators retry from Salesforce.
+//!
+//! WHMCS side effects happen once per Salesforce Order: AddOrder carries a marker with the
+//! Order id in `notes`; a retry reuses the WHMCS order the journal remembers or, when an earlier
+//! attempt's outcome was unknown, the one GetOrders finds by the marker.
+
+use std::future::Future;
+use std::time::Instant;
+
+use messages::ProvisioningRequestedV1;
+use salesforce::rest::RestClient;
+use tracing::Instrument;
+use whmcs::WhmcsClient;
+
+use crate::journal::{JobRecord, Journal};
+use crate::metrics::ProvisionerMetrics;
+use crate::salesforce_order::{self, SfOrder};
+use crate::steps::{codes, JobResult, Step};
+
+/// The marker AddOrder writes into the WHMCS order's `notes`.
+pub fn marker(order_id: &str) -> String {
+    format!("[sf-order:{order_id}]")
+}
+
+/// A running job's journal entry, shared by the steps (which record progress) and the lease
+/// renewal; one lock keeps the compare-and-swap revisions in order.
+pub struct JobJournal {
+    pub journal: Journal,
+    pub state: tokio::sync::Mutex<(JobRecord, u64)>,
+}
+
+impl JobJournal {
+    /// Applies `change` to the entry and writes it (CAS). A failed write is logged, not fatal:
+    /// the finish write repeats everything, and recovery covers a worker that cannot write.
+    pub async fn record(&self, change: impl FnOnce(&mut JobRecord)) {
+        let mut guard = self.state.lock().await;
+        let (record, revision) = &mut *guard;
+        change(record);
+        match self.journal.replace(record, *revision).await {
+            Ok(next) => *revision = next,
+            Err(err) => {
+                tracing::warn!(error = %err, "Could not record job progress in the journal.")
+            }
+        }
+    }
+
+    pub async fn snapshot(&self) -> (JobRecord, u64) {
+        self.state.lock().await.clone()
+    }
+}
+
+/// Where the orchestration stopped, and how.
+#[derive(Debug)]
+pub struct Finished {
+    pub result: JobResult,
+    pub step: Step,
+}
+
+pub struct Orchestrator {
+    pub salesforce: RestClient,
+    pub whmcs: WhmcsClient,
+    pub default_payment_method: String,
+    pub metrics: ProvisionerMetrics,
+}
+
+struct MappedItem {
+    pid: u64,
+    cycle: whmcs::types::BillingCycle,
+    quantity: u32,
+}
+
+impl Orchestrator {
+    /// Runs the steps after `validation` (done by the caller before claiming).
+    pub async fn run(
+        &self,
+        request: &ProvisioningRequestedV1,
+        job: &JobJournal,
+        previous: Option<&JobRecord>,
+    ) -> Finished {
+        let order = match self
+            .step(
+                Step::OrderDetails,
+                job,
+                self.salesforce
+                    .query::<SfOrder>(&salesforce_order::soql(&request.order_id)),
+            )
+            .await
+        {
+            Ok(mut records) if !records.is_empty() => records.swap_remove(0),
+            Ok(_) => {
+                return Finished {
+                    result: JobResult::failed(
+                        "404",
+                        format!("Order {} not found in Salesforce", request.order_id),
+                    ),
+                    step: Step::OrderDetails,
+                }
+            }
+            Err(err) => {
+                return Finished {
+                    result: JobResult::failed(err.contract_code(), err.to_string()),
+                    step: Step::OrderDetails,
+                }
+            }
+        };
+
+        let status = order.activation_status.as_deref().unwrap_or("");
+        let guard_passed = self
+            .step(Step::Guard, job, async { status == "Activating" })
+            .await;
+        if !guard_passed {
+            let reason = format!(
+                "Activation_Status__c is {:?}, not Activating",
+                order.activation_status
+            );
+            return Finished {
+                result: JobResult::Skipped { reason },
+                step: Step::Guard,
+            };
+        }
+
+        let (client_id, items) = match self
+            .step(Step::Mapping, job, async { map_order(&order) })
+            .await
+        {
+            Ok(mapped) => mapped,
+            Err(result) => {
+                return Finished {
+                    result,
+                    step: Step::Mapping,
+                }
+            }
+        };
+        job.record(|r| r.whmcs_client_id = Some(client_id)).await;
+
+        let payment_method = match self
+            .step(Step::PaymentMethod, job, self.payment_method(client_id))
+            .await
+        {
+            Ok(gateway) => gateway,
+            Err(result) => {
+                return Finished {
+                    result,
+                    step: Step::PaymentMethod,
+                }
+            }
+        };
+
+        let created = self
+            .step(
+                Step::WhmcsCreate,
+                job,
+                self.create_order(request, job, previous, client_id, &payment_method, &items),
+            )
+            .await;
+        let (whmcs_order_id, service_ids, invoice_id) = match created {
+            Ok(created) => created,
+            Err(result) => {
+                return Finished {
+                    result,
+                    step: Step::WhmcsCreate,
+                }
+            }
+        };
+
+        match self
+            .step(Step::WhmcsAccept, job, self.accept_order(whmcs_order_id))
+            .await
+        {
+            Ok(()) => Finished {
+                result: JobResult::Activated {
+                    whmcs_order_id,
+                    service_ids,
+                    invoice_id,
+                },
+                step: Step::WhmcsAccept,
+            },
+            Err(result) => Finished {
+                result,
+                step: Step::WhmcsAccept,
+            },
+        }
+    }
+
+    /// Runs one step inside its span, logging its duration and recording it in the metrics.
+    pub async fn step<T>(&self, step: Step, job: &JobJournal, work: impl Future<Output = T>) -> T {
+        let span = tracing::info_span!("step", otel.name = %step, step = %step);
+        let started = Instant::now();
+        let output = work.instrument(span.clone()).await;
+        let elapsed = started.elapsed();
+        self.metrics.observe_step(step, elapsed);
+        let _entered = span.enter();
+        tracing::info!(step = %step, duration_ms = elapsed.as_millis() as u64, "Step completed.");
+        // The step name is what an operator reads first in the journal.
+        {
+            let mut guard = job.state.lock().await;
+            guard.0.step = step.as_str().to_owned();
+        }
+        output
+    }
+
+    async fn payment_method(&self, client_id: u64) -> Result<String, JobResult> {
+        let methods = self
+            .whmcs
+            .get_pay_methods(client_id)
+            .await
+            .map_err(whmcs_failure)?;
+        let Some(method) = methods.first() else {
+            return Err(JobResult::failed(
+                codes::PAYMENT_METHOD_MISSING,
+                "Payment method missing",
+            ));
+        };
+        let gateway = method.gateway_name.trim();
+        Ok(if gateway.is_empty() {
+            self.default_payment_method.clone()
+        } else {
+            gateway.to_owned()
+        })
+    }
+
+    /// AddOrder, or the WHMCS order an earlier attempt created.
+    async fn create_order(
+        &self,
+        request: &ProvisioningRequestedV1,
+        job: &JobJournal,
+        previous: Option<&JobRecord>,
+        client_id: u64,
+        payment_method: &str,
+        items: &[MappedItem],
+    ) -> Result<(u64, Vec<u64>, Option<u64>), JobResult> {
+        let marker = marker(&request.order_id);
+        if let Some(previous) = previous {
+            let remembered = previous.whmcs_order_id.map(|id| {
+                (
+                    id,
+                    previous.whmcs_service_ids.clone(),
+                    previous.whmcs_invoice_id,
+                )
+            });
+            let found = match remembered {
+                Some(found) => Some(found),
+                // An earlier attempt may have created the order without learning its id.
+                None => self
+                    .whmcs
+                    .find_order_by_marker(client_id, &marker)
+                    .await
+                    .map_err(whmcs_failure)?
+                    .map(|order| (order.id, Vec::new(), order.invoiceid)),
+            };
+            if let Some((order_id, service_ids, invoice_id)) = found {
+                tracing::info!(
+                    whmcs_order_id = order_id,
+                    "Reusing the WHMCS order of an earlier attempt; not calling AddOrder."
+                );
+                job.record(|r| r.whmcs_order_id = Some(order_id)).await;
+                return Ok((order_id, service_ids, invoice_id));
+            }
+        }
+        let lines = items
+            .iter()
+            .map(|item| whmcs::types::OrderLine {
+                pid: item.pid,
+                billingcycle: item.cycle,
+                qty: Some(item.quantity),
+            })
+            .collect();
+        let mut order = whmcs::types::AddOrderRequest::new(client_id, payment_method, lines);
+        order.notes = Some(format!(
+            "Salesforce Order {} (correlation {}) {marker}",
+            request.order_id, request.correlation_id
+        ));
+        order.noinvoiceemail = true;
+        match self.whmcs.add_order(&order).await {
+            Ok(created) => {
+                let (id, services, invoice) = (
+                    created.orderid,
+                    created.serviceids.clone(),
+                    created.invoiceid,
+                );
+                job.record(|r| {
+                    r.whmcs_order_id = Some(id);
+                    r.whmcs_service_ids.clone_from(&services);
+                    r.whmcs_invoice_id = invoice;
+                })
+                .await;
+                Ok((id, services, invoice))
+            }
+            Err(err) => {
+                if err.outcome_unknown() {
+                    // Not a retry: a read, so the journal knows the order if WHMCS made it.
+                    if let Ok(Some(found)) =
+                        self.whmcs.find_order_by_marker(client_id, &marker).await
+                    {
+                        tracing::warn!(whmcs_order_id = found.id, "AddOrder outcome was unknown; WHMCS has the order. Recorded for the retry.");
+                        job.record(|r| r.whmcs_order_id = Some(found.id)).await;
+                    }
+                }
+                Err(whmcs_failure(err))
+            }
+        }
+    }
+
+    /// AcceptOrder with `autosetup=1`. "Not Pending" is ambiguous (already accepted, or gone):
+    /// GetOrders decides.
+    async fn accept_order(&self, whmcs_order_id: u64) -> Result<(), JobResult> {
+        match self
+            .whmcs
+            .accept_order(&whmcs::types::AcceptOrderRequest::new(whmcs_order_id))
+            .await
+        {
+            Ok(()) => Ok(()),
+            Err(err)
+                if err.is_business()
+                    && err.message().to_ascii_lowercase().contains("not pending") =>
+            {
+                let order = self
+                    .whmcs
+                    .get_order(whmcs_order_id)
+                    .await
+                    .map_err(whmcs_failure)?;
+                match order {
+                    Some(order) if order.status.eq_ignore_ascii_case("Active") => {
+                        tracing::info!(whmcs_order_id, "WHMCS order was already accepted.");
+                        Ok(())
+                    }
+                    Some(order) => Err(JobResult::failed(
+                        codes::WHMCS_ERROR,
+                        format!(
+                            "WHMCS order {whmcs_order_id} is {} and cannot be accepted",
+                            order.status
+                        ),
+                    )),
+                    None => Err(JobResult::failed(
+                        codes::WHMCS_ERROR,
+                        format!("WHMCS order {whmcs_order_id} not found"),
+                    )),
+                }
+            }
+            Err(err) => Err(whmcs_failure(err)),
+        }
+    }
+}
+
+fn whmcs_failure(err: whmcs::WhmcsError) -> JobResult {
+    JobResult::failed(err.contract_code(), err.message())
+}
+
+/// The WHMCS client id and the items to order, or the contract's mapping error.
+fn map_order(order: &SfOrder) -> Result<(u64, Vec<MappedItem>), JobResult> {
+    let client_id =
+        salesforce_order::whole_number(order.account.as_ref().and_then(|a| a.wh_account.as_ref()))
+            .ok_or_else(|| {
+                JobResult::failed(
+                    codes::CLIENT_MISSING,
+                    "The Account has no WH_Account__c (WHMCS client id)",
+                )
+            })?;
+    let items = order
+        .order_items
+        .as_ref()
+        .map(|c| c.records.as_slice())
+        .unwrap_or_default();
+    if items.is_empty() {
+        return Err(JobResult::failed(codes::NO_ITEMS, "The Order has no items"));
+    }
+    let mut mapped = Vec::with_capacity(items.len());
+    let mut problems = Vec::new();
+    for item in items {
+        let product = item.product.as_ref();
+        let name = product
+            .and_then(|p| p.name.clone())
+            .unwrap_or_else(|| item.id.clone());
+        let pid = salesforce_order::whole_number(product.and_then(|p| p.wh_product_id.as_ref()));
+        let cycle = product
+            .and_then(|p| p.billing_cycle.as_deref())
+            .and_then(salesforce_order::whmcs_cycle)
+            .and_then(|system_name| system_name.parse::<whmcs::types::BillingCycle>().ok());
+        match (pid, cycle) {
+            (Some(pid), Some(cycle)) => {
+                let quantity = item
+                    .quantity
+                    .filter(|q| *q >= 1.0)
+                    .map_or(1, |q| q.round() as u32);
+                mapped.push(MappedItem {
+                    pid,
+                    cycle,
+                    quantity,
+                });
+            }
+            (None, _) => problems.push(format!("{name} has no WH_Product_ID__c")),
+            (Some(_), None) => problems.push(format!(
+                "{name} has billing cycle {:?}, which maps to no WHMCS cycle",
+                product
+                    .and_then(|p| p.billing_cycle.clone())
+                    .unwrap_or_default()
+            )),
+        }
+    }
+    if !problems.is_empty() {
+        return Err(JobResult::failed(
+            codes::MAPPING_MISSING,
+            problems.join("; "),
+        ));
+    }
+    Ok((client_id, mapped))
+}

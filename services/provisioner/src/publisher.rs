@@ -1,0 +1,218 @@
+//! Publishing a job's results: the `provisioning.outcome.v1` message for other services and the
+//! `sf.order.update.v1` message for sf-writer. Both carry a `Nats-Msg-Id` derived from the event
+//! id, so a repeated publish (a retry here, or recovery racing a slow worker) is stored once.
+
+use std::time::Duration;
+
+use async_nats::jetstream::{self, message::PublishMessage};
+use messages::{OrderUpdateV1, OutcomeResult, ProvisioningOutcomeV1};
+use platform::backoff::Backoff;
+use serde_json::{json, Map, Value};
+
+use crate::steps::JobResult;
+
+#[derive(Debug, thiserror::Error)]
+#[error("cannot publish to {subject}: {detail}")]
+pub struct PublishError {
+    pub subject: String,
+    pub detail: String,
+}
+
+#[derive(Debug, Clone)]
+pub struct Publisher {
+    js: jetstream::Context,
+}
+
+/// The Salesforce fields a result sets (CONTRACT §4).
+pub fn order_fields(result: &JobResult) -> Option<Map<String, Value>> {
+    let value = match result {
+        JobResult::Activated { whmcs_order_id, .. } => json!({
+            "Activation_Status__c": "Activated",
+            "WHMCS_Order_ID__c": whmcs_order_id.to_string(),
+            "Activation_Error_Code__c": null,
+            "Activation_Error_Message__c": null,
+        }),
+        JobResult::Failed { code, message } => json!({
+            "Activation_Status__c": "Failed",
+            "Activation_Error_Code__c": code,
+            "Activation_Error_Message__c": message,
+        }),
+        JobResult::Skipped { .. } => return None,
+    };
+    value.as_object().cloned()
+}
+
+impl Publisher {
+    pub fn new(js: jetstream::Context) -> Self {
+        Self { js }
+    }
+
+    pub async fn outcome(
+        &self,
+        outcome: &ProvisioningOutcomeV1,
+        span: &tracing::Span,
+    ) -> Result<(), PublishError> {
+        let subject =
+            messages::subjects::provisioning_outcome(&outcome.order_id, outcome.result.as_str());
+        let msg_id = format!("outcome:{}", outcome.event_id);
+        self.publish(
+            subject,
+            msg_id,
+            outcome,
+            &outcome.correlation_id,
+            span,
+            ProvisioningOutcomeV1::SCHEMA,
+        )
+        .await
+    }
+
+    pub async fn order_update(
+        &self,
+        update: &OrderUpdateV1,
+        span: &tracing::Span,
+    ) -> Result<(), PublishError> {
+        let subject = messages::subjects::order_update(&update.order_id);
+        let msg_id = format!("update:{}", update.event_id);
+        self.publish(
+            subject,
+            msg_id,
+            update,
+            &update.correlation_id,
+            span,
+            OrderUpdateV1::SCHEMA,
+        )
+        .await
+    }
+
+    /// Publishes and awaits the ack, retrying a few times over about 15 s: the message id makes
+    /// a retry harmless, and giving up leaves the job to recovery.
+    async fn publish<T: serde::Serialize>(
+        &self,
+        subject: String,
+        msg_id: String,
+        body: &T,
+        correlation_id: &str,
+        span: &tracing::Span,
+        schema: &str,
+    ) -> Result<(), PublishError> {
+        let payload = serde_json::to_vec(body).map_err(|e| PublishError {
+            subject: subject.clone(),
+            detail: e.to_string(),
+        })?;
+        let mut backoff = Backoff::new(Duration::from_millis(200), Duration::from_secs(3));
+        let mut last_error = String::new();
+        for _ in 0..8 {
+            let mut headers = async_nats::HeaderMap::new();
+            platform::nats::insert_header(
+                &mut headers,
+                messages::headers::CORRELATION_ID,
+                correlation_id,
+            );
+            platform::nats::insert_header(&mut headers, messages::headers::SCHEMA, schema);
+            platform::telemetry::inject_trace_context(span, &mut headers);
+            let message = PublishMessage::build()
+                .payload(payload.clone().into())
+                .headers(headers)
+                .message_id(msg_id.as_str());
+            match self.js.send_publish(subject.clone(), message).await {
+                Ok(ack) => match ack.await {
+                    Ok(_) => return Ok(()),
+                    Err(e) => last_error = e.to_string(),
+                },
+                Err(e) => last_error = e.to_string(),
+            }
+            tracing::warn!(%subject, error = %last_error, "Publish failed; retrying.");
+            tokio::time::sleep(backoff.next_delay()).await;
+        }
+        Err(PublishError {
+            subject,
+            detail: last_error,
+        })
+    }
+}
+
+/// Builds the outcome body.
+#[allow(clippy::too_many_arguments)]
+pub fn outcome_body(
+    request: &messages::ProvisioningRequestedV1,
+    result: &JobResult,
+    step: &str,
+    whmcs_order_id: Option<u64>,
+    started_at: time::OffsetDateTime,
+) -> ProvisioningOutcomeV1 {
+    let finished = time::OffsetDateTime::now_utc();
+    let (service_ids, invoice_id, order_id) = match result {
+        JobResult::Activated {
+            whmcs_order_id,
+            service_ids,
+            invoice_id,
+        } => (service_ids.clone(), *invoice_id, Some(*whmcs_order_id)),
+        _ => (Vec::new(), None, whmcs_order_id),
+    };
+    let (error_code, error_message) = match result {
+        JobResult::Failed { code, message } => (Some(code.clone()), Some(message.clone())),
+        JobResult::Skipped { reason } => (None, Some(reason.clone())),
+        JobResult::Activated { .. } => (None, None),
+    };
+    ProvisioningOutcomeV1 {
+        schema: ProvisioningOutcomeV1::SCHEMA.to_owned(),
+        order_id: request.order_id.clone(),
+        result: result.outcome(),
+        whmcs_order_id: order_id,
+        whmcs_service_ids: service_ids,
+        whmcs_invoice_id: invoice_id,
+        error_code,
+        error_message,
+        step: step.to_owned(),
+        correlation_id: request.correlation_id.clone(),
+        event_id: request.event_id.clone(),
+        idem_key: request.idem_key.clone(),
+        started_at: messages::bodies::rfc3339(started_at),
+        finished_at: messages::bodies::rfc3339(finished),
+        duration_ms: u64::try_from((finished - started_at).whole_milliseconds()).unwrap_or(0),
+    }
+}
+
+/// Builds the Salesforce update for a failed or activated job; `None` for skipped ones.
+pub fn update_body(
+    request: &messages::ProvisioningRequestedV1,
+    result: &JobResult,
+    sequence: u64,
+) -> Option<OrderUpdateV1> {
+    let fields = order_fields(result)?;
+    Some(OrderUpdateV1 {
+        schema: OrderUpdateV1::SCHEMA.to_owned(),
+        order_id: request.order_id.clone(),
+        sequence,
+        fields,
+        correlation_id: request.correlation_id.clone(),
+        event_id: request.event_id.clone(),
+        created_at: messages::bodies::rfc3339(time::OffsetDateTime::now_utc()),
+    })
+}
+
+/// Whether an outcome for this event is already in the outcomes stream (recovery's check that a
+/// job whose lease expired did not in fact report).
+pub async fn find_outcome(
+    js: &jetstream::Context,
+    stream: &str,
+    order_id: &str,
+    event_id: &str,
+) -> Option<ProvisioningOutcomeV1> {
+    let stream = js.get_stream(stream).await.ok()?;
+    for result in [
+        OutcomeResult::Activated,
+        OutcomeResult::Failed,
+        OutcomeResult::Skipped,
+    ] {
+        let subject = messages::subjects::provisioning_outcome(order_id, result.as_str());
+        if let Ok(message) = stream.get_last_raw_message_by_subject(&subject).await {
+            if let Ok(outcome) = serde_json::from_slice::<ProvisioningOutcomeV1>(&message.payload) {
+                if outcome.event_id == event_id {
+                    return Some(outcome);
+                }
+            }
+        }
+    }
+    None
+}

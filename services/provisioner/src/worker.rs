@@ -1,0 +1,156 @@
+//! The pull loop: a durable consumer with explicit ack and max_deliver = 1, shared by every
+//! replica. The loop only asks for as many messages as it has free job slots, so nothing waits
+//! in a client-side buffer (a buffered message is "delivered" and would be lost with the
+//! process). On shutdown it stops pulling, lets running jobs finish within the grace period,
+//! then stops the rest, which record themselves as INTERRUPTED.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_nats::jetstream::consumer::{pull, AckPolicy, DeliverPolicy, PullConsumer};
+use async_nats::jetstream::{self, stream};
+use futures::StreamExt;
+use tokio::sync::Semaphore;
+use tokio::task::JoinSet;
+use tokio_util::sync::CancellationToken;
+
+use crate::job::JobRunner;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConsumerError {
+    #[error("cannot create or read consumer {name}: {detail}")]
+    Setup { name: String, detail: String },
+}
+
+/// The consumer's configuration (CONTRACT §1: explicit ack, max_deliver = 1).
+pub fn consumer_config(name: &str, ack_wait: Duration, max_ack_pending: i64) -> pull::Config {
+    pull::Config {
+        durable_name: Some(name.to_owned()),
+        description: Some(
+            "provisioner: one delivery per event, jobs tracked in the journal".to_owned(),
+        ),
+        filter_subject: messages::subjects::PROVISIONING_REQUESTED_ALL.to_owned(),
+        ack_policy: AckPolicy::Explicit,
+        deliver_policy: DeliverPolicy::All,
+        max_deliver: 1,
+        ack_wait,
+        max_ack_pending,
+        ..Default::default()
+    }
+}
+
+pub async fn ensure_consumer(
+    stream: &stream::Stream,
+    config: pull::Config,
+) -> Result<PullConsumer, ConsumerError> {
+    let name = config.durable_name.clone().unwrap_or_default();
+    stream
+        .get_or_create_consumer(&name, config)
+        .await
+        .map_err(|e| ConsumerError::Setup {
+            name,
+            detail: e.to_string(),
+        })
+}
+
+pub async fn run(
+    consumer: PullConsumer,
+    runner: Arc<JobRunner>,
+    concurrency: usize,
+    shutdown_grace: Duration,
+    cancel: CancellationToken,
+) {
+    let slots = Arc::new(Semaphore::new(concurrency));
+    let hard_stop = CancellationToken::new();
+    let mut jobs = JoinSet::new();
+    let mut failures =
+        platform::backoff::Backoff::new(Duration::from_millis(200), Duration::from_secs(5));
+    'pull: while !cancel.is_cancelled() {
+        // Wait for at least one free slot before asking for anything.
+        let first = tokio::select! {
+            () = cancel.cancelled() => break,
+            permit = slots.clone().acquire_owned() => match permit { Ok(p) => p, Err(_) => break },
+        };
+        let wanted = slots.available_permits() + 1;
+        let batch = consumer
+            .batch()
+            .max_messages(wanted)
+            .expires(Duration::from_secs(5))
+            .messages()
+            .await;
+        let mut batch = match batch {
+            Ok(batch) => batch,
+            Err(err) => {
+                drop(first);
+                let delay = failures.next_delay();
+                tracing::warn!(error = %err, delay_ms = delay.as_millis() as u64, "Pull request failed; retrying.");
+                tokio::select! {
+                    () = cancel.cancelled() => break,
+                    () = tokio::time::sleep(delay) => continue,
+                }
+            }
+        };
+        let mut permit = Some(first);
+        loop {
+            let next = tokio::select! {
+                () = cancel.cancelled() => break 'pull,
+                next = batch.next() => next,
+            };
+            let message = match next {
+                None => break,
+                Some(Ok(message)) => message,
+                Some(Err(err)) => {
+                    tracing::debug!(error = %err, "Pull batch ended with an error.");
+                    break;
+                }
+            };
+            failures.reset();
+            let slot = match permit.take() {
+                Some(p) => p,
+                None => match slots.clone().acquire_owned().await {
+                    Ok(p) => p,
+                    Err(_) => break 'pull,
+                },
+            };
+            let runner = runner.clone();
+            let stop = hard_stop.clone();
+            jobs.spawn(async move {
+                runner.handle(message, stop).await;
+                drop(slot);
+            });
+            while jobs.try_join_next().is_some() {}
+        }
+        while jobs.try_join_next().is_some() {}
+    }
+
+    tracing::info!(
+        running = jobs.len(),
+        grace_secs = shutdown_grace.as_secs(),
+        "Stopped pulling; letting running jobs finish."
+    );
+    let deadline = tokio::time::Instant::now() + shutdown_grace;
+    while !jobs.is_empty() {
+        match tokio::time::timeout_at(deadline, jobs.join_next()).await {
+            Ok(_) => {}
+            Err(_) => {
+                tracing::warn!(
+                    running = jobs.len(),
+                    "Grace period over; recording the remaining jobs as interrupted."
+                );
+                hard_stop.cancel();
+                while jobs.join_next().await.is_some() {}
+            }
+        }
+    }
+}
+
+/// The stream the consumer reads from.
+pub async fn requests_stream(
+    js: &jetstream::Context,
+    name: &str,
+) -> Result<stream::Stream, ConsumerError> {
+    js.get_stream(name).await.map_err(|e| ConsumerError::Setup {
+        name: name.to_owned(),
+        detail: e.to_string(),
+    })
+}
