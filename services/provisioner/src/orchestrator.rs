@@ -133,7 +133,8 @@ impl Orchestrator {
                 }
             }
         };
-        job.record(|r| r.whmcs_client_id = Some(client_id)).await;
+        // Persisted with the next journal write (after AddOrder), not a write of its own.
+        job.state.lock().await.0.whmcs_client_id = Some(client_id);
 
         let payment_method = match self
             .step(Step::PaymentMethod, job, self.payment_method(client_id))
@@ -186,6 +187,9 @@ impl Orchestrator {
 
     /// Runs one step inside its span, logging its duration and recording it in the metrics.
     pub async fn step<T>(&self, step: Step, job: &JobJournal, work: impl Future<Output = T>) -> T {
+        // The step being attempted is what an operator (and recovery) reads first in the
+        // journal; it is persisted with the next journal write.
+        job.state.lock().await.0.step = step.as_str().to_owned();
         let span = tracing::info_span!("step", otel.name = %step, step = %step);
         let started = Instant::now();
         let output = work.instrument(span.clone()).await;
@@ -193,11 +197,6 @@ impl Orchestrator {
         self.metrics.observe_step(step, elapsed);
         let _entered = span.enter();
         tracing::info!(step = %step, duration_ms = elapsed.as_millis() as u64, "Step completed.");
-        // The step name is what an operator reads first in the journal.
-        {
-            let mut guard = job.state.lock().await;
-            guard.0.step = step.as_str().to_owned();
-        }
         output
     }
 
@@ -280,10 +279,13 @@ impl Orchestrator {
                     created.serviceids.clone(),
                     created.invoiceid,
                 );
+                // One write records the order and that AcceptOrder is next, so recovery reports
+                // an interruption at the right step.
                 job.record(|r| {
                     r.whmcs_order_id = Some(id);
                     r.whmcs_service_ids.clone_from(&services);
                     r.whmcs_invoice_id = invoice;
+                    r.step = Step::WhmcsAccept.as_str().to_owned();
                 })
                 .await;
                 Ok((id, services, invoice))
