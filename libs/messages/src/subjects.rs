@@ -54,6 +54,8 @@ pub mod buckets {
     pub const BRIDGE_LEASE: &str = "sf_bridge_lease";
     /// Provisioner job journal, one key per order.
     pub const JOBS: &str = "provisioning_jobs";
+    /// sf-writer: last applied update sequence (and in-flight write claim) per Order.
+    pub const SF_WRITER_APPLIED: &str = "sf_writer_applied";
 }
 
 /// A KV key derived from a channel name (`/event/Foo__e` → `event.Foo__e`), since KV keys

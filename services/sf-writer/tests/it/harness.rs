@@ -1,0 +1,308 @@
+//! Per-test environment: a nats-server, an sf-sim, and sf-writer replicas in this process.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use async_nats::jetstream;
+use messages::{DeadLetterV1, OrderUpdateV1};
+use serde_json::{json, Value};
+use sf_sim::{SfSim, SimConfig};
+use sf_writer::{App, WriterSettings};
+use testkit::nats::NatsServer;
+use tokio_util::sync::CancellationToken;
+
+pub const WAIT: Duration = Duration::from_secs(60);
+pub const UPDATES_STREAM: &str = "SF_ORDER_UPDATES";
+pub const DEADLETTER_STREAM: &str = "PROVISIONING_DEADLETTER";
+pub const COLLECTION_ROUTE: &str = "PATCH /composite/sobjects";
+pub const SINGLE_ROUTE: &str = "PATCH /sobjects/{sobject}/{id}";
+
+pub struct Harness {
+    pub nats: NatsServer,
+    pub sim: SfSim,
+    client_id: String,
+    username: String,
+    account: String,
+}
+
+impl Harness {
+    pub async fn start() -> Self {
+        init_telemetry();
+        let keys = testkit::keys::test_keys();
+        let nats = NatsServer::start().await;
+        let config = SimConfig::for_tests(keys.public_pem.clone());
+        let (client_id, username) = (config.client_id.clone(), config.username.clone());
+        let sim = SfSim::start(config).await.expect("start sf-sim");
+        let account = sim.state().seed_account("Acme Ltd", Some("1"));
+        let harness = Self {
+            nats,
+            sim,
+            client_id,
+            username,
+            account,
+        };
+        // The stream exists before any writer runs, so tests can queue updates first.
+        let js = harness.js().await;
+        platform::nats::ensure_stream(&js, platform::streams::order_updates(UPDATES_STREAM))
+            .await
+            .expect("updates stream");
+        harness
+    }
+
+    pub fn env(&self, extra: &[(&str, &str)]) -> HashMap<String, String> {
+        let keys = testkit::keys::test_keys();
+        let mut env: HashMap<String, String> = [
+            ("NATS_URL", self.nats.url()),
+            ("HTTP_ADDR", "127.0.0.1:0".to_owned()),
+            ("SF_LOGIN_URL", self.sim.login_url()),
+            ("SF_CLIENT_ID", self.client_id.clone()),
+            ("SF_USERNAME", self.username.clone()),
+            (
+                "SF_PRIVATE_KEY_PATH",
+                keys.private_key_path.display().to_string(),
+            ),
+            ("SF_HTTP_TIMEOUT_SECS", "5".to_owned()),
+            ("SF_WRITER_BACKOFF_BASE_MS", "50".to_owned()),
+            ("SF_WRITER_BACKOFF_MAX_MS", "1000".to_owned()),
+            ("SF_WRITER_SHUTDOWN_GRACE_SECS", "10".to_owned()),
+            ("LOG_FORMAT", "pretty".to_owned()),
+        ]
+        .into_iter()
+        .map(|(k, v)| (k.to_owned(), v))
+        .collect();
+        for (k, v) in extra {
+            env.insert((*k).to_owned(), (*v).to_owned());
+        }
+        env
+    }
+
+    /// Runs a writer replica in this process.
+    pub async fn start_writer(&self, extra: &[(&str, &str)]) -> RunningWriter {
+        let env = platform::config::Env::from_pairs(self.env(extra));
+        let settings = WriterSettings::from_env(&env).expect("writer settings");
+        let cancel = CancellationToken::new();
+        let app = App::build(settings, &cancel).await.expect("build writer");
+        let http_addr = app.http_addr();
+        let task = tokio::spawn(app.run_until_stopped(cancel.clone()));
+        RunningWriter {
+            cancel,
+            task: Some(task),
+            http_addr,
+        }
+    }
+
+    pub async fn js(&self) -> jetstream::Context {
+        jetstream::new(self.nats.client().await)
+    }
+
+    /// Orders without items (sf-writer only touches the Order record).
+    pub fn seed_orders(&self, n: usize) -> Vec<String> {
+        let none: &[(&str, f64)] = &[];
+        (0..n)
+            .map(|_| self.sim.state().seed_order(&self.account, none))
+            .collect()
+    }
+
+    pub fn order(&self, order_id: &str) -> Value {
+        self.sim.state().order(order_id).expect("order exists")
+    }
+
+    /// Publishes as the provisioner does (`Nats-Msg-Id` from the event id).
+    pub async fn publish(&self, js: &jetstream::Context, update: &OrderUpdateV1) {
+        let mut headers = async_nats::HeaderMap::new();
+        headers.insert("Correlation-Id", update.correlation_id.as_str());
+        headers.insert("Schema", OrderUpdateV1::SCHEMA);
+        let message = jetstream::message::PublishMessage::build()
+            .payload(serde_json::to_vec(update).unwrap().into())
+            .headers(headers)
+            .message_id(format!("update:{}", update.event_id).as_str());
+        js.send_publish(messages::subjects::order_update(&update.order_id), message)
+            .await
+            .unwrap()
+            .await
+            .unwrap();
+    }
+
+    pub async fn publish_all(&self, updates: &[OrderUpdateV1]) {
+        let js = self.js().await;
+        for update in updates {
+            self.publish(&js, update).await;
+        }
+    }
+
+    pub async fn publish_raw(&self, subject: &str, payload: &[u8]) {
+        let js = self.js().await;
+        js.publish(subject.to_owned(), payload.to_vec().into())
+            .await
+            .unwrap()
+            .await
+            .unwrap();
+    }
+
+    pub fn requests(&self, route: &str) -> u64 {
+        self.sim
+            .state()
+            .stats()
+            .rest_requests_by_route
+            .get(route)
+            .copied()
+            .unwrap_or(0)
+    }
+
+    pub async fn dead_letters(&self) -> Vec<(String, DeadLetterV1)> {
+        let js = self.js().await;
+        let Ok(mut stream) = js.get_stream(DEADLETTER_STREAM).await else {
+            return Vec::new();
+        };
+        let last = stream.info().await.unwrap().state.last_sequence;
+        let mut out = Vec::new();
+        for seq in 1..=last {
+            if let Ok(m) = stream.get_raw_message(seq).await {
+                out.push((
+                    m.subject.to_string(),
+                    serde_json::from_slice(&m.payload).unwrap(),
+                ));
+            }
+        }
+        out
+    }
+
+    /// Waits until the consumer holds nothing: every update acked, termed or applied.
+    pub async fn wait_until_drained(&self) {
+        let js = self.js().await;
+        testkit::wait::until("the sf-writer consumer to drain", WAIT, || {
+            let js = js.clone();
+            async move {
+                let mut consumer: jetstream::consumer::PullConsumer = js
+                    .get_stream(UPDATES_STREAM)
+                    .await
+                    .ok()?
+                    .get_consumer("sf-writer")
+                    .await
+                    .ok()?;
+                let info = consumer.info().await.ok()?;
+                (info.num_pending == 0 && info.num_ack_pending == 0).then_some(())
+            }
+        })
+        .await;
+    }
+
+    /// Waits until every order's field has the expected value.
+    pub async fn wait_for_fields(&self, expected: &[(String, &str, Value)]) {
+        testkit::wait::until("the orders to show the updates", WAIT, || async {
+            expected
+                .iter()
+                .all(|(order, field, value)| self.order(order)[*field] == *value)
+                .then_some(())
+        })
+        .await;
+    }
+}
+
+/// An update whose fields are exactly `fields`.
+pub fn update(order_id: &str, sequence: u64, fields: Value) -> OrderUpdateV1 {
+    OrderUpdateV1 {
+        schema: OrderUpdateV1::SCHEMA.to_owned(),
+        order_id: order_id.to_owned(),
+        sequence,
+        fields: fields.as_object().cloned().unwrap_or_default(),
+        correlation_id: uuid::Uuid::new_v4().to_string(),
+        event_id: uuid::Uuid::new_v4().to_string(),
+        created_at: "2026-11-25T00:00:00Z".to_owned(),
+    }
+}
+
+/// The provisioner's success update.
+pub fn activated(order_id: &str, sequence: u64, whmcs_order: u64) -> OrderUpdateV1 {
+    update(
+        order_id,
+        sequence,
+        json!({
+            "Activation_Status__c": "Activated",
+            "WHMCS_Order_ID__c": whmcs_order.to_string(),
+            "Activation_Error_Code__c": null,
+            "Activation_Error_Message__c": null,
+        }),
+    )
+}
+
+/// The provisioner's failure update.
+pub fn failed(order_id: &str, sequence: u64, message: &str) -> OrderUpdateV1 {
+    update(
+        order_id,
+        sequence,
+        json!({
+            "Activation_Status__c": "Failed",
+            "Activation_Error_Code__c": "WHMCS_ERROR",
+            "Activation_Error_Message__c": message,
+        }),
+    )
+}
+
+pub struct RunningWriter {
+    pub cancel: CancellationToken,
+    pub task: Option<tokio::task::JoinHandle<Result<(), sf_writer::app::AppError>>>,
+    pub http_addr: SocketAddr,
+}
+
+impl RunningWriter {
+    pub async fn stop(mut self) {
+        self.cancel.cancel();
+        if let Some(task) = self.task.take() {
+            tokio::time::timeout(Duration::from_secs(30), task)
+                .await
+                .expect("writer stops in time")
+                .expect("writer task")
+                .expect("writer ends cleanly");
+        }
+    }
+
+    pub async fn metrics(&self) -> String {
+        reqwest::get(format!("http://{}/metrics", self.http_addr))
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap()
+    }
+
+    /// A counter or gauge value from `/metrics` (0 when absent).
+    pub async fn metric(&self, name: &str) -> f64 {
+        self.metrics()
+            .await
+            .lines()
+            .filter(|l| !l.starts_with('#'))
+            .filter_map(|l| l.split_once(' '))
+            .filter(|(n, _)| *n == name || n.starts_with(&format!("{name}{{")))
+            .filter_map(|(_, v)| v.trim().parse::<f64>().ok())
+            .sum()
+    }
+
+    pub async fn health(&self) -> (u16, Value) {
+        let response = reqwest::get(format!("http://{}/health", self.http_addr))
+            .await
+            .unwrap();
+        let status = response.status().as_u16();
+        (status, response.json().await.unwrap())
+    }
+}
+
+impl Drop for RunningWriter {
+    fn drop(&mut self) {
+        self.cancel.cancel();
+    }
+}
+
+fn init_telemetry() {
+    static INIT: std::sync::Once = std::sync::Once::new();
+    INIT.call_once(|| {
+        let env = platform::config::Env::from_pairs([
+            ("LOG_FORMAT", "pretty"),
+            ("RUST_LOG", "warn,sf_writer=info"),
+        ]);
+        let settings =
+            platform::telemetry::TelemetrySettings::from_env(&env, "sf-writer-test").unwrap();
+        std::mem::forget(platform::telemetry::init(&settings).unwrap());
+    });
+}

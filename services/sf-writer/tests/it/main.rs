@@ -1,0 +1,11 @@
+//! sf-writer integration tests: a real nats-server per test, sf-sim as Salesforce, and writer
+//! replicas in this process.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod batching;
+mod deadletter;
+mod harness;
+mod ordering;
+mod retries;
+mod shutdown;
