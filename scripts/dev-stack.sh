@@ -5,7 +5,7 @@
 # Ctrl-C stops everything. State and logs live in .local/ (removed at start; KEEP_STATE=1 keeps it).
 #
 # Ports (override with the variables): NATS 14222, sf-sim login/admin 18081, sf-sim REST 18082,
-# sf-sim Pub/Sub 17443, sf-bridge health 18080.
+# sf-sim Pub/Sub 17443, whmcs-sim 18090, sf-bridge health 18080, provisioner health 18083.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 root="$(pwd)"
@@ -16,6 +16,8 @@ SIM_LOGIN_PORT="${SIM_LOGIN_PORT:-18081}"
 SIM_INSTANCE_PORT="${SIM_INSTANCE_PORT:-18082}"
 SIM_PUBSUB_PORT="${SIM_PUBSUB_PORT:-17443}"
 BRIDGE_HTTP_PORT="${BRIDGE_HTTP_PORT:-18080}"
+WHMCS_PORT="${WHMCS_PORT:-18090}"
+PROVISIONER_HTTP_PORT="${PROVISIONER_HTTP_PORT:-18083}"
 
 say() { printf '\n\033[1m== %s\033[0m\n' "$*"; }
 
@@ -63,6 +65,21 @@ LOG_FORMAT=pretty "$bin/sf-sim" >"$state/logs/sf-sim.log" 2>&1 &
 pids+=($!)
 wait_http "http://127.0.0.1:$SIM_LOGIN_PORT/health" sf-sim
 
+say "Starting whmcs-sim (demo clients and products)"
+WHMCS_SIM_ADDR="127.0.0.1:$WHMCS_PORT" WHMCS_SIM_IDENTIFIER=demo-identifier WHMCS_SIM_SECRET=demo-secret \
+WHMCS_SIM_SEED_DEMO=true LOG_FORMAT=pretty "$bin/whmcs-sim" >"$state/logs/whmcs-sim.log" 2>&1 &
+pids+=($!)
+wait_http "http://127.0.0.1:$WHMCS_PORT/health" whmcs-sim
+
+say "Starting provisioner"
+NATS_URL="nats://127.0.0.1:$NATS_PORT" HTTP_ADDR="127.0.0.1:$PROVISIONER_HTTP_PORT" \
+SF_LOGIN_URL="http://127.0.0.1:$SIM_LOGIN_PORT" SF_CLIENT_ID=demo-consumer-key \
+SF_USERNAME=integration@demo.example SF_PRIVATE_KEY_PATH="$state/keys/sf.key.pem" \
+WHMCS_API_URL="http://127.0.0.1:$WHMCS_PORT/includes/api.php" WHMCS_API_IDENTIFIER=demo-identifier \
+WHMCS_API_SECRET=demo-secret LOG_FORMAT=json "$bin/provisioner" >"$state/logs/provisioner.log" 2>&1 &
+pids+=($!)
+wait_http "http://127.0.0.1:$PROVISIONER_HTTP_PORT/health" provisioner
+
 say "Starting sf-bridge"
 NATS_URL="nats://127.0.0.1:$NATS_PORT" HTTP_ADDR="127.0.0.1:$BRIDGE_HTTP_PORT" \
 SF_LOGIN_URL="http://127.0.0.1:$SIM_LOGIN_PORT" SF_CLIENT_ID=demo-consumer-key \
@@ -84,13 +101,43 @@ for order in $orders; do
   echo "approved Order $order (Activation_Status__c = Activating, OrderProvisionRequested__e published)"
 done
 
-say "Events flowing (sf-bridge log)"
+say "Orders flowing"
 count=$(wc -w <<<"$orders")
-for _ in $(seq 1 100); do
-  [ "$(grep -c 'Platform Event enqueued for provisioning' "$state/logs/sf-bridge.log" || true)" -ge "$count" ] && break
-  sleep 0.1
+for _ in $(seq 1 150); do
+  done_count=$(grep -cE 'Order provisioned in WHMCS|Provisioning failed|Provisioning skipped' "$state/logs/provisioner.log" || true)
+  [ "$done_count" -ge "$count" ] && break
+  sleep 0.2
 done
-grep 'Platform Event enqueued for provisioning' "$state/logs/sf-bridge.log" | sed 's/\x1b\[[0-9;]*m//g' | tail -n "$count"
+python3 - "$state/logs/provisioner.log" <<'PY'
+import json, sys
+journeys = {}
+for line in open(sys.argv[1]):
+    try:
+        entry = json.loads(line)
+    except ValueError:
+        continue
+    fields = {}
+    for span in entry.get("spans", []):
+        fields |= span
+    fields |= entry
+    order = fields.get("order_id")
+    if not order:
+        continue
+    j = journeys.setdefault(order, {"steps": [], "end": None, "correlation": fields.get("correlation_id")})
+    message = entry.get("message", "")
+    if message == "Step completed.":
+        j["steps"].append(f'{entry.get("step")} {entry.get("duration_ms")}ms')
+    elif message.startswith("Order provisioned"):
+        j["end"] = f'ACTIVATED (WHMCS order {entry.get("whmcs_order_id")})'
+    elif message.startswith("Provisioning failed"):
+        j["end"] = f'FAILED {entry.get("error_code")}: {entry.get("error_message")}'
+    elif message.startswith("Provisioning skipped"):
+        j["end"] = f'SKIPPED: {entry.get("reason")}'
+for order, j in journeys.items():
+    print(f"Order {order}  correlation {j['correlation']}")
+    print("   " + " -> ".join(j["steps"]))
+    print(f"   => {j['end']}")
+PY
 
 say "sf-bridge /health/sf-events"
 curl -fsS "http://127.0.0.1:$BRIDGE_HTTP_PORT/health/sf-events" | python3 -m json.tool
@@ -100,7 +147,9 @@ cat <<MSG
 The stack is running. Try:
   curl -X POST http://127.0.0.1:$SIM_LOGIN_PORT/admin/orders/<OrderId>/approve   # approve again
   curl http://127.0.0.1:$BRIDGE_HTTP_PORT/metrics | grep sf_bridge_
-  tail -f $state/logs/sf-bridge.log
+  curl http://127.0.0.1:$PROVISIONER_HTTP_PORT/metrics | grep provisioner_
+  curl http://127.0.0.1:$WHMCS_PORT/admin/orders                                  # what WHMCS holds
+  tail -f $state/logs/provisioner.log
 Ctrl-C stops everything.
 MSG
 wait

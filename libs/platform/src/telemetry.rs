@@ -1,9 +1,10 @@
 //! Logs and traces.
 //!
 //! Logs go to stdout as JSON (default) or human-readable text. Traces go through
-//! `tracing-opentelemetry`; spans are always given OpenTelemetry ids so that the `traceparent`
-//! header carries the order's trace from service to service, and they are exported over OTLP/gRPC
-//! only when `OTEL_EXPORTER_OTLP_ENDPOINT` is set.
+//! `tracing-opentelemetry` and are exported over OTLP/gRPC when `OTEL_EXPORTER_OTLP_ENDPOINT` is
+//! set; the `traceparent` header then carries the order's trace from service to service. Without
+//! an endpoint the OpenTelemetry layer is not installed at all (no per-span cost), and published
+//! messages carry a fresh root `traceparent`.
 
 use opentelemetry::propagation::{Extractor, Injector};
 use opentelemetry::trace::TracerProvider as _;
@@ -15,8 +16,14 @@ use tracing_opentelemetry::OpenTelemetrySpanExt;
 use tracing_subscriber::layer::SubscriberExt;
 use tracing_subscriber::util::SubscriberInitExt;
 use tracing_subscriber::EnvFilter;
+use tracing_subscriber::Layer as _;
 
 use crate::config::{ConfigError, Env};
+
+/// Target for spans that exist for traces only: the log formatter skips them, so a span per
+/// message on a hot path costs no field formatting. Events inside such a span carry their own
+/// identifying fields.
+pub const TRACE_ONLY: &str = "trace_only";
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum LogFormat {
@@ -112,8 +119,16 @@ pub fn init(settings: &TelemetrySettings) -> Result<TelemetryGuard, TelemetryErr
     let tracer = provider.tracer(settings.service_name.clone());
     let filter =
         EnvFilter::try_new(&settings.log_filter).unwrap_or_else(|_| EnvFilter::new("info"));
-    let otel_layer = tracing_opentelemetry::layer().with_tracer(tracer);
+    // Without an endpoint there is nothing to export: skip the OpenTelemetry layer entirely
+    // (no span bookkeeping per event). Messages still get a fresh `traceparent`.
+    let otel_layer = settings
+        .otlp_endpoint
+        .is_some()
+        .then(|| tracing_opentelemetry::layer().with_tracer(tracer));
     let registry = tracing_subscriber::registry().with(filter).with(otel_layer);
+    let not_trace_only = tracing_subscriber::filter::filter_fn(|meta| {
+        !(meta.is_span() && meta.target() == TRACE_ONLY)
+    });
     let installed = match settings.log_format {
         LogFormat::Json => registry
             .with(
@@ -121,10 +136,13 @@ pub fn init(settings: &TelemetrySettings) -> Result<TelemetryGuard, TelemetryErr
                     .json()
                     .flatten_event(true)
                     .with_current_span(true)
-                    .with_span_list(false),
+                    .with_span_list(true)
+                    .with_filter(not_trace_only),
             )
             .try_init(),
-        LogFormat::Pretty => registry.with(tracing_subscriber::fmt::layer()).try_init(),
+        LogFormat::Pretty => registry
+            .with(tracing_subscriber::fmt::layer().with_filter(not_trace_only))
+            .try_init(),
     };
     if installed.is_ok() {
         opentelemetry::global::set_tracer_provider(provider.clone());

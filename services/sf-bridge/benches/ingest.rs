@@ -49,6 +49,8 @@ async fn main() {
         state.publish_event(spec).expect("publish into sf-sim");
     }
 
+    let sim_only_rate = sim_delivery_rate(&sim, keys, events).await;
+
     let js = jetstream::new(nats.client().await);
     let env: HashMap<String, String> = [
         ("NATS_URL", nats.url()),
@@ -66,7 +68,10 @@ async fn main() {
         ("SF_PUBSUB_ENDPOINT", sim.pubsub_url()),
         ("SF_EVENTS_REPLAY", "ALL".to_owned()),
         ("SF_PUBSUB_BATCH", batch.clone()),
-        ("RUST_LOG", "info".to_owned()),
+        (
+            "RUST_LOG",
+            std::env::var("BENCH_RUST_LOG").unwrap_or_else(|_| "info".to_owned()),
+        ),
     ]
     .into_iter()
     .map(|(k, v)| (k.to_owned(), v))
@@ -151,15 +156,55 @@ async fn main() {
     let bridge_rate = events as f64 / bridge_secs;
     let raw_rate = events as f64 / raw_secs;
     let server = testkit::nats::server_binary();
-    println!("| events | batch | bridge events/s | raw publish events/s | bridge / raw | bridge peak RSS | end to end (incl. start) | nats-server |");
-    println!("|---|---|---|---|---|---|---|---|");
+    println!("| events | batch | bridge events/s | raw publish events/s | bridge / raw | sf-sim delivery alone, events/s | bridge peak RSS | end to end (incl. start) | nats-server |");
+    println!("|---|---|---|---|---|---|---|---|---|");
     println!(
-        "| {events} | {batch} | {bridge_rate:.0} | {raw_rate:.0} | {:.2} | {:.1} MiB | {end_to_end_secs:.2} s | {} |",
+        "| {events} | {batch} | {bridge_rate:.0} | {raw_rate:.0} | {:.2} | {sim_only_rate:.0} | {:.1} MiB | {end_to_end_secs:.2} s | {} |",
         bridge_rate / raw_rate,
         peak_kib as f64 / 1024.0,
         server.display()
     );
     sim.shutdown().await;
+}
+
+/// How fast sf-sim alone hands out the events to a bare Subscribe client (decoding nothing,
+/// publishing nothing): the ceiling the bridge is measured against.
+async fn sim_delivery_rate(sim: &SfSim, keys: &testkit::keys::TestKeys, events: u64) -> f64 {
+    let settings = salesforce::SalesforceSettings::from_env(&platform::config::Env::from_pairs([
+        ("SF_LOGIN_URL", sim.login_url()),
+        ("SF_CLIENT_ID", sim.config().client_id.clone()),
+        ("SF_USERNAME", sim.config().username.clone()),
+        (
+            "SF_PRIVATE_KEY_PATH",
+            keys.private_key_path.display().to_string(),
+        ),
+    ]))
+    .expect("settings");
+    let tokens = salesforce::TokenProvider::new(settings, reqwest::Client::new());
+    let client = salesforce::pubsub::PubSubClient::new(&sim.pubsub_url(), tokens).expect("client");
+    let started = Instant::now();
+    let mut subscription = client
+        .subscribe(
+            "/event/OrderProvisionRequested__e",
+            &salesforce::pubsub::ReplayStart::Earliest,
+            100,
+        )
+        .await
+        .expect("subscribe");
+    let (mut received, mut outstanding) = (0u64, 100i32);
+    while received < events {
+        let response = subscription.next().await.expect("stream").expect("open");
+        received += response.events.len() as u64;
+        outstanding -= response.events.len() as i32;
+        if outstanding <= 50 {
+            subscription
+                .request(100 - outstanding)
+                .await
+                .expect("request");
+            outstanding = 100;
+        }
+    }
+    events as f64 / started.elapsed().as_secs_f64()
 }
 
 fn vm_hwm_kib(pid: u32) -> u64 {

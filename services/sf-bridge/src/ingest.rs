@@ -77,6 +77,9 @@ enum SessionEnd {
 struct InFlight {
     replay_id: Vec<u8>,
     event_id: Option<String>,
+    /// For the log line at ack time (the span is trace-only, not formatted in logs).
+    order_id: Option<String>,
+    correlation_id: String,
     kind: InFlightKind,
     span: tracing::Span,
 }
@@ -367,6 +370,9 @@ impl Ingest {
                 if ack.duplicate {
                     self.metrics.events_duplicate.inc();
                     tracing::info!(
+                        order_id = entry.order_id.as_deref(),
+                        correlation_id = %entry.correlation_id,
+                        event_id = entry.event_id.as_deref(),
                         stream_sequence = ack.sequence,
                         "Platform Event already enqueued; duplicate ignored by JetStream."
                     );
@@ -374,6 +380,9 @@ impl Ingest {
                     self.metrics.events_published.inc();
                     self.status.events_published.fetch_add(1, Ordering::Relaxed);
                     tracing::info!(
+                        order_id = entry.order_id.as_deref(),
+                        correlation_id = %entry.correlation_id,
+                        event_id = entry.event_id.as_deref(),
                         stream_sequence = ack.sequence,
                         "Platform Event enqueued for provisioning"
                     );
@@ -393,6 +402,8 @@ impl Ingest {
                 }
                 tracing::warn!(
                     reason,
+                    correlation_id = %entry.correlation_id,
+                    event_id = entry.event_id.as_deref(),
                     stream_sequence = ack.sequence,
                     "Platform Event set aside on the dead-letter subject."
                 );
@@ -503,6 +514,7 @@ impl Ingest {
     ) -> Result<AckFuture, SessionError> {
         let subject = messages::subjects::provisioning_requested(&body.order_id);
         let span = tracing::info_span!(
+            target: platform::telemetry::TRACE_ONLY,
             parent: None,
             "provisioning.requested send",
             otel.kind = "producer",
@@ -539,6 +551,8 @@ impl Ingest {
         let entry = InFlight {
             replay_id,
             event_id: Some(body.event_id.clone()),
+            order_id: Some(body.order_id.clone()),
+            correlation_id: body.correlation_id.clone(),
             kind: InFlightKind::Requested { created_ms },
             span: span.clone(),
         };
@@ -556,6 +570,7 @@ impl Ingest {
         let replay_b64 = b64.encode(&replay_id);
         let correlation_id = uuid::Uuid::new_v4().to_string();
         let span = tracing::warn_span!(
+            target: platform::telemetry::TRACE_ONLY,
             parent: None,
             "provisioning.deadletter send",
             otel.kind = "producer",
@@ -572,6 +587,9 @@ impl Ingest {
                 reason = reason.code(),
                 detail = %reason,
                 channel = %self.settings.channel,
+                event_id = %event.id,
+                replay_id = %replay_b64,
+                correlation_id = %correlation_id,
                 "Platform Event cannot be provisioned; setting it aside."
             );
         });
@@ -613,6 +631,8 @@ impl Ingest {
         let entry = InFlight {
             replay_id,
             event_id: (!event.id.is_empty()).then(|| event.id.clone()),
+            order_id: None,
+            correlation_id: correlation_id.clone(),
             kind: InFlightKind::DeadLetter {
                 reason: reason.code(),
             },
