@@ -5,7 +5,8 @@
 # Ctrl-C stops everything. State and logs live in .local/ (removed at start; KEEP_STATE=1 keeps it).
 #
 # Ports (override with the variables): NATS 14222, sf-sim login/admin 18081, sf-sim REST 18082,
-# sf-sim Pub/Sub 17443, whmcs-sim 18090, sf-bridge health 18080, provisioner health 18083.
+# sf-sim Pub/Sub 17443, whmcs-sim 18090, sf-bridge health 18080, provisioner health 18083,
+# sf-writer health 18084.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 root="$(pwd)"
@@ -18,6 +19,7 @@ SIM_PUBSUB_PORT="${SIM_PUBSUB_PORT:-17443}"
 BRIDGE_HTTP_PORT="${BRIDGE_HTTP_PORT:-18080}"
 WHMCS_PORT="${WHMCS_PORT:-18090}"
 PROVISIONER_HTTP_PORT="${PROVISIONER_HTTP_PORT:-18083}"
+WRITER_HTTP_PORT="${WRITER_HTTP_PORT:-18084}"
 
 say() { printf '\n\033[1m== %s\033[0m\n' "$*"; }
 
@@ -80,6 +82,14 @@ WHMCS_API_SECRET=demo-secret LOG_FORMAT=json "$bin/provisioner" >"$state/logs/pr
 pids+=($!)
 wait_http "http://127.0.0.1:$PROVISIONER_HTTP_PORT/health" provisioner
 
+say "Starting sf-writer"
+NATS_URL="nats://127.0.0.1:$NATS_PORT" HTTP_ADDR="127.0.0.1:$WRITER_HTTP_PORT" \
+SF_LOGIN_URL="http://127.0.0.1:$SIM_LOGIN_PORT" SF_CLIENT_ID=demo-consumer-key \
+SF_USERNAME=integration@demo.example SF_PRIVATE_KEY_PATH="$state/keys/sf.key.pem" \
+LOG_FORMAT=pretty "$bin/sf-writer" >"$state/logs/sf-writer.log" 2>&1 &
+pids+=($!)
+wait_http "http://127.0.0.1:$WRITER_HTTP_PORT/health" sf-writer
+
 say "Starting sf-bridge"
 NATS_URL="nats://127.0.0.1:$NATS_PORT" HTTP_ADDR="127.0.0.1:$BRIDGE_HTTP_PORT" \
 SF_LOGIN_URL="http://127.0.0.1:$SIM_LOGIN_PORT" SF_CLIENT_ID=demo-consumer-key \
@@ -138,6 +148,20 @@ for order, j in journeys.items():
     print("   " + " -> ".join(j["steps"]))
     print(f"   => {j['end']}")
 PY
+
+say "The Orders in Salesforce (sf-sim), as sf-writer left them"
+for order in $orders; do
+  for _ in $(seq 1 50); do
+    status="$(curl -fsS "http://127.0.0.1:$SIM_LOGIN_PORT/admin/orders/$order" | python3 -c 'import json,sys; print(json.load(sys.stdin).get("Activation_Status__c"))')"
+    [ "$status" != "Activating" ] && break
+    sleep 0.2
+  done
+  curl -fsS "http://127.0.0.1:$SIM_LOGIN_PORT/admin/orders/$order" | python3 -c '
+import json, sys
+o = json.load(sys.stdin)
+print(f"Order {o.get(\"Id\")}: {o.get(\"Activation_Status__c\")}  WHMCS_Order_ID__c={o.get(\"WHMCS_Order_ID__c\")}  "
+      f"error={o.get(\"Activation_Error_Code__c\")} {o.get(\"Activation_Error_Message__c\") or \"\"}")'
+done
 
 say "sf-bridge /health/sf-events"
 curl -fsS "http://127.0.0.1:$BRIDGE_HTTP_PORT/health/sf-events" | python3 -m json.tool

@@ -22,4 +22,4 @@ echo "== tests (nats-server $("$NATS_SERVER_DEBIAN" --version | awk '{print $2}'
 NATS_SERVER_BIN="$NATS_SERVER_DEBIAN" cargo test --workspace --no-fail-fast
 
 echo "== NATS integration tests (nats-server $("$NATS_SERVER_CURRENT" --version | awk '{print $2}'))"
-NATS_SERVER_BIN="$NATS_SERVER_CURRENT" cargo test --no-fail-fast -p sf-bridge -p provisioner --test it
+NATS_SERVER_BIN="$NATS_SERVER_CURRENT" cargo test --no-fail-fast -p sf-bridge -p provisioner -p sf-writer --test it

@@ -26,13 +26,32 @@ struct Scenario {
 
 #[tokio::main]
 async fn main() {
-    let scale: f64 = std::env::var("BENCH_SCALE").ok().and_then(|v| v.parse().ok()).unwrap_or(1.0);
+    let scale: f64 = std::env::var("BENCH_SCALE")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(1.0);
     let scaled = |n: usize| ((n as f64 * scale) as usize).max(4);
     let scenarios = [
-        Scenario { latency: Duration::ZERO, concurrency: 32, orders: scaled(2000) },
-        Scenario { latency: Duration::from_millis(100), concurrency: 1, orders: scaled(20) },
-        Scenario { latency: Duration::from_millis(100), concurrency: 32, orders: scaled(400) },
-        Scenario { latency: Duration::from_millis(100), concurrency: 256, orders: scaled(2000) },
+        Scenario {
+            latency: Duration::ZERO,
+            concurrency: 32,
+            orders: scaled(2000),
+        },
+        Scenario {
+            latency: Duration::from_millis(100),
+            concurrency: 1,
+            orders: scaled(20),
+        },
+        Scenario {
+            latency: Duration::from_millis(100),
+            concurrency: 32,
+            orders: scaled(400),
+        },
+        Scenario {
+            latency: Duration::from_millis(100),
+            concurrency: 256,
+            orders: scaled(2000),
+        },
     ];
     println!("| latency per call | concurrency | orders | orders/s | ideal (concurrency / 0.4 s) | journal writes per order |");
     println!("|---|---|---|---|---|---|");
@@ -41,7 +60,10 @@ async fn main() {
         let ideal = if scenario.latency.is_zero() {
             "n/a".to_owned()
         } else {
-            format!("{:.0}", scenario.concurrency as f64 / (4.0 * scenario.latency.as_secs_f64()))
+            format!(
+                "{:.0}",
+                scenario.concurrency as f64 / (4.0 * scenario.latency.as_secs_f64())
+            )
         };
         println!(
             "| {} ms | {} | {} | {rate:.1} | {ideal} | {writes:.2} |",
@@ -61,12 +83,22 @@ async fn run(scenario: &Scenario) -> (f64, f64) {
     let whmcs = WhmcsSim::start(WhmcsSimConfig::for_tests()).await.unwrap();
     let client = whmcs.state().seed_client("Bench Ltd", true);
     let pid = whmcs.state().seed_product("Hosting", &["monthly"]);
-    let account = sf.state().seed_account("Bench Ltd", Some(&client.to_string()));
-    let product = sf.state().seed_product("Hosting", Some(&pid.to_string()), Some("Monthly"));
+    let account = sf
+        .state()
+        .seed_account("Bench Ltd", Some(&client.to_string()));
+    let product = sf
+        .state()
+        .seed_product("Hosting", Some(&pid.to_string()), Some("Monthly"));
     let orders: Vec<String> = (0..scenario.orders)
         .map(|_| {
             let order = sf.state().seed_order(&account, &[(product.clone(), 1)]);
-            sf.state().set_order_field(&order, "Activation_Status__c", serde_json::json!("Activating")).unwrap();
+            sf.state()
+                .set_order_field(
+                    &order,
+                    "Activation_Status__c",
+                    serde_json::json!("Activating"),
+                )
+                .unwrap();
             order
         })
         .collect();
@@ -78,7 +110,10 @@ async fn run(scenario: &Scenario) -> (f64, f64) {
         ("SF_LOGIN_URL", sf.login_url()),
         ("SF_CLIENT_ID", client_id),
         ("SF_USERNAME", username),
-        ("SF_PRIVATE_KEY_PATH", keys.private_key_path.display().to_string()),
+        (
+            "SF_PRIVATE_KEY_PATH",
+            keys.private_key_path.display().to_string(),
+        ),
         ("WHMCS_API_URL", whmcs.api_url()),
         ("WHMCS_API_IDENTIFIER", whmcs.identifier().to_owned()),
         ("WHMCS_API_SECRET", whmcs.secret().to_owned()),
@@ -90,7 +125,8 @@ async fn run(scenario: &Scenario) -> (f64, f64) {
     let app = App::build(settings, &cancel).await.unwrap();
     // Latency applies from here on; the first token fetch stays inside the measurement, as it
     // would for a backlog after a restart.
-    sf.state().update_faults(|f| f.rest_latency = scenario.latency);
+    sf.state()
+        .update_faults(|f| f.rest_latency = scenario.latency);
     whmcs.state().set_latency_all(scenario.latency);
 
     let js = jetstream::new(nats.client().await);
@@ -113,7 +149,11 @@ async fn run(scenario: &Scenario) -> (f64, f64) {
         let message = jetstream::message::PublishMessage::build()
             .payload(serde_json::to_vec(&request).unwrap().into())
             .message_id(request.event_id.as_str());
-        js.send_publish(messages::subjects::provisioning_requested(order), message).await.unwrap().await.unwrap();
+        js.send_publish(messages::subjects::provisioning_requested(order), message)
+            .await
+            .unwrap()
+            .await
+            .unwrap();
     }
     let client = nats.client().await;
     let mut outcomes = client.subscribe("provisioning.outcome.>").await.unwrap();
@@ -123,9 +163,17 @@ async fn run(scenario: &Scenario) -> (f64, f64) {
     let task = tokio::spawn(app.run_until_stopped(cancel.clone()));
     let mut done = 0;
     while done < orders.len() {
-        let message = tokio::time::timeout(Duration::from_secs(300), outcomes.next()).await.unwrap().unwrap();
-        let outcome: messages::ProvisioningOutcomeV1 = serde_json::from_slice(&message.payload).unwrap();
-        assert_eq!(outcome.result, messages::OutcomeResult::Activated, "{outcome:?}");
+        let message = tokio::time::timeout(Duration::from_secs(300), outcomes.next())
+            .await
+            .unwrap()
+            .unwrap();
+        let outcome: messages::ProvisioningOutcomeV1 =
+            serde_json::from_slice(&message.payload).unwrap();
+        assert_eq!(
+            outcome.result,
+            messages::OutcomeResult::Activated,
+            "{outcome:?}"
+        );
         done += 1;
     }
     let elapsed = started.elapsed().as_secs_f64();
