@@ -766,3 +766,349 @@ fn compose_dependencies_volumes_and_files_exist() {
         }
     }
 }
+
+// ------------------------------------------------------------------------------------------------
+// deploy/k8s
+
+/// The image every pipeline container runs (`images:` in kustomization.yaml sets registry and tag).
+const K8S_IMAGE: &str = "provisioning-pipeline";
+
+fn yaml_files_under(dir: &Path, out: &mut Vec<PathBuf>) {
+    for entry in std::fs::read_dir(dir).unwrap().flatten() {
+        let path = entry.path();
+        if path.is_dir() {
+            yaml_files_under(&path, out);
+        } else if path.extension().is_some_and(|e| e == "yaml" || e == "yml") {
+            out.push(path);
+        }
+    }
+}
+
+/// Every Kubernetes object (a document with `kind`) under deploy/k8s, with its file.
+fn k8s_objects() -> Vec<(PathBuf, Value)> {
+    let mut files = Vec::new();
+    yaml_files_under(&root().join("deploy/k8s"), &mut files);
+    files.sort();
+    let mut objects = Vec::new();
+    for file in files {
+        let text = std::fs::read_to_string(&file).unwrap();
+        for document in serde_norway::Deserializer::from_str(&text) {
+            let value = <Value as serde::Deserialize>::deserialize(document)
+                .unwrap_or_else(|e| panic!("{}: {e}", file.display()));
+            if value.get("kind").is_some() {
+                objects.push((file.clone(), value));
+            }
+        }
+    }
+    objects
+}
+
+fn kind_and_name(object: &Value) -> (String, String) {
+    (
+        object["kind"].as_str().unwrap().to_owned(),
+        object["metadata"]["name"]
+            .as_str()
+            .unwrap_or_default()
+            .to_owned(),
+    )
+}
+
+fn data_keys(object: &Value) -> BTreeMap<String, String> {
+    ["data", "stringData"]
+        .iter()
+        .filter_map(|field| object.get(*field).and_then(Value::as_mapping))
+        .flat_map(|m| {
+            m.iter()
+                .map(|(k, v)| (k.as_str().unwrap().to_owned(), scalar(v)))
+        })
+        .collect()
+}
+
+fn pod_spec(object: &Value) -> Option<&Value> {
+    match object["kind"].as_str()? {
+        "Deployment" | "StatefulSet" | "DaemonSet" | "Job" => {
+            Some(&object["spec"]["template"]["spec"])
+        }
+        "CronJob" => Some(&object["spec"]["jobTemplate"]["spec"]["template"]["spec"]),
+        "Pod" => Some(&object["spec"]),
+        _ => None,
+    }
+}
+
+#[test]
+fn k8s_containers_run_existing_binaries_with_variables_they_read() {
+    let objects = k8s_objects();
+    let config_maps: BTreeMap<String, BTreeMap<String, String>> = objects
+        .iter()
+        .filter(|(_, o)| o["kind"] == "ConfigMap")
+        .map(|(_, o)| (kind_and_name(o).1, data_keys(o)))
+        .collect();
+    let secrets: BTreeMap<String, BTreeMap<String, String>> = objects
+        .iter()
+        .filter(|(_, o)| o["kind"] == "Secret")
+        .map(|(_, o)| (kind_and_name(o).1, data_keys(o)))
+        .collect();
+    let workspace = workspace_binaries();
+    let image = image_binaries();
+    let mut deployed = BTreeMap::new();
+    for (file, object) in &objects {
+        let Some(spec) = pod_spec(object) else {
+            continue;
+        };
+        let (kind, name) = kind_and_name(object);
+        let at = format!("{} {kind}/{name}", file.display());
+        let volumes: BTreeMap<String, &Value> = spec
+            .get("volumes")
+            .and_then(Value::as_sequence)
+            .into_iter()
+            .flatten()
+            .map(|v| (v["name"].as_str().unwrap().to_owned(), v))
+            .collect();
+        for container in spec["containers"].as_sequence().unwrap() {
+            let image_name = container["image"].as_str().unwrap();
+            if image_name.split(':').next() != Some(K8S_IMAGE) {
+                continue;
+            }
+            let command = [
+                string_list(container.get("command")),
+                string_list(container.get("args")),
+            ]
+            .concat();
+            let binary = command
+                .first()
+                .unwrap_or_else(|| panic!("{at}: name the binary in args"))
+                .clone();
+            assert!(
+                workspace.contains(&binary),
+                "{at}: {binary} is no workspace binary"
+            );
+            assert!(image.contains(&binary), "{at}: the image has no {binary}");
+            let allowed = variables_read_by(&binary);
+            // name -> value (None when it comes from a secret or the downward API)
+            let mut env: BTreeMap<String, Option<String>> = BTreeMap::new();
+            for from in container
+                .get("envFrom")
+                .and_then(Value::as_sequence)
+                .into_iter()
+                .flatten()
+            {
+                let (source, map_name) = if let Some(r) = from.get("configMapRef") {
+                    (&config_maps, r["name"].as_str().unwrap())
+                } else if let Some(r) = from.get("secretRef") {
+                    (&secrets, r["name"].as_str().unwrap())
+                } else {
+                    panic!("{at}: unknown envFrom {from:?}")
+                };
+                assert!(
+                    from.get("prefix").is_none(),
+                    "{at}: envFrom prefixes are not checked"
+                );
+                let data = source
+                    .get(map_name)
+                    .unwrap_or_else(|| panic!("{at}: envFrom {map_name}, which is not defined"));
+                for (key, value) in data {
+                    assert!(
+                        allowed.contains(key),
+                        "{at}: {map_name} sets {key}, which {binary} does not read"
+                    );
+                    env.insert(key.clone(), Some(value.clone()));
+                }
+            }
+            for var in container
+                .get("env")
+                .and_then(Value::as_sequence)
+                .into_iter()
+                .flatten()
+            {
+                let key = var["name"].as_str().unwrap().to_owned();
+                assert!(
+                    allowed.contains(&key),
+                    "{at}: sets {key}, which {binary} does not read"
+                );
+                if let Some(secret) = var.get("valueFrom").and_then(|v| v.get("secretKeyRef")) {
+                    let secret_name = secret["name"].as_str().unwrap();
+                    let secret_key = secret["key"].as_str().unwrap();
+                    let optional = secret.get("optional").and_then(Value::as_bool) == Some(true);
+                    let exists = secrets
+                        .get(secret_name)
+                        .is_some_and(|s| s.contains_key(secret_key));
+                    assert!(
+                        exists || optional,
+                        "{at}: {key} from secret {secret_name}/{secret_key}, which is not defined"
+                    );
+                }
+                env.insert(key, var.get("value").map(scalar));
+            }
+            for var in variables_required_by(&binary) {
+                assert!(
+                    env.contains_key(&var),
+                    "{at}: {binary} requires {var}, which is not set"
+                );
+            }
+            // Probes hit /health on the port the binary listens on.
+            let (addr_var, default_addr) = listen_variables(&binary)[0];
+            let listen_port = port_of_addr(
+                env.get(addr_var)
+                    .and_then(Option::as_deref)
+                    .unwrap_or(default_addr),
+            );
+            let ports: BTreeMap<String, u16> = container
+                .get("ports")
+                .and_then(Value::as_sequence)
+                .into_iter()
+                .flatten()
+                .map(|p| {
+                    (
+                        p.get("name")
+                            .and_then(Value::as_str)
+                            .unwrap_or_default()
+                            .to_owned(),
+                        u16::try_from(p["containerPort"].as_u64().unwrap()).unwrap(),
+                    )
+                })
+                .collect();
+            assert!(
+                ports.values().any(|p| *p == listen_port),
+                "{at}: containerPort {ports:?} is not {addr_var}'s port {listen_port}"
+            );
+            for probe in ["readinessProbe", "livenessProbe"] {
+                let http = container
+                    .get(probe)
+                    .and_then(|p| p.get("httpGet"))
+                    .unwrap_or_else(|| panic!("{at}: {probe} must be an httpGet on /health"));
+                assert_eq!(http["path"].as_str(), Some("/health"), "{at}: {probe}");
+                let port = match &http["port"] {
+                    Value::Number(n) => u16::try_from(n.as_u64().unwrap()).unwrap(),
+                    Value::String(named) => *ports
+                        .get(named)
+                        .unwrap_or_else(|| panic!("{at}: {probe} names no container port {named}")),
+                    other => panic!("{at}: {probe} port {other:?}"),
+                };
+                assert_eq!(
+                    port, listen_port,
+                    "{at}: {probe} must probe {addr_var}'s port"
+                );
+            }
+            // Files handed over by path lie on a mounted volume; a secret volume holds the file.
+            for (var, value) in &env {
+                let (Some(value), true) = (value, var.ends_with("_PATH") || var.ends_with("_FILE"))
+                else {
+                    continue;
+                };
+                let (dir, file_name) = value.rsplit_once('/').unwrap();
+                let mount = container
+                    .get("volumeMounts")
+                    .and_then(Value::as_sequence)
+                    .into_iter()
+                    .flatten()
+                    .find(|m| m["mountPath"].as_str() == Some(dir))
+                    .unwrap_or_else(|| panic!("{at}: {var}={value} is on no mounted volume"));
+                let volume = volumes[mount["name"].as_str().unwrap()];
+                if let Some(secret) = volume.get("secret") {
+                    let secret_name = secret["secretName"].as_str().unwrap();
+                    assert!(
+                        secrets
+                            .get(secret_name)
+                            .is_some_and(|s| s.contains_key(file_name)),
+                        "{at}: {var}={value}, but secret {secret_name} has no key {file_name}"
+                    );
+                }
+            }
+            let resources = &container["resources"];
+            for field in ["requests", "limits"] {
+                assert!(
+                    resources[field].get("memory").is_some(),
+                    "{at}: set resources.{field}.memory"
+                );
+            }
+            let replicas = object["spec"].get("replicas").and_then(Value::as_u64);
+            deployed.insert(binary, (kind.clone(), replicas));
+        }
+    }
+    for needed in ["sf-bridge", "provisioner", "sf-writer"] {
+        assert!(deployed.contains_key(needed), "deploy/k8s runs no {needed}");
+    }
+    assert_eq!(
+        deployed["sf-bridge"],
+        ("Deployment".to_owned(), Some(2)),
+        "sf-bridge runs two replicas, one active through its lease"
+    );
+}
+
+#[test]
+fn k8s_references_resolve() {
+    let objects = k8s_objects();
+    let names: BTreeSet<(String, String)> = objects.iter().map(|(_, o)| kind_and_name(o)).collect();
+    for (file, object) in &objects {
+        let (kind, name) = kind_and_name(object);
+        if kind == "HorizontalPodAutoscaler" || kind == "PodDisruptionBudget" {
+            let target = if kind == "HorizontalPodAutoscaler" {
+                let target = &object["spec"]["scaleTargetRef"];
+                (
+                    target["kind"].as_str().unwrap().to_owned(),
+                    target["name"].as_str().unwrap().to_owned(),
+                )
+            } else {
+                ("Deployment".to_owned(), name.clone())
+            };
+            assert!(
+                names.contains(&target),
+                "{}: {kind}/{name} targets {target:?}, which is not defined",
+                file.display()
+            );
+        }
+        if kind == "Kustomization" {
+            let dir = file.parent().unwrap();
+            for resource in string_list(object.get("resources")) {
+                assert!(
+                    dir.join(&resource).exists(),
+                    "{}: resource {resource} does not exist",
+                    file.display()
+                );
+            }
+        }
+    }
+}
+
+/// Default stream and bucket names, from libs/messages (the services' defaults).
+fn default_resource_names() -> Vec<String> {
+    let source = read("libs/messages/src/subjects.rs");
+    let mut names = Vec::new();
+    for module in ["pub mod streams {", "pub mod buckets {"] {
+        let start = source.find(module).unwrap();
+        let body = &source[start..start + source[start..].find("\n}").unwrap()];
+        names.extend(
+            body.lines()
+                .filter(|l| l.trim_start().starts_with("pub const"))
+                .filter_map(|l| l.split('"').nth(1))
+                .map(str::to_owned),
+        );
+    }
+    names
+}
+
+#[test]
+fn nats_cluster_and_jetstream_resources_are_replicated() {
+    let values: Value = serde_norway::from_str(&read("deploy/k8s/nats/values.yaml")).unwrap();
+    assert_eq!(values["config"]["cluster"]["enabled"].as_bool(), Some(true));
+    assert_eq!(values["config"]["cluster"]["replicas"].as_u64(), Some(3));
+    assert_eq!(
+        values["config"]["jetstream"]["enabled"].as_bool(),
+        Some(true)
+    );
+    assert_eq!(
+        values["config"]["jetstream"]["fileStore"]["enabled"].as_bool(),
+        Some(true)
+    );
+    let setup = read("deploy/k8s/nats/jetstream-setup.yaml");
+    let names = default_resource_names();
+    assert!(names.len() >= 8, "{names:?}");
+    for name in names {
+        assert!(
+            setup.contains(&format!("stream {name} "))
+                || setup.contains(&format!("bucket {name} ")),
+            "jetstream-setup.yaml does not create {name}"
+        );
+    }
+    assert!(setup.contains("--replicas 3"));
+}
