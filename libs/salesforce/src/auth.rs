@@ -102,6 +102,7 @@ pub struct TokenProvider {
     http: reqwest::Client,
     current: Mutex<Option<Arc<Token>>>,
     fetches: std::sync::atomic::AtomicU64,
+    metrics: std::sync::OnceLock<platform::metrics::ApiMetrics>,
 }
 
 impl TokenProvider {
@@ -111,7 +112,13 @@ impl TokenProvider {
             http,
             current: Mutex::new(None),
             fetches: Default::default(),
+            metrics: std::sync::OnceLock::new(),
         })
+    }
+
+    /// Counts token fetches as action `token` (the first call wins).
+    pub fn set_metrics(&self, metrics: platform::metrics::ApiMetrics) {
+        let _ = self.metrics.set(metrics);
     }
 
     pub fn settings(&self) -> &SalesforceSettings {
@@ -170,9 +177,48 @@ impl TokenProvider {
         .map_err(|e| AuthError::Signing(e.to_string()))
     }
 
+    /// One token request inside its HTTP client span, counted in the metrics.
     async fn fetch(&self, generation: u64) -> Result<Token, AuthError> {
-        let assertion = self.assertion()?;
+        use tracing::Instrument as _;
         let url = format!("{}/services/oauth2/token", self.settings.login_url);
+        let span = tracing::info_span!(
+            "salesforce.token",
+            otel.name = "POST token",
+            otel.kind = "client",
+            http.request.method = "POST",
+            url.full = %platform::telemetry::redact_url(&url),
+            server.address = %crate::rest::host_of(&self.settings.login_url),
+            salesforce.action = "token",
+            http.response.status_code = tracing::field::Empty,
+        );
+        let started = Instant::now();
+        let outcome = self
+            .fetch_once(&url, generation)
+            .instrument(span.clone())
+            .await;
+        let code = outcome.as_ref().err().map(|err| match err {
+            AuthError::Status { status } => status.to_string(),
+            AuthError::Rejected { .. } => "400".to_owned(),
+            AuthError::Timeout => "ETIMEOUT".to_owned(),
+            AuthError::Transport(_) => "ECONNREFUSED".to_owned(),
+            AuthError::InvalidResponse(_) => "500".to_owned(),
+            AuthError::Signing(_) => "SIGNING".to_owned(),
+        });
+        if let (Err(err), Some(code)) = (&outcome, &code) {
+            platform::telemetry::record_error(&span, code, &err.to_string());
+        }
+        if let Some(metrics) = self.metrics.get() {
+            let status = match &outcome {
+                Ok(_) => "200",
+                Err(_) => code.as_deref().unwrap_or("error"),
+            };
+            metrics.observe("token", status, code.as_deref(), started.elapsed());
+        }
+        outcome
+    }
+
+    async fn fetch_once(&self, url: &str, generation: u64) -> Result<Token, AuthError> {
+        let assertion = self.assertion()?;
         let form = [
             ("grant_type", "urn:ietf:params:oauth:grant-type:jwt-bearer"),
             ("assertion", assertion.as_str()),
@@ -180,7 +226,7 @@ impl TokenProvider {
         let body = serde_urlencoded_pairs(&form);
         let response = self
             .http
-            .post(&url)
+            .post(url)
             .header(
                 reqwest::header::CONTENT_TYPE,
                 "application/x-www-form-urlencoded",
@@ -197,6 +243,7 @@ impl TokenProvider {
                 }
             })?;
         let status = response.status();
+        tracing::Span::current().record("http.response.status_code", status.as_u16());
         let bytes = response
             .bytes()
             .await

@@ -31,6 +31,19 @@ pub fn decode_record(schema: &Schema, payload: &[u8]) -> Result<Map<String, Json
     if !reader.is_empty() {
         return Err(AvroError::TrailingBytes(reader.len()));
     }
+    // apache-avro fills record fields it could not read with their defaults instead of failing,
+    // so a truncated payload decodes "successfully". The binary encoding is canonical (its
+    // length does not depend on map order), so the decoded value must re-encode to as many
+    // bytes as arrived.
+    let reencoded = apache_avro::to_avro_datum(schema, value.clone())
+        .map_err(|e| AvroError::Decode(format!("decoded value does not fit its schema: {e}")))?;
+    if reencoded.len() != payload.len() {
+        return Err(AvroError::Decode(format!(
+            "payload is truncated: {} bytes, a complete record takes {}",
+            payload.len(),
+            reencoded.len()
+        )));
+    }
     match to_json(value) {
         Json::Object(map) => Ok(map),
         other => Err(AvroError::NotARecord(json_kind(&other))),
@@ -106,8 +119,13 @@ mod tests {
     #[test]
     fn truncated_and_padded_payloads_are_errors() {
         let schema = parse_schema(SCHEMA).unwrap();
+        // Cut after CreatedDate, and in the middle of OrderId__c's string.
         assert!(matches!(
             decode_record(&schema, &[0x02]),
+            Err(AvroError::Decode(_))
+        ));
+        assert!(matches!(
+            decode_record(&schema, &[0x02, 0x02, 0x10, b'8']),
             Err(AvroError::Decode(_))
         ));
         let mut record = Record::new(&schema).unwrap();

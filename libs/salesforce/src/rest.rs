@@ -6,6 +6,9 @@
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
+use std::time::Instant;
+
+use tracing::Instrument as _;
 
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
@@ -52,6 +55,15 @@ fn describe(errors: &[ApiError]) -> String {
 }
 
 impl RestError {
+    /// The HTTP status Salesforce answered with, when there was an answer.
+    pub fn http_status(&self) -> Option<u16> {
+        match self {
+            Self::Http { status, .. } | Self::Auth(AuthError::Status { status }) => Some(*status),
+            Self::Auth(AuthError::Rejected { .. }) => Some(400),
+            _ => None,
+        }
+    }
+
     /// The contract's error code for this failure (`ETIMEOUT`, `ECONNREFUSED`, or the HTTP status).
     pub fn contract_code(&self) -> String {
         match self {
@@ -116,6 +128,8 @@ pub struct RestClient {
     http: reqwest::Client,
     tokens: Arc<TokenProvider>,
     usage: Arc<ApiUsage>,
+    metrics: Option<platform::metrics::ApiMetrics>,
+    limit_usage: Option<platform::metrics::LimitUsage>,
 }
 
 impl RestClient {
@@ -124,7 +138,23 @@ impl RestClient {
             http,
             tokens,
             usage: Arc::default(),
+            metrics: None,
+            limit_usage: None,
         }
+    }
+
+    /// Counts every REST call and token fetch in `metrics`
+    /// (`salesforce_api_calls_total{action,status}`, errors by code, durations).
+    pub fn with_metrics(mut self, metrics: platform::metrics::ApiMetrics) -> Self {
+        self.tokens.set_metrics(metrics.clone());
+        self.metrics = Some(metrics);
+        self
+    }
+
+    /// Keeps `salesforce_api_usage` / `salesforce_api_limit` at the last `Sforce-Limit-Info`.
+    pub fn with_limit_usage(mut self, usage: platform::metrics::LimitUsage) -> Self {
+        self.limit_usage = Some(usage);
+        self
     }
 
     pub fn usage(&self) -> &Arc<ApiUsage> {
@@ -143,12 +173,17 @@ impl RestClient {
     pub async fn query<T: DeserializeOwned>(&self, soql: &str) -> Result<Vec<T>, RestError> {
         let path = format!("query?q={}", crate::auth::urlencode(soql));
         let mut page: QueryResult<T> = self
-            .send_json(reqwest::Method::GET, Target::Data(path), None)
+            .send_json("query", reqwest::Method::GET, Target::Data(path), None)
             .await?;
         let mut records = std::mem::take(&mut page.records);
         while let (false, Some(next)) = (page.done, page.next_records_url.take()) {
             page = self
-                .send_json(reqwest::Method::GET, Target::Absolute(next), None)
+                .send_json(
+                    "query_more",
+                    reqwest::Method::GET,
+                    Target::Absolute(next),
+                    None,
+                )
                 .await?;
             records.append(&mut page.records);
         }
@@ -163,9 +198,14 @@ impl RestClient {
         fields: &serde_json::Value,
     ) -> Result<(), RestError> {
         let target = Target::Data(format!("sobjects/{sobject}/{id}"));
-        self.send(reqwest::Method::PATCH, target, Some(fields))
-            .await
-            .map(drop)
+        self.send(
+            "update_record",
+            reqwest::Method::PATCH,
+            target,
+            Some(fields),
+        )
+        .await
+        .map(drop)
     }
 
     /// `PATCH composite/sobjects`: up to 200 records, each with `attributes.type` and `id`;
@@ -177,6 +217,7 @@ impl RestClient {
     ) -> Result<Vec<SaveResult>, RestError> {
         let body = serde_json::json!({ "allOrNone": all_or_none, "records": records });
         self.send_json(
+            "update_collection",
             reqwest::Method::PATCH,
             Target::Data("composite/sobjects".to_owned()),
             Some(&body),
@@ -186,32 +227,36 @@ impl RestClient {
 
     async fn send_json<T: DeserializeOwned>(
         &self,
+        action: &'static str,
         method: reqwest::Method,
         target: Target,
         body: Option<&serde_json::Value>,
     ) -> Result<T, RestError> {
-        let bytes = self.send(method, target, body).await?;
+        let bytes = self.send(action, method, target, body).await?;
         serde_json::from_slice(&bytes).map_err(|e| RestError::Decode(e.to_string()))
     }
 
     async fn send(
         &self,
+        action: &'static str,
         method: reqwest::Method,
         target: Target,
         body: Option<&serde_json::Value>,
     ) -> Result<bytes::Bytes, RestError> {
         let token = self.tokens.token().await?;
-        match self.send_once(&method, &target, body, &token).await {
+        match self.call(action, &method, &target, body, &token).await {
             Err(RestError::Http { status: 401, .. }) => {
                 let fresh = self.tokens.refresh(&token).await?;
-                self.send_once(&method, &target, body, &fresh).await
+                self.call(action, &method, &target, body, &fresh).await
             }
             other => other,
         }
     }
 
-    async fn send_once(
+    /// One HTTP request inside its client span, counted in the metrics.
+    async fn call(
         &self,
+        action: &'static str,
         method: &reqwest::Method,
         target: &Target,
         body: Option<&serde_json::Value>,
@@ -221,6 +266,53 @@ impl RestClient {
             Target::Data(path) => self.data_url(token, path),
             Target::Absolute(path) => format!("{}{path}", token.instance_url),
         };
+        // The access token travels in a header, never in the URL.
+        let span = tracing::info_span!(
+            "salesforce.call",
+            otel.name = %format!("{method} {action}"),
+            otel.kind = "client",
+            http.request.method = %method,
+            url.full = %platform::telemetry::redact_url(&url),
+            server.address = %host_of(&token.instance_url),
+            salesforce.action = action,
+            http.response.status_code = tracing::field::Empty,
+        );
+        let started = Instant::now();
+        let outcome = self
+            .send_once(method, url, body, token)
+            .instrument(span.clone())
+            .await;
+        let status = match &outcome {
+            Ok((status, _)) => status.to_string(),
+            Err(err) => err
+                .http_status()
+                .map_or_else(|| err.contract_code(), |s| s.to_string()),
+        };
+        if let Err(err) = &outcome {
+            platform::telemetry::record_error(&span, &err.contract_code(), &err.to_string());
+        }
+        if let Some(metrics) = &self.metrics {
+            metrics.observe(
+                action,
+                &status,
+                outcome
+                    .as_ref()
+                    .err()
+                    .map(RestError::contract_code)
+                    .as_deref(),
+                started.elapsed(),
+            );
+        }
+        outcome.map(|(_, bytes)| bytes)
+    }
+
+    async fn send_once(
+        &self,
+        method: &reqwest::Method,
+        url: String,
+        body: Option<&serde_json::Value>,
+        token: &Token,
+    ) -> Result<(u16, bytes::Bytes), RestError> {
         let mut request = self
             .http
             .request(method.clone(), &url)
@@ -238,9 +330,10 @@ impl RestClient {
             self.record_usage(info);
         }
         let status = response.status();
+        tracing::Span::current().record("http.response.status_code", status.as_u16());
         let bytes = response.bytes().await.map_err(classify_transport)?;
         if status.is_success() {
-            return Ok(bytes);
+            return Ok((status.as_u16(), bytes));
         }
         let errors = serde_json::from_slice::<Vec<ApiError>>(&bytes).unwrap_or_default();
         Err(RestError::Http {
@@ -258,9 +351,18 @@ impl RestClient {
             if let (Ok(used), Ok(limit)) = (used.trim().parse(), limit.trim().parse()) {
                 self.usage.used.store(used, Ordering::Relaxed);
                 self.usage.limit.store(limit, Ordering::Relaxed);
+                if let Some(gauges) = &self.limit_usage {
+                    gauges.set(used, limit);
+                }
             }
         }
     }
+}
+
+/// `https://host/...` → `host`.
+pub(crate) fn host_of(url: &str) -> &str {
+    let rest = url.split_once("://").map_or(url, |(_, rest)| rest);
+    rest.split(['/', '?']).next().unwrap_or(rest)
 }
 
 enum Target {
