@@ -6,6 +6,8 @@
 //! - [`telemetry`]: tracing subscriber (JSON or pretty), OpenTelemetry export over OTLP, and W3C
 //!   trace-context propagation through NATS headers.
 //! - [`http`]: the `/health` and `/metrics` listener.
+//! - [`logfields`]: correlation fields (`trace_id`, `order_id`, ...) on JSON log lines.
+//! - [`metrics`]: metrics shared by services (outbound API calls, time since an event).
 //! - [`shutdown`]: SIGTERM/SIGINT to a cancellation token.
 //! - [`streams`]: the pipeline's stream definitions.
 //! - [`backoff`]: exponential backoff with full jitter.
@@ -13,6 +15,8 @@
 pub mod backoff;
 pub mod config;
 pub mod http;
+pub mod logfields;
+pub mod metrics;
 pub mod nats;
 pub mod shutdown;
 pub mod streams;

@@ -5,12 +5,22 @@
 //! set; the `traceparent` header then carries the order's trace from service to service. Without
 //! an endpoint the OpenTelemetry layer is not installed at all (no per-span cost), and published
 //! messages carry a fresh root `traceparent`.
+//!
+//! Order attributes: the span that starts an order's work in a service joins the order with
+//! [`join_order`] (its parent context then carries the order and correlation ids), and every span
+//! started beneath it gets `order.id` and `correlation.id` from a span processor, including the
+//! HTTP client spans of the Salesforce and WHMCS clients, which know nothing of orders. JSON log
+//! lines carry `trace_id`, `span_id`, `order_id`, `correlation_id` and `step` from the span the
+//! event happens in (see [`crate::logfields`]).
+
+use std::time::Duration;
 
 use opentelemetry::propagation::{Extractor, Injector};
-use opentelemetry::trace::TracerProvider as _;
+use opentelemetry::trace::{Span as _, TracerProvider as _};
 use opentelemetry::KeyValue;
+use opentelemetry_sdk::error::OTelSdkResult;
 use opentelemetry_sdk::propagation::TraceContextPropagator;
-use opentelemetry_sdk::trace::SdkTracerProvider;
+use opentelemetry_sdk::trace::{SdkTracerProvider, SpanData, SpanProcessor};
 use opentelemetry_sdk::Resource;
 use tracing_opentelemetry::OpenTelemetrySpanExt;
 use tracing_subscriber::layer::SubscriberExt;
@@ -113,7 +123,9 @@ pub fn init(settings: &TelemetrySettings) -> Result<TelemetryGuard, TelemetryErr
             .with_endpoint(endpoint.clone())
             .build()
             .map_err(|e| TelemetryError(e.to_string()))?;
-        builder = builder.with_batch_exporter(exporter);
+        builder = builder
+            .with_span_processor(OrderAttributes)
+            .with_batch_exporter(exporter);
     }
     let provider = builder.build();
     let tracer = provider.tracer(settings.service_name.clone());
@@ -125,7 +137,10 @@ pub fn init(settings: &TelemetrySettings) -> Result<TelemetryGuard, TelemetryErr
         .otlp_endpoint
         .is_some()
         .then(|| tracing_opentelemetry::layer().with_tracer(tracer));
-    let registry = tracing_subscriber::registry().with(filter).with(otel_layer);
+    let registry = tracing_subscriber::registry()
+        .with(filter)
+        .with(otel_layer)
+        .with(crate::logfields::LogFieldsLayer);
     let not_trace_only = tracing_subscriber::filter::filter_fn(|meta| {
         !(meta.is_span() && meta.target() == TRACE_ONLY)
     });
@@ -137,6 +152,7 @@ pub fn init(settings: &TelemetrySettings) -> Result<TelemetryGuard, TelemetryErr
                     .flatten_event(true)
                     .with_current_span(true)
                     .with_span_list(true)
+                    .map_event_format(crate::logfields::JsonWithIds::new)
                     .with_filter(not_trace_only),
             )
             .try_init(),
@@ -148,6 +164,131 @@ pub fn init(settings: &TelemetrySettings) -> Result<TelemetryGuard, TelemetryErr
         opentelemetry::global::set_tracer_provider(provider.clone());
     }
     Ok(TelemetryGuard { provider })
+}
+
+/// The order a span works for, carried as a value of its OpenTelemetry context so that every
+/// span started beneath it is tagged (see [`OrderAttributes`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OrderIds {
+    pub order_id: Option<String>,
+    pub correlation_id: Option<String>,
+}
+
+/// Span attribute with the Salesforce Order id, on every span of an order.
+pub const ORDER_ID: &str = "order.id";
+/// Span attribute with the correlation id, on every span of an order.
+pub const CORRELATION_ID: &str = "correlation.id";
+
+/// Makes `span` the start of an order's work in this service: its parent becomes `parent` (the
+/// context extracted from the message, or a new root when `None`), and it and every span started
+/// beneath it carry `order.id` and `correlation.id`. Call before the span is first entered.
+///
+/// Spans joined this way must not declare `order.id` / `correlation.id` themselves (they would
+/// carry them twice); declare the log fields `order_id` / `correlation_id` instead.
+pub fn join_order(
+    span: &tracing::Span,
+    parent: Option<opentelemetry::Context>,
+    order_id: Option<&str>,
+    correlation_id: Option<&str>,
+) {
+    let ids = OrderIds {
+        order_id: order_id.filter(|s| !s.is_empty()).map(str::to_owned),
+        correlation_id: correlation_id.filter(|s| !s.is_empty()).map(str::to_owned),
+    };
+    let context = parent.unwrap_or_default().with_value(ids);
+    match span.set_parent(context) {
+        Ok(()) => {}
+        // No OpenTelemetry layer (no endpoint) or a filtered span: nothing to join.
+        Err(
+            tracing_opentelemetry::SetParentError::LayerNotFound
+            | tracing_opentelemetry::SetParentError::SpanDisabled,
+        ) => {}
+        Err(err) => {
+            tracing::warn!(error = %err, "Span started before its parent was set; it starts a new trace.")
+        }
+    }
+}
+
+/// Marks `span` failed: status error with `message`, and `error.code` (the contract's code).
+pub fn record_error(span: &tracing::Span, code: &str, message: &str) {
+    span.set_status(opentelemetry::trace::Status::error(message.to_owned()));
+    span.set_attribute("error.code", code.to_owned());
+    span.set_attribute("error.type", code.to_owned());
+}
+
+/// Tags spans started under a context that carries [`OrderIds`].
+#[derive(Debug)]
+struct OrderAttributes;
+
+impl SpanProcessor for OrderAttributes {
+    fn on_start(&self, span: &mut opentelemetry_sdk::trace::Span, cx: &opentelemetry::Context) {
+        if let Some(ids) = cx.get::<OrderIds>() {
+            if let Some(order_id) = &ids.order_id {
+                span.set_attribute(KeyValue::new(ORDER_ID, order_id.clone()));
+            }
+            if let Some(correlation_id) = &ids.correlation_id {
+                span.set_attribute(KeyValue::new(CORRELATION_ID, correlation_id.clone()));
+            }
+        }
+    }
+
+    fn on_end(&self, _span: SpanData) {}
+
+    fn force_flush(&self) -> OTelSdkResult {
+        Ok(())
+    }
+
+    fn shutdown_with_timeout(&self, _timeout: Duration) -> OTelSdkResult {
+        Ok(())
+    }
+}
+
+/// A URL fit for `url.full`: user info removed, and the values of query parameters that may
+/// carry credentials redacted.
+pub fn redact_url(url: &str) -> String {
+    let (base, query) = match url.split_once('?') {
+        Some((base, query)) => (base, Some(query)),
+        None => (url, None),
+    };
+    let base = match base.split_once("://") {
+        Some((scheme, rest)) => {
+            let (authority, path) = match rest.find('/') {
+                Some(at) => rest.split_at(at),
+                None => (rest, ""),
+            };
+            let host = authority
+                .rsplit_once('@')
+                .map_or(authority, |(_, host)| host);
+            format!("{scheme}://{host}{path}")
+        }
+        None => base.to_owned(),
+    };
+    let Some(query) = query else {
+        return base;
+    };
+    let redacted: Vec<String> = query
+        .split('&')
+        .map(|pair| {
+            let key = pair.split_once('=').map_or(pair, |(k, _)| k);
+            let lower = key.to_ascii_lowercase();
+            if [
+                "secret",
+                "password",
+                "token",
+                "key",
+                "signature",
+                "assertion",
+            ]
+            .iter()
+            .any(|s| lower.contains(s))
+            {
+                format!("{key}=REDACTED")
+            } else {
+                pair.to_owned()
+            }
+        })
+        .collect();
+    format!("{base}?{}", redacted.join("&"))
 }
 
 /// Host name and process id: distinguishes replicas in traces and in lease ownership.
@@ -229,6 +370,75 @@ pub fn trace_id(span: &tracing::Span) -> Option<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn every_span_under_a_joined_order_carries_its_ids_once() {
+        use opentelemetry_sdk::trace::InMemorySpanExporter;
+        let exporter = InMemorySpanExporter::default();
+        let provider = SdkTracerProvider::builder()
+            .with_span_processor(OrderAttributes)
+            .with_simple_exporter(exporter.clone())
+            .build();
+        let subscriber = tracing_subscriber::registry()
+            .with(tracing_opentelemetry::layer().with_tracer(provider.tracer("test")));
+        tracing::subscriber::with_default(subscriber, || {
+            let job = tracing::info_span!("job", order_id = "801A");
+            join_order(&job, None, Some("801A"), Some("corr-1"));
+            job.in_scope(|| {
+                let step = tracing::info_span!("step");
+                step.in_scope(|| {
+                    let http = tracing::info_span!("http");
+                    record_error(&http, "503", "busy");
+                    http.in_scope(|| {});
+                });
+            });
+            let other = tracing::info_span!("unrelated");
+            other.in_scope(|| {});
+        });
+        let spans = exporter.get_finished_spans().unwrap_or_default();
+        assert_eq!(spans.len(), 4);
+        let attr = |span: &SpanData, key: &str| {
+            span.attributes
+                .iter()
+                .filter(|kv| kv.key.as_str() == key)
+                .map(|kv| kv.value.to_string())
+                .collect::<Vec<_>>()
+        };
+        let trace = spans
+            .iter()
+            .find(|s| s.name == "job")
+            .map(|s| s.span_context.trace_id());
+        for span in spans.iter().filter(|s| s.name != "unrelated") {
+            assert_eq!(
+                attr(span, ORDER_ID),
+                vec!["801A".to_owned()],
+                "{}",
+                span.name
+            );
+            assert_eq!(attr(span, CORRELATION_ID), vec!["corr-1".to_owned()]);
+            assert_eq!(Some(span.span_context.trace_id()), trace);
+        }
+        let http = spans.iter().find(|s| s.name == "http");
+        assert!(http.is_some_and(|s| matches!(
+            s.status,
+            opentelemetry::trace::Status::Error { .. }
+        ) && attr(s, "error.code") == vec!["503".to_owned()]));
+        let unrelated = spans.iter().find(|s| s.name == "unrelated");
+        assert!(unrelated.is_some_and(|s| attr(s, ORDER_ID).is_empty()));
+    }
+
+    #[test]
+    fn urls_lose_their_secrets() {
+        assert_eq!(
+            redact_url("https://user:pw@whmcs.example.com/includes/api.php"),
+            "https://whmcs.example.com/includes/api.php"
+        );
+        assert_eq!(
+            redact_url("http://h/x?q=SELECT+Id&access_token=abc"),
+            "http://h/x?q=SELECT+Id&access_token=REDACTED"
+        );
+        assert_eq!(redact_url("not a url"), "not a url");
+    }
 
     #[test]
     fn a_message_gets_a_traceparent_even_without_a_tracer() {

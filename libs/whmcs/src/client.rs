@@ -25,6 +25,9 @@ pub const MARKER_SCAN_PAGE: u64 = 100;
 pub struct WhmcsClient {
     http: reqwest::Client,
     settings: Arc<WhmcsSettings>,
+    metrics: Option<platform::metrics::ApiMetrics>,
+    /// `url.full` of every call's span: the API URL without user info or secrets.
+    url_for_spans: Arc<str>,
 }
 
 impl std::fmt::Debug for WhmcsClient {
@@ -42,6 +45,12 @@ fn snippet(text: &str) -> String {
         Some((cut, _)) => format!("{}…", &trimmed[..cut]),
         None => trimmed.to_owned(),
     }
+}
+
+fn host_of(url: &str) -> Option<&str> {
+    let rest = url.split_once("://")?.1;
+    let authority = rest.split(['/', '?']).next()?;
+    (!authority.is_empty()).then_some(authority)
 }
 
 fn message_of(body: &Map<String, Value>) -> Option<String> {
@@ -140,10 +149,20 @@ impl WhmcsClient {
 
     /// A client on a shared `reqwest::Client`. Timeouts are set per call, not on `http`.
     pub fn with_http(settings: WhmcsSettings, http: reqwest::Client) -> Self {
+        let url_for_spans = Arc::from(platform::telemetry::redact_url(&settings.api_url));
         Self {
             http,
             settings: Arc::new(settings),
+            metrics: None,
+            url_for_spans,
         }
+    }
+
+    /// Counts every call in `metrics` (`whmcs_api_calls_total{action,status}`, errors by code,
+    /// durations).
+    pub fn with_metrics(mut self, metrics: platform::metrics::ApiMetrics) -> Self {
+        self.metrics = Some(metrics);
+        self
     }
 
     pub fn settings(&self) -> &WhmcsSettings {
@@ -167,13 +186,44 @@ impl WhmcsClient {
         params: &Params,
         timeout: Duration,
     ) -> Result<Map<String, Value>, WhmcsError> {
+        // HTTP client span (OpenTelemetry HTTP conventions). The URL never carries the
+        // credentials: they travel in the form body.
         let span = tracing::info_span!(
             "whmcs.call",
-            whmcs.action = action,
-            http.status_code = tracing::field::Empty,
+            otel.name = %format!("POST {action}"),
             otel.kind = "client",
+            http.request.method = "POST",
+            url.full = %self.url_for_spans,
+            server.address = tracing::field::Empty,
+            whmcs.action = action,
+            http.response.status_code = tracing::field::Empty,
         );
-        self.send(action, params, timeout).instrument(span).await
+        if let Some(host) = host_of(&self.url_for_spans) {
+            span.record("server.address", host);
+        }
+        let started = Instant::now();
+        let outcome = self
+            .send(action, params, timeout)
+            .instrument(span.clone())
+            .await;
+        let status = match &outcome {
+            Ok(_) => "200".to_owned(),
+            Err(err) => err
+                .http_status()
+                .map_or_else(|| err.contract_code(), |s| s.to_string()),
+        };
+        if let Err(err) = &outcome {
+            platform::telemetry::record_error(&span, &err.contract_code(), &err.to_string());
+        }
+        if let Some(metrics) = &self.metrics {
+            metrics.observe(
+                action,
+                &status,
+                outcome.as_ref().err().map(|e| e.contract_code()).as_deref(),
+                started.elapsed(),
+            );
+        }
+        outcome
     }
 
     async fn send(
@@ -231,7 +281,7 @@ impl WhmcsClient {
             .await
             .map_err(transport)?;
         let status = response.status().as_u16();
-        tracing::Span::current().record("http.status_code", status);
+        tracing::Span::current().record("http.response.status_code", status);
         let body = response.text().await.map_err(transport)?;
         let outcome = classify_reply(action, status, &body);
         let elapsed_ms = u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX);

@@ -100,6 +100,20 @@ impl WhmcsError {
         }
     }
 
+    /// The HTTP status WHMCS (or a proxy) answered with, when there was an answer.
+    pub fn http_status(&self) -> Option<u16> {
+        match self {
+            Self::Auth { status, .. } | Self::Http { status, .. } | Self::Decode { status, .. } => {
+                Some(*status)
+            }
+            Self::Api { .. } => Some(200),
+            Self::Timeout { .. }
+            | Self::Connect { .. }
+            | Self::Transport { .. }
+            | Self::InvalidRequest { .. } => None,
+        }
+    }
+
     /// The contract's `Activation_Error_Code__c` for this failure (CONTRACT §5): `WHMCS_ERROR`
     /// for `result=error`, the HTTP status for HTTP failures, `ETIMEOUT`, `ECONNREFUSED`.
     pub fn contract_code(&self) -> String {

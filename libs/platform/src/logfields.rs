@@ -1,0 +1,269 @@
+//! The correlation fields of JSON log lines: `trace_id`, `span_id`, `order_id`,
+//! `correlation_id` and `step`.
+//!
+//! [`LogFieldsLayer`] remembers, per span, the order id, correlation id and step it or its
+//! ancestors declared (`order_id` or `order.id`, `correlation_id` or `correlation.id`, `step`), so
+//! a log line deep inside an HTTP client span still names its order. [`JsonWithIds`] wraps the
+//! stock JSON formatter and appends those fields, plus the OpenTelemetry trace and span ids of the
+//! span the event happens in (present when traces are exported), to each line. A field the event
+//! declares itself is not repeated.
+
+use std::fmt;
+use std::sync::Arc;
+
+use opentelemetry::trace::TraceContextExt;
+use tracing::field::{Field, Visit};
+use tracing::span::{Attributes, Id, Record};
+use tracing::{Event, Subscriber};
+use tracing_subscriber::fmt::format::{Format, Json, JsonFields, Writer};
+use tracing_subscriber::fmt::time::SystemTime;
+use tracing_subscriber::fmt::{FmtContext, FormatEvent};
+use tracing_subscriber::layer::Context;
+use tracing_subscriber::registry::LookupSpan;
+use tracing_subscriber::Layer;
+
+/// The correlation fields of a span, inherited from its parent.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct LogFields {
+    pub order_id: Option<Arc<str>>,
+    pub correlation_id: Option<Arc<str>>,
+    pub step: Option<Arc<str>>,
+}
+
+impl LogFields {
+    fn is_empty(&self) -> bool {
+        self.order_id.is_none() && self.correlation_id.is_none() && self.step.is_none()
+    }
+}
+
+struct FieldVisitor<'a>(&'a mut LogFields);
+
+impl FieldVisitor<'_> {
+    fn set(&mut self, field: &Field, value: &str) {
+        let slot = match field.name() {
+            "order_id" | "order.id" => &mut self.0.order_id,
+            "correlation_id" | "correlation.id" => &mut self.0.correlation_id,
+            "step" => &mut self.0.step,
+            _ => return,
+        };
+        if !value.is_empty() {
+            *slot = Some(Arc::from(value));
+        }
+    }
+}
+
+impl Visit for FieldVisitor<'_> {
+    fn record_str(&mut self, field: &Field, value: &str) {
+        self.set(field, value);
+    }
+
+    fn record_debug(&mut self, field: &Field, value: &dyn fmt::Debug) {
+        if matches!(
+            field.name(),
+            "order_id" | "order.id" | "correlation_id" | "correlation.id" | "step"
+        ) {
+            let text = format!("{value:?}");
+            // `?value` of a string prints it quoted.
+            let text = text
+                .strip_prefix('"')
+                .and_then(|t| t.strip_suffix('"'))
+                .unwrap_or(&text);
+            self.set(field, text);
+        }
+    }
+}
+
+fn declares_any(fields: &tracing::field::FieldSet) -> bool {
+    fields.iter().any(|f| {
+        matches!(
+            f.name(),
+            "order_id" | "order.id" | "correlation_id" | "correlation.id" | "step"
+        )
+    })
+}
+
+/// Stores [`LogFields`] in each span's extensions, inherited from the parent span.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct LogFieldsLayer;
+
+impl<S> Layer<S> for LogFieldsLayer
+where
+    S: Subscriber + for<'a> LookupSpan<'a>,
+{
+    fn on_new_span(&self, attrs: &Attributes<'_>, id: &Id, ctx: Context<'_, S>) {
+        let Some(span) = ctx.span(id) else {
+            return;
+        };
+        let mut fields = span
+            .parent()
+            .and_then(|parent| parent.extensions().get::<LogFields>().cloned())
+            .unwrap_or_default();
+        if declares_any(attrs.metadata().fields()) {
+            attrs.record(&mut FieldVisitor(&mut fields));
+        }
+        if !fields.is_empty() {
+            span.extensions_mut().insert(fields);
+        }
+    }
+
+    fn on_record(&self, id: &Id, values: &Record<'_>, ctx: Context<'_, S>) {
+        let Some(span) = ctx.span(id) else {
+            return;
+        };
+        let mut fields = span
+            .extensions()
+            .get::<LogFields>()
+            .cloned()
+            .unwrap_or_default();
+        let before = fields.clone();
+        values.record(&mut FieldVisitor(&mut fields));
+        if fields != before {
+            let mut extensions = span.extensions_mut();
+            extensions.remove::<LogFields>();
+            extensions.insert(fields);
+        }
+    }
+}
+
+/// The stock JSON format plus the correlation fields.
+#[derive(Debug)]
+pub struct JsonWithIds {
+    inner: Format<Json, SystemTime>,
+}
+
+impl JsonWithIds {
+    pub fn new(inner: Format<Json, SystemTime>) -> Self {
+        Self { inner }
+    }
+}
+
+fn push_field(out: &mut String, name: &str, value: &str) {
+    out.push_str(",\"");
+    out.push_str(name);
+    out.push_str("\":");
+    match serde_json::to_string(value) {
+        Ok(quoted) => out.push_str(&quoted),
+        Err(_) => out.push_str("null"),
+    }
+}
+
+/// The extra fields of one event, each as `,"name":"value"`.
+pub fn extra_fields(current: Option<&LogFields>, event: &Event<'_>) -> String {
+    let declared = |name: &str| event.metadata().fields().field(name).is_some();
+    let mut extra = String::new();
+    let context = opentelemetry::Context::current();
+    let span = context.span();
+    let span_context = span.span_context();
+    if span_context.is_valid() {
+        if !declared("trace_id") {
+            push_field(&mut extra, "trace_id", &span_context.trace_id().to_string());
+        }
+        if !declared("span_id") {
+            push_field(&mut extra, "span_id", &span_context.span_id().to_string());
+        }
+    }
+    if let Some(fields) = current {
+        for (name, value) in [
+            ("order_id", &fields.order_id),
+            ("correlation_id", &fields.correlation_id),
+            ("step", &fields.step),
+        ] {
+            if let Some(value) = value {
+                if !declared(name) {
+                    push_field(&mut extra, name, value);
+                }
+            }
+        }
+    }
+    extra
+}
+
+impl<S> FormatEvent<S, JsonFields> for JsonWithIds
+where
+    S: Subscriber + for<'a> LookupSpan<'a>,
+{
+    fn format_event(
+        &self,
+        ctx: &FmtContext<'_, S, JsonFields>,
+        mut writer: Writer<'_>,
+        event: &Event<'_>,
+    ) -> fmt::Result {
+        let mut line = String::with_capacity(512);
+        self.inner
+            .format_event(ctx, Writer::new(&mut line), event)?;
+        let current = event
+            .parent()
+            .and_then(|id| ctx.span(id))
+            .or_else(|| ctx.lookup_current())
+            .and_then(|span| span.extensions().get::<LogFields>().cloned());
+        let extra = extra_fields(current.as_ref(), event);
+        let trimmed = line.trim_end();
+        match trimmed.strip_suffix('}') {
+            Some(body) if !extra.is_empty() => {
+                writer.write_str(body)?;
+                writer.write_str(&extra)?;
+                writer.write_str("}\n")
+            }
+            _ => writer.write_str(&line),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io;
+    use std::sync::Mutex;
+    use tracing_subscriber::layer::SubscriberExt;
+
+    #[derive(Clone, Default)]
+    struct Buffer(Arc<Mutex<Vec<u8>>>);
+
+    impl io::Write for Buffer {
+        fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+            if let Ok(mut inner) = self.0.lock() {
+                inner.extend_from_slice(buf);
+            }
+            Ok(buf.len())
+        }
+        fn flush(&mut self) -> io::Result<()> {
+            Ok(())
+        }
+    }
+
+    #[test]
+    fn json_lines_carry_the_order_fields_of_their_spans() {
+        let buffer = Buffer::default();
+        let writer = buffer.clone();
+        let subscriber = tracing_subscriber::registry().with(LogFieldsLayer).with(
+            tracing_subscriber::fmt::layer()
+                .json()
+                .flatten_event(true)
+                .with_current_span(true)
+                .with_span_list(true)
+                .map_event_format(JsonWithIds::new)
+                .with_writer(move || writer.clone()),
+        );
+        tracing::subscriber::with_default(subscriber, || {
+            let job = tracing::info_span!("job", order_id = "801x", correlation_id = "c-1");
+            let _job = job.enter();
+            let step = tracing::info_span!("stage", step = "guard");
+            let _step = step.enter();
+            let http = tracing::info_span!("http");
+            let _http = http.enter();
+            tracing::info!(step = "explicit", "inside");
+        });
+        let text = String::from_utf8(buffer.0.lock().map(|b| b.clone()).unwrap_or_default())
+            .unwrap_or_default();
+        let line: serde_json::Value = serde_json::from_str(text.trim()).expect("one JSON line");
+        assert_eq!(line["order_id"], "801x");
+        assert_eq!(line["correlation_id"], "c-1");
+        assert_eq!(line["step"], "explicit", "{text}");
+        assert_eq!(line["message"], "inside");
+        assert_eq!(
+            text.matches("\"step\":").count(),
+            2,
+            "the event's own step plus the span list's: {text}"
+        );
+    }
+}
