@@ -175,6 +175,69 @@ impl EncodeMetric for SecondsSince {
     }
 }
 
+/// A JetStream consumer's backlog, read periodically with `consumer.info()`.
+#[derive(Debug, Clone, Default)]
+pub struct ConsumerLag {
+    /// Messages in the stream the consumer has not been delivered yet.
+    pub pending: Gauge,
+    /// Messages delivered and not acknowledged yet.
+    pub ack_pending: Gauge,
+    /// Unix time of the last successful read.
+    pub updated: Gauge,
+}
+
+impl ConsumerLag {
+    /// Registers `{prefix}_consumer_pending`, `{prefix}_consumer_ack_pending` and
+    /// `{prefix}_consumer_info_updated_timestamp_seconds`.
+    pub fn register(registry: &mut Registry, prefix: &str) -> Self {
+        let lag = Self::default();
+        let sub = registry.sub_registry_with_prefix(prefix);
+        sub.register(
+            "consumer_pending",
+            "Messages of the stream not yet delivered to the durable consumer",
+            lag.pending.clone(),
+        );
+        sub.register(
+            "consumer_ack_pending",
+            "Messages delivered to the durable consumer and not acknowledged yet",
+            lag.ack_pending.clone(),
+        );
+        sub.register(
+            "consumer_info_updated_timestamp_seconds",
+            "Unix time the consumer counts were last read",
+            lag.updated.clone(),
+        );
+        lag
+    }
+
+    /// Reads the consumer's counts every `every` until `cancel`.
+    pub async fn poll<C: async_nats::jetstream::consumer::IntoConsumerConfig + Send + Sync>(
+        self,
+        consumer: async_nats::jetstream::consumer::Consumer<C>,
+        every: Duration,
+        cancel: tokio_util::sync::CancellationToken,
+    ) {
+        loop {
+            match consumer.get_info().await {
+                Ok(info) => {
+                    self.pending
+                        .set(i64::try_from(info.num_pending).unwrap_or(i64::MAX));
+                    self.ack_pending
+                        .set(i64::try_from(info.num_ack_pending).unwrap_or(i64::MAX));
+                    self.updated.set(now_ms() / 1000);
+                }
+                Err(err) => {
+                    tracing::debug!(error = %err, "Cannot read the consumer's pending counts.")
+                }
+            }
+            tokio::select! {
+                () = cancel.cancelled() => return,
+                () = tokio::time::sleep(every) => {}
+            }
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -28,6 +28,9 @@ use crate::publisher::Publisher;
 use crate::recovery::Recovery;
 use crate::worker;
 
+/// How often the consumer's pending counts are read for `/metrics`.
+const CONSUMER_INFO_EVERY: Duration = Duration::from_secs(5);
+
 #[derive(Debug, thiserror::Error)]
 pub enum AppError {
     #[error(transparent)]
@@ -86,8 +89,11 @@ impl App {
             .build()
             .map_err(|e| AppError::HttpClient(e.to_string()))?;
         let tokens = TokenProvider::new(settings.salesforce.clone(), http_client.clone());
-        let salesforce = RestClient::new(http_client.clone(), tokens);
-        let whmcs = whmcs::WhmcsClient::with_http(settings.whmcs.clone(), http_client);
+        let salesforce = RestClient::new(http_client.clone(), tokens)
+            .with_metrics(metrics.salesforce_api.clone())
+            .with_limit_usage(metrics.salesforce_limit.clone());
+        let whmcs = whmcs::WhmcsClient::with_http(settings.whmcs.clone(), http_client)
+            .with_metrics(metrics.whmcs_api.clone());
         let publisher = Publisher::new(js.clone());
         let deadletter = DeadLetters::new(js.clone());
         let runner = Arc::new(JobRunner {
@@ -140,6 +146,11 @@ impl App {
         );
         let recovery_cancel = CancellationToken::new();
         let recovery = tokio::spawn(self.recovery.clone().run(recovery_cancel.clone()));
+        let lag = tokio::spawn(self.runner.metrics.consumer.clone().poll(
+            self.consumer.clone(),
+            CONSUMER_INFO_EVERY,
+            recovery_cancel.clone(),
+        ));
         worker::run(
             self.consumer,
             self.runner,
@@ -150,6 +161,7 @@ impl App {
         .await;
         recovery_cancel.cancel();
         let _ = recovery.await;
+        let _ = lag.await;
         if let Err(err) = self.nats.flush().await {
             tracing::warn!(error = %err, "Could not flush NATS on shutdown.");
         }

@@ -13,7 +13,6 @@ use async_nats::jetstream;
 use messages::ProvisioningRequestedV1;
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
-use tracing_opentelemetry::OpenTelemetrySpanExt;
 
 use crate::journal::{Claim, JobRecord, JobState, Journal, NotClaimed};
 use crate::metrics::{ProvisionerMetrics, ReasonLabel};
@@ -84,24 +83,29 @@ impl JobRunner {
             .as_ref()
             .and_then(|h| h.get(messages::headers::TRACEPARENT))
             .map(|v| v.as_str().to_owned());
+        // The consumer span (messaging conventions), child of sf-bridge's producer span. It
+        // declares only the log fields; join_order gives it and every span beneath it (steps,
+        // HTTP calls, publishes) `order.id` and `correlation.id`.
         let span = tracing::info_span!(
             "provision order",
             otel.kind = "consumer",
             otel.name = %format!("process {}", messages::subjects::PROVISIONING_REQUESTED_PREFIX),
             messaging.system = "nats",
             messaging.operation.type = "process",
+            messaging.operation.name = "process",
             messaging.destination.name = %message.subject,
             messaging.message.id = %request.event_id,
             messaging.consumer.group.name = SERVICE,
-            order.id = %request.order_id,
             order_id = %request.order_id,
-            correlation.id = %request.correlation_id,
             correlation_id = %request.correlation_id,
             event.id = %request.event_id,
         );
-        if let Some(parent) = parent {
-            let _ = span.set_parent(parent);
-        }
+        platform::telemetry::join_order(
+            &span,
+            parent,
+            Some(&request.order_id),
+            Some(&request.correlation_id),
+        );
         self.run(message, request, traceparent, hard_stop, received)
             .instrument(span.clone())
             .await;
@@ -159,9 +163,10 @@ impl JobRunner {
         self.finish(&request, &job, finished, revision, started_at)
             .await;
         self.metrics.in_flight.dec();
-        self.metrics
-            .end_to_end_seconds
-            .observe(received.elapsed().as_secs_f64());
+        self.metrics.end_to_end_seconds.observe(
+            enqueue_to_now(&request.received_at)
+                .unwrap_or_else(|| received.elapsed().as_secs_f64()),
+        );
     }
 
     async fn not_claimed(
@@ -248,7 +253,7 @@ impl JobRunner {
                 "Order provisioned in WHMCS and marked Activated."
             ),
             JobResult::Failed { code, message } => {
-                span.set_status(opentelemetry::trace::Status::error(message.clone()));
+                platform::telemetry::record_error(&span, code, message);
                 tracing::error!(
                     error_code = %code,
                     error_message = %message,
@@ -277,6 +282,16 @@ impl JobRunner {
         })
         .await;
     }
+}
+
+/// Seconds from sf-bridge receiving the event (`received_at` of the body) to now; `None` when
+/// the timestamp is missing or unreadable.
+pub fn enqueue_to_now(received_at: &str) -> Option<f64> {
+    let at =
+        time::OffsetDateTime::parse(received_at, &time::format_description::well_known::Rfc3339)
+            .ok()?;
+    let seconds = (time::OffsetDateTime::now_utc() - at).as_seconds_f64();
+    (seconds >= 0.0).then_some(seconds)
 }
 
 /// Renews the job's lease every third of its length, for as long as the job runs.

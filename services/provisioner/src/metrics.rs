@@ -9,6 +9,8 @@ use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
 use prometheus_client::registry::Registry;
 
+use platform::metrics::{ApiMetrics, ConsumerLag, LimitUsage};
+
 use crate::steps::Step;
 
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -41,13 +43,29 @@ pub struct ProvisionerMetrics {
     pub dead_lettered: Counter,
     pub in_flight: Gauge,
     pub journal_writes: Counter,
-    /// Enqueue (sf-bridge receipt) to outcome.
+    /// Enqueue (sf-bridge receipt, the body's `received_at`) to outcome.
     pub end_to_end_seconds: Histogram,
+    /// WHMCS API calls (`whmcs_api_*`).
+    pub whmcs_api: ApiMetrics,
+    /// Salesforce REST calls and token fetches (`salesforce_api_*`).
+    pub salesforce_api: ApiMetrics,
+    /// `Sforce-Limit-Info` usage.
+    pub salesforce_limit: LimitUsage,
+    /// Backlog of the provisioner's durable consumer.
+    pub consumer: ConsumerLag,
 }
 
 impl ProvisionerMetrics {
     pub fn register(registry: &mut Registry) -> Self {
+        let whmcs_api = ApiMetrics::register(registry, "whmcs", "WHMCS");
+        let salesforce_api = ApiMetrics::register(registry, "salesforce", "Salesforce");
+        let salesforce_limit = LimitUsage::register(registry);
+        let consumer = ConsumerLag::register(registry, "provisioner");
         let metrics = Self {
+            whmcs_api,
+            salesforce_api,
+            salesforce_limit,
+            consumer,
             attempts: Family::default(),
             duration_seconds: Histogram::new(exponential_buckets(0.01, 2.0, 14)),
             step_duration_seconds: Family::new_with_constructor(step_histogram),

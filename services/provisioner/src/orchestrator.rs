@@ -186,17 +186,36 @@ impl Orchestrator {
     }
 
     /// Runs one step inside its span, logging its duration and recording it in the metrics.
-    pub async fn step<T>(&self, step: Step, job: &JobJournal, work: impl Future<Output = T>) -> T {
+    /// A failed step's span gets status error and `error.code`; the order ids come from the job
+    /// span (see `platform::telemetry::join_order`).
+    pub async fn step<T: StepOutcome>(
+        &self,
+        step: Step,
+        job: &JobJournal,
+        work: impl Future<Output = T>,
+    ) -> T {
         // The step being attempted is what an operator (and recovery) reads first in the
         // journal; it is persisted with the next journal write.
         job.state.lock().await.0.step = step.as_str().to_owned();
-        let span = tracing::info_span!("step", otel.name = %step, step = %step);
+        let span = tracing::info_span!(
+            "step",
+            otel.name = %format!("step {step}"),
+            otel.kind = "internal",
+            step = %step,
+        );
         let started = Instant::now();
         let output = work.instrument(span.clone()).await;
         let elapsed = started.elapsed();
         self.metrics.observe_step(step, elapsed);
         let _entered = span.enter();
-        tracing::info!(step = %step, duration_ms = elapsed.as_millis() as u64, "Step completed.");
+        let duration_ms = elapsed.as_millis() as u64;
+        match output.failure() {
+            None => tracing::info!(step = %step, duration_ms, "Step completed."),
+            Some((code, message)) => {
+                platform::telemetry::record_error(&span, &code, &message);
+                tracing::warn!(step = %step, duration_ms, error_code = %code, error_message = %message, "Step failed.");
+            }
+        }
         output
     }
 
@@ -343,6 +362,43 @@ impl Orchestrator {
             }
             Err(err) => Err(whmcs_failure(err)),
         }
+    }
+}
+
+/// What a step's output says about failure: the contract's error code and a message.
+pub trait StepOutcome {
+    fn failure(&self) -> Option<(String, String)>;
+}
+
+/// The guard: `false` skips the order, which is not a failure.
+impl StepOutcome for bool {
+    fn failure(&self) -> Option<(String, String)> {
+        None
+    }
+}
+
+impl<T> StepOutcome for Result<T, JobResult> {
+    fn failure(&self) -> Option<(String, String)> {
+        match self {
+            Err(JobResult::Failed { code, message }) => Some((code.clone(), message.clone())),
+            _ => None,
+        }
+    }
+}
+
+impl<T> StepOutcome for Result<T, salesforce::rest::RestError> {
+    fn failure(&self) -> Option<(String, String)> {
+        self.as_ref()
+            .err()
+            .map(|err| (err.contract_code(), err.to_string()))
+    }
+}
+
+impl<T> StepOutcome for Result<T, crate::publisher::PublishError> {
+    fn failure(&self) -> Option<(String, String)> {
+        self.as_ref()
+            .err()
+            .map(|err| ("PUBLISH_FAILED".to_owned(), err.to_string()))
     }
 }
 

@@ -99,6 +99,36 @@ impl Publisher {
             subject: subject.clone(),
             detail: e.to_string(),
         })?;
+        // The producer span (messaging conventions): its context is what the consumer continues.
+        let send = tracing::info_span!(
+            parent: span,
+            "send",
+            otel.name = %format!("send {}", template(&subject)),
+            otel.kind = "producer",
+            messaging.system = "nats",
+            messaging.operation.type = "send",
+            messaging.operation.name = "send",
+            messaging.destination.name = %subject,
+            messaging.message.id = %msg_id,
+        );
+        let result = self
+            .publish_in(subject, msg_id, payload, correlation_id, &send, schema)
+            .await;
+        if let Err(err) = &result {
+            platform::telemetry::record_error(&send, "PUBLISH_FAILED", &err.to_string());
+        }
+        result
+    }
+
+    async fn publish_in(
+        &self,
+        subject: String,
+        msg_id: String,
+        payload: Vec<u8>,
+        correlation_id: &str,
+        span: &tracing::Span,
+        schema: &str,
+    ) -> Result<(), PublishError> {
         let mut backoff = Backoff::new(Duration::from_millis(200), Duration::from_secs(3));
         let mut last_error = String::new();
         for _ in 0..8 {
@@ -121,7 +151,9 @@ impl Publisher {
                 },
                 Err(e) => last_error = e.to_string(),
             }
-            tracing::warn!(%subject, error = %last_error, "Publish failed; retrying.");
+            span.in_scope(
+                || tracing::warn!(%subject, error = %last_error, "Publish failed; retrying."),
+            );
             tokio::time::sleep(backoff.next_delay()).await;
         }
         Err(PublishError {
@@ -215,4 +247,18 @@ pub async fn find_outcome(
         }
     }
     None
+}
+
+/// The subject without its per-order tokens (`provisioning.outcome.{order}.{result}` →
+/// `provisioning.outcome`), for low-cardinality span names.
+fn template(subject: &str) -> &str {
+    for prefix in [
+        messages::subjects::PROVISIONING_OUTCOME_PREFIX,
+        messages::subjects::ORDER_UPDATE_PREFIX,
+    ] {
+        if subject.starts_with(prefix) {
+            return prefix;
+        }
+    }
+    subject
 }

@@ -22,7 +22,6 @@ use messages::ProvisioningRequestedV1;
 use serde::Deserialize;
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
-use tracing_opentelemetry::OpenTelemetrySpanExt;
 
 use crate::journal::{now_ms, Claim, JobRecord, JobState, Journal};
 use crate::metrics::{ProvisionerMetrics, ReasonLabel};
@@ -91,23 +90,23 @@ impl Recovery {
     async fn interrupt(&self, mut record: JobRecord, revision: u64, how: &str) -> bool {
         let span = tracing::warn_span!(
             "recover job",
-            order.id = %record.order_id,
             order_id = %record.order_id,
-            correlation.id = %record.correlation_id,
             correlation_id = %record.correlation_id,
             event.id = %record.event_id,
             how,
         );
-        if let Some(traceparent) = &record.traceparent {
+        // The report joins the order's trace: the journal kept the request's traceparent.
+        let parent = record.traceparent.as_ref().and_then(|traceparent| {
             let mut headers = async_nats::HeaderMap::new();
-            if platform::nats::insert_header(
-                &mut headers,
-                messages::headers::TRACEPARENT,
-                traceparent,
-            ) {
-                let _ = span.set_parent(platform::telemetry::extract_trace_context(&headers));
-            }
-        }
+            platform::nats::insert_header(&mut headers, messages::headers::TRACEPARENT, traceparent)
+                .then(|| platform::telemetry::extract_trace_context(&headers))
+        });
+        platform::telemetry::join_order(
+            &span,
+            parent,
+            Some(&record.order_id),
+            Some(&record.correlation_id),
+        );
         async {
             if let Some(outcome) = publisher::find_outcome(&self.js, &self.outcomes_stream, &record.order_id, &record.event_id).await {
                 // The worker reported before it died; only the journal entry is left open.
@@ -148,6 +147,7 @@ impl Recovery {
                 Err(_) => return false,
             };
             let span = tracing::Span::current();
+            platform::telemetry::record_error(&span, codes::INTERRUPTED, &message);
             if let Some(update) = publisher::update_body(&request, &result, sequence) {
                 if let Err(err) = self.publisher.order_update(&update, &span).await {
                     tracing::error!(error = %err, "Could not publish the INTERRUPTED update.");

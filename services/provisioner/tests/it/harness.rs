@@ -89,10 +89,12 @@ impl Harness {
         let app = App::build(settings, &cancel)
             .await
             .expect("build provisioner");
+        let http_addr = app.http_addr();
         let task = tokio::spawn(app.run_until_stopped(cancel.clone()));
         Running {
             cancel,
             task: Some(task),
+            http_addr,
         }
     }
 
@@ -271,9 +273,20 @@ impl Outcomes {
 pub struct Running {
     pub cancel: CancellationToken,
     pub task: Option<tokio::task::JoinHandle<Result<(), provisioner::app::AppError>>>,
+    pub http_addr: std::net::SocketAddr,
 }
 
 impl Running {
+    /// The Prometheus text of `/metrics`.
+    pub async fn metrics(&self) -> String {
+        reqwest::get(format!("http://{}/metrics", self.http_addr))
+            .await
+            .expect("GET /metrics")
+            .text()
+            .await
+            .expect("metrics body")
+    }
+
     pub async fn stop(mut self) {
         self.cancel.cancel();
         if let Some(task) = self.task.take() {

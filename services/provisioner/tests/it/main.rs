@@ -7,4 +7,5 @@
 mod errors;
 mod exactly_once;
 mod harness;
+mod metrics;
 mod orchestration;
