@@ -163,6 +163,11 @@ fn config_sources(binary: &str) -> Vec<&'static str> {
             "services/whmcs-sim/src/config.rs",
             "services/whmcs-sim/src/main.rs",
         ],
+        // The operator CLI: the services' NATS variables and resource names.
+        "provctl" => vec![
+            "libs/platform/src/nats.rs",
+            "services/provctl/src/settings.rs",
+        ],
         other => panic!("no configuration sources known for binary {other}"),
     };
     for f in &files {
