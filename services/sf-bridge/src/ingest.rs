@@ -426,6 +426,7 @@ impl Ingest {
                 self.metrics
                     .cursor_updated_timestamp
                     .set(time::OffsetDateTime::now_utc().unix_timestamp() as f64);
+                self.metrics.cursor_age.touch();
                 self.status.set_cursor(stored.view());
                 progress.saved = Some(replay_id);
                 progress.last_write = Some(Instant::now());
@@ -522,13 +523,20 @@ impl Ingest {
             messaging.system = "nats",
             messaging.operation.type = "send",
             messaging.destination.name = %subject,
+            messaging.operation.name = "send",
             messaging.message.id = %body.event_id,
-            order.id = %body.order_id,
             order_id = %body.order_id,
-            correlation.id = %body.correlation_id,
             correlation_id = %body.correlation_id,
             event.id = %body.event_id,
             salesforce.replay_id = %body.replay_id,
+        );
+        // The order's trace starts here; the span and everything beneath it carry `order.id`
+        // and `correlation.id`.
+        platform::telemetry::join_order(
+            &span,
+            None,
+            Some(&body.order_id),
+            Some(&body.correlation_id),
         );
         let mut headers = async_nats::HeaderMap::new();
         platform::nats::insert_header(
@@ -574,14 +582,18 @@ impl Ingest {
             parent: None,
             "provisioning.deadletter send",
             otel.kind = "producer",
+            otel.name = %format!("send {}", messages::subjects::DEADLETTER_PREFIX),
             messaging.system = "nats",
+            messaging.operation.type = "send",
+            messaging.operation.name = "send",
             messaging.destination.name = %messages::subjects::deadletter(SERVICE),
-            correlation.id = %correlation_id,
             correlation_id = %correlation_id,
             event.id = %event.id,
             salesforce.replay_id = %replay_b64,
             reason = reason.code(),
         );
+        platform::telemetry::join_order(&span, None, None, Some(&correlation_id));
+        platform::telemetry::record_error(&span, reason.code(), &reason.to_string());
         span.in_scope(|| {
             tracing::error!(
                 reason = reason.code(),

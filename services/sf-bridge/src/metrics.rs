@@ -25,6 +25,9 @@ pub struct BridgeMetrics {
     pub cursor_writes: Counter,
     /// Unix time of the last cursor write; alert when `time() - this` grows while events flow.
     pub cursor_updated_timestamp: Gauge<f64, std::sync::atomic::AtomicU64>,
+    /// Seconds since the cursor last moved (since start before the first move), computed when
+    /// `/metrics` is read.
+    pub cursor_age: platform::metrics::SecondsSince,
     pub is_leader: Gauge,
     /// Salesforce `CreatedDate` to JetStream ack.
     pub event_lag_seconds: Histogram,
@@ -43,6 +46,7 @@ impl BridgeMetrics {
             replay_id_fallbacks: Counter::default(),
             cursor_writes: Counter::default(),
             cursor_updated_timestamp: Gauge::default(),
+            cursor_age: platform::metrics::SecondsSince::default(),
             is_leader: Gauge::default(),
             event_lag_seconds: Histogram::new(exponential_buckets(0.01, 2.0, 16)),
             in_flight: Gauge::default(),
@@ -92,6 +96,11 @@ impl BridgeMetrics {
             "cursor_updated_timestamp_seconds",
             "Unix time of the last replay cursor write",
             metrics.cursor_updated_timestamp.clone(),
+        );
+        sub.register(
+            "cursor_age_seconds",
+            "Seconds since the replay cursor last moved (since start before the first write)",
+            metrics.cursor_age.clone(),
         );
         sub.register(
             "leader",
