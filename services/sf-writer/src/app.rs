@@ -26,6 +26,9 @@ use crate::metrics::WriterMetrics;
 use crate::ordering::AppliedStore;
 use crate::writer::Writer;
 
+/// How often the consumer's pending counts are read for `/metrics`.
+const CONSUMER_INFO_EVERY: Duration = Duration::from_secs(5);
+
 #[derive(Debug, thiserror::Error)]
 pub enum AppError {
     #[error(transparent)]
@@ -92,7 +95,8 @@ impl App {
             .build()
             .map_err(|e| AppError::HttpClient(e.to_string()))?;
         let tokens = TokenProvider::new(settings.salesforce.clone(), http_client.clone());
-        let rest = RestClient::new(http_client, tokens.clone());
+        let rest = RestClient::new(http_client, tokens.clone())
+            .with_metrics(metrics.salesforce_api.clone());
         let writer = Arc::new(Writer {
             rest,
             applied: AppliedStore::new(applied_kv, settings.claim_ttl),
@@ -143,6 +147,12 @@ impl App {
                 }
             }
         });
+        let lag_cancel = CancellationToken::new();
+        let lag = tokio::spawn(self.writer.metrics.consumer.clone().poll(
+            self.consumer.clone(),
+            CONSUMER_INFO_EVERY,
+            lag_cancel.clone(),
+        ));
         consumer::run(
             self.consumer,
             self.writer,
@@ -156,6 +166,8 @@ impl App {
         )
         .await;
         warmup.abort();
+        lag_cancel.cancel();
+        let _ = lag.await;
         if let Err(err) = self.nats.flush().await {
             tracing::warn!(error = %err, "Could not flush NATS on shutdown.");
         }

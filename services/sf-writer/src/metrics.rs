@@ -45,11 +45,20 @@ pub struct WriterMetrics {
     /// 1 while the Salesforce gate is closed (healthy).
     pub salesforce_up: Gauge,
     pub batches_in_flight: Gauge,
+    /// Salesforce REST calls and token fetches (`salesforce_api_*`).
+    pub salesforce_api: platform::metrics::ApiMetrics,
+    /// Backlog of sf-writer's durable consumer.
+    pub consumer: platform::metrics::ConsumerLag,
 }
 
 impl WriterMetrics {
     pub fn register(registry: &mut Registry) -> Self {
+        let salesforce_api =
+            platform::metrics::ApiMetrics::register(registry, "salesforce", "Salesforce");
+        let consumer = platform::metrics::ConsumerLag::register(registry, "sf_writer");
         let metrics = Self {
+            salesforce_api,
+            consumer,
             batch_updates: Histogram::new(exponential_buckets(1.0, 2.0, 9)),
             request_records: Histogram::new(exponential_buckets(1.0, 2.0, 9)),
             requests: Family::default(),

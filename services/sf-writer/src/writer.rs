@@ -60,7 +60,7 @@ struct Work {
 
 impl Work {
     fn new(group: Group<Message>) -> Self {
-        let (correlation_id, parent) = group
+        let (correlation_id, parent, subject) = group
             .newest()
             .map(|(update, message)| {
                 (
@@ -69,19 +69,32 @@ impl Work {
                         .headers
                         .as_ref()
                         .map(platform::telemetry::extract_trace_context),
+                    message.subject.to_string(),
                 )
             })
             .unwrap_or_default();
+        // The order's own consumer span, in the order's trace (child of the newest update's
+        // traceparent); the batch's request span links to it.
         let span = tracing::info_span!(
             "sf_writer.update",
-            order.id = %group.order_id,
-            correlation.id = %correlation_id,
+            otel.name = %format!("process {}", messages::subjects::ORDER_UPDATE_PREFIX),
+            otel.kind = "consumer",
+            messaging.system = "nats",
+            messaging.operation.type = "process",
+            messaging.operation.name = "process",
+            messaging.destination.name = %subject,
+            messaging.consumer.group.name = "sf-writer",
+            order_id = %group.order_id,
+            correlation_id = %correlation_id,
             sequence = group.sequence(),
             merged = group.members.len(),
         );
-        if let Some(parent) = parent {
-            let _ = span.set_parent(parent);
-        }
+        platform::telemetry::join_order(
+            &span,
+            parent,
+            Some(&group.order_id),
+            Some(&correlation_id),
+        );
         Self {
             group,
             token: uuid::Uuid::new_v4().to_string(),
@@ -295,10 +308,14 @@ impl Writer {
         } else {
             "collection"
         };
+        // One request carries several orders: its span stands alone and links to each order's
+        // update span (messaging conventions for batches).
         let span = tracing::info_span!(
             "sf_writer.salesforce_request",
+            otel.name = %format!("write {kind}"),
             kind,
-            records = records.len()
+            records = records.len(),
+            messaging.batch.message_count = works.iter().map(|(w, _)| w.group.members.len()).sum::<usize>(),
         );
         for (work, _) in &works {
             use opentelemetry::trace::TraceContextExt;
@@ -314,8 +331,17 @@ impl Writer {
                 request::write_collection(&self.rest, &records).await
             }
         }
-        .instrument(span)
+        .instrument(span.clone())
         .await;
+        match &outcome {
+            Err(RequestFailure::Service { code, reason, .. }) => {
+                platform::telemetry::record_error(&span, code, reason);
+            }
+            Err(RequestFailure::Split { reason }) => {
+                platform::telemetry::record_error(&span, "split", reason);
+            }
+            Ok(_) => {}
+        }
         self.metrics
             .request_seconds
             .observe(started.elapsed().as_secs_f64());
@@ -417,6 +443,7 @@ impl Writer {
                 None
             }
             RecordOutcome::Permanent { code, reason } => {
+                platform::telemetry::record_error(&work.span, &code, &reason);
                 let mut all_stored = true;
                 for (update, message) in &work.group.members {
                     let stored = self
