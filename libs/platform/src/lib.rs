@@ -5,6 +5,7 @@
 //!   KV buckets when absent.
 //! - [`telemetry`]: tracing subscriber (JSON or pretty), OpenTelemetry export over OTLP, and W3C
 //!   trace-context propagation through NATS headers.
+//! - [`deadletter`]: `provisioning.deadletter.<service>` for stream messages.
 //! - [`http`]: the `/health` and `/metrics` listener.
 //! - [`logfields`]: correlation fields (`trace_id`, `order_id`, ...) on JSON log lines.
 //! - [`metrics`]: metrics shared by services (outbound API calls, time since an event).
@@ -14,6 +15,7 @@
 
 pub mod backoff;
 pub mod config;
+pub mod deadletter;
 pub mod http;
 pub mod logfields;
 pub mod metrics;

@@ -19,7 +19,6 @@ use salesforce::TokenProvider;
 use tokio_util::sync::CancellationToken;
 
 use crate::config::ProvisionerSettings;
-use crate::deadletter::DeadLetters;
 use crate::job::JobRunner;
 use crate::journal::Journal;
 use crate::metrics::ProvisionerMetrics;
@@ -27,6 +26,7 @@ use crate::orchestrator::Orchestrator;
 use crate::publisher::Publisher;
 use crate::recovery::Recovery;
 use crate::worker;
+use platform::deadletter::DeadLetters;
 
 /// How often the consumer's pending counts are read for `/metrics`.
 const CONSUMER_INFO_EVERY: Duration = Duration::from_secs(5);
@@ -95,7 +95,7 @@ impl App {
         let whmcs = whmcs::WhmcsClient::with_http(settings.whmcs.clone(), http_client)
             .with_metrics(metrics.whmcs_api.clone());
         let publisher = Publisher::new(js.clone());
-        let deadletter = DeadLetters::new(js.clone());
+        let deadletter = DeadLetters::new(js.clone(), crate::job::SERVICE);
         let runner = Arc::new(JobRunner {
             journal: journal.clone(),
             orchestrator: Orchestrator {

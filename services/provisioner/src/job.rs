@@ -28,7 +28,7 @@ pub struct JobRunner {
     pub publisher: Publisher,
     pub metrics: ProvisionerMetrics,
     pub worker_id: String,
-    pub deadletter: crate::deadletter::DeadLetters,
+    pub deadletter: platform::deadletter::DeadLetters,
 }
 
 /// Parses and validates a `provisioning.requested.v1` body (the `validation` step).
@@ -64,9 +64,13 @@ impl JobRunner {
         let request = match validate(&message.payload) {
             Ok(request) => request,
             Err(reason) => {
-                self.deadletter
-                    .message(&message, "invalid_request", &reason)
-                    .await;
+                if let Err(err) = self
+                    .deadletter
+                    .message(&message, None, "invalid_request", &reason)
+                    .await
+                {
+                    tracing::error!(error = %err, "Could not publish the dead letter.");
+                }
                 self.metrics.dead_lettered.inc();
                 if let Err(err) = message.ack().await {
                     tracing::warn!(error = %err, "Could not acknowledge a dead-lettered message.");

@@ -8,11 +8,10 @@
 //! - [`orchestrator`]: the steps, from the Salesforce read to AcceptOrder.
 //! - [`publisher`]: outcome and Salesforce-update messages.
 //! - [`recovery`]: abandoned jobs (expired leases, max-deliveries advisories) → INTERRUPTED.
-//! - [`salesforce_order`], [`steps`], [`deadletter`], [`metrics`].
+//! - [`salesforce_order`], [`steps`], [`metrics`].
 
 pub mod app;
 pub mod config;
-pub mod deadletter;
 pub mod job;
 pub mod journal;
 pub mod metrics;

@@ -34,7 +34,7 @@ pub struct Recovery {
     pub journal: Journal,
     pub publisher: Publisher,
     pub metrics: ProvisionerMetrics,
-    pub deadletter: crate::deadletter::DeadLetters,
+    pub deadletter: platform::deadletter::DeadLetters,
     pub requests_stream: String,
     pub outcomes_stream: String,
     pub consumer: String,
@@ -220,16 +220,21 @@ impl Recovery {
         let request = match crate::job::validate(&stored.payload) {
             Ok(request) => request,
             Err(reason) => {
-                self.deadletter
-                    .publish(
+                let dead_lettered = self
+                    .deadletter
+                    .stored(
                         &stored.payload,
                         Some(advisory.stream),
                         Some(advisory.stream_seq),
                         stored.subject.as_str(),
+                        None,
                         "invalid_request",
                         &reason,
                     )
                     .await;
+                if let Err(err) = dead_lettered {
+                    tracing::error!(error = %err, "Could not publish the dead letter.");
+                }
                 return;
             }
         };

@@ -20,11 +20,11 @@ use tokio_util::sync::CancellationToken;
 
 use crate::config::WriterSettings;
 use crate::consumer::{self, PullSettings};
-use crate::deadletter::DeadLetters;
 use crate::gate::Gate;
 use crate::metrics::WriterMetrics;
 use crate::ordering::AppliedStore;
 use crate::writer::Writer;
+use platform::deadletter::DeadLetters;
 
 /// How often the consumer's pending counts are read for `/metrics`.
 const CONSUMER_INFO_EVERY: Duration = Duration::from_secs(5);
@@ -101,7 +101,7 @@ impl App {
             rest,
             applied: AppliedStore::new(applied_kv, settings.claim_ttl),
             gate: Gate::new(settings.backoff_base, settings.backoff_max),
-            deadletters: DeadLetters::new(js),
+            deadletters: DeadLetters::new(js, crate::SERVICE),
             metrics,
             health,
             ack_wait: settings.ack_wait,

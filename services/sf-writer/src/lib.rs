@@ -12,14 +12,12 @@
 //! - [`request`]: single-record and sObject Collections writes and the classification of their
 //!   results (applied, permanent, transient, Salesforce-level).
 //! - [`writer`]: one batch from messages to acks, dead letters and retries.
-//! - [`deadletter`]: dead letters on `provisioning.deadletter.sf-writer`.
 //! - [`metrics`]: what `/metrics` shows.
 
 pub mod app;
 pub mod batch;
 pub mod config;
 pub mod consumer;
-pub mod deadletter;
 pub mod gate;
 pub mod metrics;
 pub mod ordering;
@@ -28,3 +26,6 @@ pub mod writer;
 
 pub use app::App;
 pub use config::WriterSettings;
+
+/// The service name on the dead-letter subject and in logs.
+pub const SERVICE: &str = "sf-writer";

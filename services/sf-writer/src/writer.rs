@@ -24,11 +24,11 @@ use tracing::Instrument;
 use tracing_opentelemetry::OpenTelemetrySpanExt;
 
 use crate::batch::{self, Group};
-use crate::deadletter::DeadLetters;
 use crate::gate::{Gate, Ticket, Transition};
 use crate::metrics::WriterMetrics;
 use crate::ordering::{AppliedStore, ClaimOutcome};
 use crate::request::{self, OrderRecord, RecordOutcome, RequestFailure};
+use platform::deadletter::DeadLetters;
 
 type Message = jetstream::Message;
 
@@ -448,7 +448,7 @@ impl Writer {
                 for (update, message) in &work.group.members {
                     let stored = self
                         .deadletters
-                        .publish(message, Some(&update.correlation_id), &code, &reason)
+                        .message(message, Some(&update.correlation_id), &code, &reason)
                         .instrument(work.span.clone())
                         .await;
                     match stored {
@@ -508,7 +508,7 @@ impl Writer {
     async fn reject_invalid(&self, message: Message, reason: &str) {
         match self
             .deadletters
-            .publish(&message, None, "invalid_update", reason)
+            .message(&message, None, "invalid_update", reason)
             .await
         {
             Ok(()) => {

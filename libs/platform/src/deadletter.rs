@@ -1,12 +1,12 @@
-//! Updates that can never be applied go to `provisioning.deadletter.sf-writer` with the original
-//! bytes, Salesforce's reason and where they came from (stream, sequence, subject). The message is
-//! terminated only once the dead letter is stored, so nothing is lost if the publish fails.
+//! Dead letters: what a service cannot process goes to `provisioning.deadletter.<service>`
+//! (`provisioning.deadletter.v1`) with the original bytes, the reason and where it came from, so
+//! nothing is lost and the stream moves on. One dead letter per stream message however often it
+//! is retried (`Nats-Msg-Id` = service, stream and sequence). sf-bridge builds its own (its origin
+//! is a Salesforce channel and replay id, and its publish joins the ordered ack window).
 
 use async_nats::jetstream::{self, message::PublishMessage};
 use base64::Engine;
 use messages::{DeadLetterOrigin, DeadLetterV1};
-
-pub const SERVICE: &str = "sf-writer";
 
 #[derive(Debug, thiserror::Error)]
 #[error("cannot publish the dead letter: {0}")]
@@ -15,15 +15,16 @@ pub struct DeadLetterError(String);
 #[derive(Debug, Clone)]
 pub struct DeadLetters {
     js: jetstream::Context,
+    service: &'static str,
 }
 
 impl DeadLetters {
-    pub fn new(js: jetstream::Context) -> Self {
-        Self { js }
+    pub fn new(js: jetstream::Context, service: &'static str) -> Self {
+        Self { js, service }
     }
 
-    /// Publishes the dead letter of `message` and waits for JetStream's ack.
-    pub async fn publish(
+    /// The dead letter of a JetStream message; waits for JetStream's ack.
+    pub async fn message(
         &self,
         message: &jetstream::Message,
         correlation_id: Option<&str>,
@@ -33,46 +34,70 @@ impl DeadLetters {
         let info = message.info().ok();
         let stream = info.as_ref().map(|i| i.stream.to_owned());
         let sequence = info.as_ref().map(|i| i.stream_sequence);
-        tracing::error!(
+        self.stored(
+            &message.payload,
+            stream,
+            sequence,
+            message.subject.as_str(),
+            correlation_id,
             reason_code,
             reason,
-            subject = %message.subject,
+        )
+        .await
+    }
+
+    /// The dead letter of bytes read from a stream (by sequence); waits for JetStream's ack.
+    #[allow(clippy::too_many_arguments)]
+    pub async fn stored(
+        &self,
+        payload: &[u8],
+        stream: Option<String>,
+        sequence: Option<u64>,
+        subject: &str,
+        correlation_id: Option<&str>,
+        reason_code: &str,
+        reason: &str,
+    ) -> Result<(), DeadLetterError> {
+        tracing::error!(
+            service = self.service,
+            reason_code,
+            reason,
+            %subject,
             stream_sequence = ?sequence,
-            "Update cannot be applied; setting it aside."
+            "Message cannot be processed; setting it aside on the dead-letter subject."
         );
         let body = DeadLetterV1 {
             schema: DeadLetterV1::SCHEMA.to_owned(),
-            service: SERVICE.to_owned(),
+            service: self.service.to_owned(),
             reason: reason.to_owned(),
             reason_code: reason_code.to_owned(),
-            payload_base64: base64::engine::general_purpose::STANDARD.encode(&message.payload),
+            payload_base64: base64::engine::general_purpose::STANDARD.encode(payload),
             origin: DeadLetterOrigin {
                 stream: stream.clone(),
                 stream_sequence: sequence,
-                subject: Some(message.subject.to_string()),
+                subject: Some(subject.to_owned()),
                 ..Default::default()
             },
             dead_lettered_at: messages::bodies::rfc3339(time::OffsetDateTime::now_utc()),
         };
         let bytes = serde_json::to_vec(&body).map_err(|e| DeadLetterError(e.to_string()))?;
-        let correlation = correlation_id
-            .map(str::to_owned)
-            .unwrap_or_else(|| uuid::Uuid::new_v4().to_string());
+        let correlation =
+            correlation_id.map_or_else(|| uuid::Uuid::new_v4().to_string(), str::to_owned);
         let mut headers = async_nats::HeaderMap::new();
-        platform::nats::insert_header(
+        crate::nats::insert_header(
             &mut headers,
             messages::headers::CORRELATION_ID,
             &correlation,
         );
-        platform::nats::insert_header(
+        crate::nats::insert_header(
             &mut headers,
             messages::headers::SCHEMA,
             DeadLetterV1::SCHEMA,
         );
-        platform::telemetry::inject_trace_context(&tracing::Span::current(), &mut headers);
-        // One dead letter per stream message, however often it is retried.
+        crate::telemetry::inject_trace_context(&tracing::Span::current(), &mut headers);
         let msg_id = format!(
-            "{SERVICE}:{}:{}",
+            "{}:{}:{}",
+            self.service,
             stream.unwrap_or_default(),
             sequence.unwrap_or_default()
         );
@@ -82,7 +107,7 @@ impl DeadLetters {
             .message_id(msg_id.as_str());
         let ack = self
             .js
-            .send_publish(messages::subjects::deadletter(SERVICE), publish)
+            .send_publish(messages::subjects::deadletter(self.service), publish)
             .await
             .map_err(|e| DeadLetterError(e.to_string()))?;
         ack.await
