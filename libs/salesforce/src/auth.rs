@@ -4,7 +4,7 @@
 //! is signed whenever a new token is needed.
 
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use serde::{Deserialize, Serialize};
 use tokio::sync::Mutex;
@@ -308,9 +308,6 @@ pub(crate) fn urlencode(s: &str) -> String {
     }
     out
 }
-
-/// A short pause before asking the token endpoint again after a transient failure.
-pub const TOKEN_RETRY_PAUSE: Duration = Duration::from_millis(500);
 
 #[cfg(test)]
 mod tests {

@@ -162,7 +162,7 @@ impl JobRunner {
                 let step = Step::ALL.into_iter().find(|s| s.as_str() == step).unwrap_or(Step::Validation);
                 Finished { result: JobResult::failed(codes::INTERRUPTED, "The provisioner stopped in the middle of the job"), step }
             }
-            () = keep_lease(&job) => unreachable_lease(),
+            never = keep_lease(&job) => match never {},
         };
         self.finish(&request, &job, finished, revision, started_at)
             .await;
@@ -299,7 +299,7 @@ pub fn enqueue_to_now(received_at: &str) -> Option<f64> {
 }
 
 /// Renews the job's lease every third of its length, for as long as the job runs.
-async fn keep_lease(job: &JobJournal) {
+async fn keep_lease(job: &JobJournal) -> std::convert::Infallible {
     let period = job.journal.lease() / 3;
     loop {
         tokio::time::sleep(period).await;
@@ -309,13 +309,5 @@ async fn keep_lease(job: &JobJournal) {
             Ok(next) => *revision = next,
             Err(err) => tracing::warn!(error = %err, "Could not renew the job lease."),
         }
-    }
-}
-
-fn unreachable_lease() -> Finished {
-    // keep_lease loops forever; select! needs an arm value of the same type.
-    Finished {
-        result: JobResult::failed(codes::INTERRUPTED, "lease keeper ended"),
-        step: Step::Validation,
     }
 }
