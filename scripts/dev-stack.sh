@@ -159,9 +159,15 @@ for order in $orders; do
   curl -fsS "http://127.0.0.1:$SIM_LOGIN_PORT/admin/orders/$order" | python3 -c '
 import json, sys
 o = json.load(sys.stdin)
-print(f"Order {o.get(\"Id\")}: {o.get(\"Activation_Status__c\")}  WHMCS_Order_ID__c={o.get(\"WHMCS_Order_ID__c\")}  "
-      f"error={o.get(\"Activation_Error_Code__c\")} {o.get(\"Activation_Error_Message__c\") or \"\"}")'
+error = " ".join(str(v) for v in (o.get("Activation_Error_Code__c"), o.get("Activation_Error_Message__c")) if v)
+print("Order %s: %s  WHMCS_Order_ID__c=%s  %s" % (o.get("Id"), o.get("Activation_Status__c"), o.get("WHMCS_Order_ID__c"), error))'
 done
+
+say "provctl status"
+NATS_URL="nats://127.0.0.1:$NATS_PORT" "$bin/provctl" status || true
+first_order="$(awk '{print $1}' <<<"$orders")"
+say "provctl order $first_order"
+NATS_URL="nats://127.0.0.1:$NATS_PORT" "$bin/provctl" order "$first_order" || true
 
 say "sf-bridge /health/sf-events"
 curl -fsS "http://127.0.0.1:$BRIDGE_HTTP_PORT/health/sf-events" | python3 -m json.tool
@@ -173,6 +179,7 @@ The stack is running. Try:
   curl http://127.0.0.1:$BRIDGE_HTTP_PORT/metrics | grep sf_bridge_
   curl http://127.0.0.1:$PROVISIONER_HTTP_PORT/metrics | grep provisioner_
   curl http://127.0.0.1:$WHMCS_PORT/admin/orders                                  # what WHMCS holds
+  NATS_URL=nats://127.0.0.1:$NATS_PORT $bin/provctl status                    # operator view
   tail -f $state/logs/provisioner.log
 Ctrl-C stops everything.
 MSG
