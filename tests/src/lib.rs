@@ -5,10 +5,12 @@
 //!   kill/restart on demand. `NATS_SERVER_BIN` picks the binary (default: `nats-server` on PATH,
 //!   then `/usr/sbin/nats-server`).
 //! - [`process`]: child processes of the workspace's binaries, killed on drop.
+//! - [`otlp`]: an in-process OTLP/gRPC trace collector, for tests of what services export.
 //! - [`keys`]: RSA key pairs for the OAuth JWT bearer flow.
 //! - [`wait`]: polling with a deadline, for conditions no event announces.
 
 pub mod keys;
 pub mod nats;
+pub mod otlp;
 pub mod process;
 pub mod wait;

@@ -85,3 +85,102 @@ impl Drop for ChildProcess {
         self.kill();
     }
 }
+
+/// Paths of workspace binaries (the package and binary names are the same), for tests that run
+/// services of several crates as processes: a crate's integration tests only get
+/// `CARGO_BIN_EXE_*` for that crate's own binaries.
+///
+/// The binaries are built (once per test process) with the cargo running the tests (`CARGO`),
+/// into the test's own target directory and profile, so they are never stale; they are then
+/// found next to the test executable. Panics with what to do when that fails.
+#[allow(clippy::expect_used)]
+pub fn workspace_binaries(names: &[&str]) -> Vec<PathBuf> {
+    let exe = std::env::current_exe().expect("the test executable's path");
+    // target/<profile>/deps/<test> → target/<profile>
+    let profile_dir = exe
+        .parent()
+        .and_then(|deps| deps.parent())
+        .expect("the test executable lives in target/<profile>/deps")
+        .to_path_buf();
+    let profile = profile_dir
+        .file_name()
+        .and_then(|n| n.to_str())
+        .unwrap_or("debug")
+        .to_owned();
+    let target_dir = profile_dir.parent().map(PathBuf::from);
+    let workspace = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("the workspace root")
+        .to_path_buf();
+    let mut failure = None;
+    match std::env::var_os("CARGO") {
+        Some(cargo) => {
+            let mut command = Command::new(cargo);
+            command.current_dir(&workspace).arg("build").arg("--bins");
+            // The variables cargo sets for this test (CARGO_PKG_NAME, CARGO_MANIFEST_DIR, ...)
+            // would reach build scripts that watch them (ring does) and force rebuilds.
+            for (key, _) in std::env::vars_os() {
+                let Some(key) = key.to_str() else { continue };
+                let keep = [
+                    "CARGO_HOME",
+                    "CARGO_TARGET_DIR",
+                    "CARGO_BUILD_",
+                    "CARGO_NET_",
+                    "CARGO_HTTP_",
+                    "CARGO_REGISTRIES_",
+                    "CARGO_TERM_",
+                    "CARGO_PROFILE_",
+                    "CARGO_INCREMENTAL",
+                ]
+                .iter()
+                .any(|prefix| key.starts_with(prefix));
+                if (key.starts_with("CARGO_") && !keep)
+                    || matches!(key, "OUT_DIR" | "RUST_TEST_THREADS")
+                {
+                    command.env_remove(key);
+                }
+            }
+            for name in names {
+                command.args(["-p", name]);
+            }
+            match profile.as_str() {
+                "debug" => {}
+                "release" => {
+                    command.arg("--release");
+                }
+                other => {
+                    command.args(["--profile", other]);
+                }
+            }
+            if let Some(dir) = &target_dir {
+                command.arg("--target-dir").arg(dir);
+            }
+            match command.status() {
+                Ok(status) if status.success() => {}
+                Ok(status) => failure = Some(format!("cargo build exited with {status}")),
+                Err(err) => failure = Some(format!("cannot run cargo: {err}")),
+            }
+        }
+        None => failure = Some("CARGO is not set (not run by cargo test)".to_owned()),
+    }
+    names
+        .iter()
+        .map(|name| {
+            let path = profile_dir.join(format!("{name}{}", std::env::consts::EXE_SUFFIX));
+            assert!(
+                path.is_file(),
+                "{} not found ({}); build it first: cargo build -p {}",
+                path.display(),
+                failure.as_deref().unwrap_or("no build problem reported"),
+                names.join(" -p ")
+            );
+            if let Some(problem) = &failure {
+                eprintln!(
+                    "warning: could not rebuild {name} ({problem}); using {}",
+                    path.display()
+                );
+            }
+            path
+        })
+        .collect()
+}

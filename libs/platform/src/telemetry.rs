@@ -99,8 +99,22 @@ pub struct TelemetryGuard {
 
 impl TelemetryGuard {
     /// Flushes and stops the exporter. Call once, last, on the way out.
+    ///
+    /// The batch processor's last export needs Tokio workers to drive the gRPC client: on a
+    /// multi-thread runtime this worker is handed over (`block_in_place`) while waiting, so the
+    /// flush works even with a single worker.
     pub fn shutdown(self) {
-        if let Err(err) = self.provider.shutdown() {
+        let provider = self.provider;
+        let flush = move || provider.shutdown();
+        let result = match tokio::runtime::Handle::try_current() {
+            Ok(handle)
+                if handle.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread =>
+            {
+                tokio::task::block_in_place(flush)
+            }
+            _ => flush(),
+        };
+        if let Err(err) = result {
             tracing::warn!(error = %err, "Flushing spans on shutdown failed.");
         }
     }
