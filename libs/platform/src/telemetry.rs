@@ -107,9 +107,7 @@ impl TelemetryGuard {
         let provider = self.provider;
         let flush = move || provider.shutdown();
         let result = match tokio::runtime::Handle::try_current() {
-            Ok(handle)
-                if handle.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread =>
-            {
+            Ok(handle) if handle.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread => {
                 tokio::task::block_in_place(flush)
             }
             _ => flush(),
