@@ -148,6 +148,11 @@ for order, j in journeys.items():
     print("   " + " -> ".join(j["steps"]))
     print(f"   => {j['end']}")
 PY
+for order in $orders; do
+  trace="$(NATS_URL="nats://127.0.0.1:$NATS_PORT" "$bin/provctl" --json order "$order" 2>/dev/null \
+    | python3 -c 'import json,sys; print(json.load(sys.stdin).get("trace_id") or "-")' 2>/dev/null || echo -)"
+  echo "Order $order  trace $trace"
+done
 
 say "The Orders in Salesforce (sf-sim), as sf-writer left them"
 for order in $orders; do
