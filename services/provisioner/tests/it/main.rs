@@ -9,3 +9,4 @@ mod exactly_once;
 mod harness;
 mod metrics;
 mod orchestration;
+mod shutdown;
