@@ -99,6 +99,7 @@ impl App {
         let runner = Arc::new(JobRunner {
             journal: journal.clone(),
             orchestrator: Orchestrator {
+                catalog: crate::catalog::Catalog::default(),
                 salesforce,
                 whmcs,
                 default_payment_method: settings.default_payment_method.clone(),

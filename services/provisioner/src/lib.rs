@@ -8,9 +8,11 @@
 //! - [`orchestrator`]: the steps, from the Salesforce read to AcceptOrder.
 //! - [`publisher`]: outcome and Salesforce-update messages.
 //! - [`recovery`]: abandoned jobs (expired leases, max-deliveries advisories) → INTERRUPTED.
+//! - [`catalog`]: WHMCS products, checked before AddOrder.
 //! - [`salesforce_order`], [`steps`], [`metrics`].
 
 pub mod app;
+pub mod catalog;
 pub mod config;
 pub mod job;
 pub mod journal;

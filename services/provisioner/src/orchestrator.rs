@@ -59,6 +59,7 @@ pub struct Finished {
 }
 
 pub struct Orchestrator {
+    pub catalog: crate::catalog::Catalog,
     pub salesforce: RestClient,
     pub whmcs: WhmcsClient,
     pub default_payment_method: String,
@@ -66,6 +67,8 @@ pub struct Orchestrator {
 }
 
 struct MappedItem {
+    /// The Salesforce product name, for messages.
+    name: String,
     pid: u64,
     cycle: whmcs::types::BillingCycle,
     quantity: u32,
@@ -122,7 +125,11 @@ impl Orchestrator {
         }
 
         let (client_id, items) = match self
-            .step(Step::Mapping, job, async { map_order(&order) })
+            .step(Step::Mapping, job, async {
+                let (client_id, items) = map_order(&order)?;
+                self.check_products(&items).await?;
+                Ok((client_id, items))
+            })
             .await
         {
             Ok(mapped) => mapped,
@@ -217,6 +224,44 @@ impl Orchestrator {
             }
         }
         output
+    }
+
+    /// Every item's product exists in WHMCS and offers the item's cycle (AddOrder would silently
+    /// drop or change it otherwise).
+    async fn check_products(&self, items: &[MappedItem]) -> Result<(), JobResult> {
+        let pids: Vec<u64> = items.iter().map(|item| item.pid).collect();
+        let products = self
+            .catalog
+            .lookup(&self.whmcs, &pids)
+            .await
+            .map_err(whmcs_failure)?;
+        let problems: Vec<String> = items
+            .iter()
+            .filter_map(
+                |item| match products.get(&item.pid).and_then(Option::as_ref) {
+                    None => Some(format!(
+                        "{} maps to WHMCS product {}, which does not exist",
+                        item.name, item.pid
+                    )),
+                    Some(product) if !product.accepts_cycle(item.cycle) => Some(format!(
+                        "{} maps to WHMCS product {} ({}), which is not offered {}",
+                        item.name,
+                        item.pid,
+                        product.name,
+                        item.cycle.display_name()
+                    )),
+                    Some(_) => None,
+                },
+            )
+            .collect();
+        if problems.is_empty() {
+            Ok(())
+        } else {
+            Err(JobResult::failed(
+                codes::MAPPING_MISSING,
+                problems.join("; "),
+            ))
+        }
     }
 
     async fn payment_method(&self, client_id: u64) -> Result<String, JobResult> {
@@ -443,6 +488,7 @@ fn map_order(order: &SfOrder) -> Result<(u64, Vec<MappedItem>), JobResult> {
                     .filter(|q| *q >= 1.0)
                     .map_or(1, |q| q.round() as u32);
                 mapped.push(MappedItem {
+                    name: name.clone(),
                     pid,
                     cycle,
                     quantity,

@@ -171,6 +171,37 @@ async fn unreachable_whmcs_fails_econnrefused() {
     assert_failed(
         &run_once(&h, &order_id, &[("WHMCS_API_URL", &closed)]).await,
         "ECONNREFUSED",
-        "payment_method",
+        // The first WHMCS call is GetProducts, in the mapping step.
+        "mapping",
     );
+}
+
+#[tokio::test]
+async fn products_whmcs_would_silently_drop_or_change_fail_mapping_missing() {
+    let h = Harness::start().await;
+    let client = h.whmcs.state().seed_client("Acme", true);
+    let monthly_only = h.whmcs.state().seed_product("Hosting S", &["monthly"]);
+    let sf = h.sf.state();
+    let account = sf.seed_account("Acme", Some(&client.to_string()));
+    // WHMCS would replace the cycle with Monthly, and drop product 999 without a word.
+    let yearly = sf.seed_product(
+        "Hosting S yearly",
+        Some(&monthly_only.to_string()),
+        Some("Annually"),
+    );
+    let ghost = sf.seed_product("Ghost Box", Some("999"), Some("Monthly"));
+    let order = sf.seed_order(&account, &[(yearly, 1), (ghost, 1)]);
+    h.activate(&order);
+    let outcome = run_once(&h, &order, &[]).await;
+    assert_failed(&outcome, "MAPPING_MISSING", "mapping");
+    let message = outcome.error_message.unwrap();
+    assert!(
+        message.contains("Hosting S yearly") && message.contains("not offered Annually"),
+        "{message}"
+    );
+    assert!(
+        message.contains("Ghost Box") && message.contains("999"),
+        "{message}"
+    );
+    assert_eq!(h.whmcs_calls("AddOrder"), 0);
 }
