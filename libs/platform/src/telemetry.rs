@@ -30,6 +30,9 @@ use tracing_subscriber::Layer as _;
 
 use crate::config::{ConfigError, Env};
 
+/// Whether the OpenTelemetry layer is installed (an OTLP endpoint is configured).
+static TRACES_EXPORTED: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
 /// Target for spans that exist for traces only: the log formatter skips them, so a span per
 /// message on a hot path costs no field formatting. Events inside such a span carry their own
 /// identifying fields.
@@ -149,13 +152,18 @@ pub fn init(settings: &TelemetrySettings) -> Result<TelemetryGuard, TelemetryErr
         .otlp_endpoint
         .is_some()
         .then(|| tracing_opentelemetry::layer().with_tracer(tracer));
-    let registry = tracing_subscriber::registry()
-        .with(filter)
-        .with(otel_layer)
-        .with(crate::logfields::LogFieldsLayer);
+    if otel_layer.is_some() {
+        TRACES_EXPORTED.store(true, std::sync::atomic::Ordering::Relaxed);
+    }
+    // Trace-only spans skip the log machinery altogether: no field formatting, no correlation
+    // bookkeeping (events inside them carry their own identifying fields).
     let not_trace_only = tracing_subscriber::filter::filter_fn(|meta| {
         !(meta.is_span() && meta.target() == TRACE_ONLY)
     });
+    let registry = tracing_subscriber::registry()
+        .with(filter)
+        .with(otel_layer)
+        .with(crate::logfields::LogFieldsLayer.with_filter(not_trace_only.clone()));
     let installed = match settings.log_format {
         LogFormat::Json => registry
             .with(
@@ -203,6 +211,10 @@ pub fn join_order(
     order_id: Option<&str>,
     correlation_id: Option<&str>,
 ) {
+    if !TRACES_EXPORTED.load(std::sync::atomic::Ordering::Relaxed) {
+        // No OpenTelemetry layer: nothing to join, and nothing to allocate on a hot path.
+        return;
+    }
     let ids = OrderIds {
         order_id: order_id.filter(|s| !s.is_empty()).map(str::to_owned),
         correlation_id: correlation_id.filter(|s| !s.is_empty()).map(str::to_owned),
@@ -386,6 +398,8 @@ mod tests {
     #[test]
     fn every_span_under_a_joined_order_carries_its_ids_once() {
         use opentelemetry_sdk::trace::InMemorySpanExporter;
+        // What `init` records when it installs the OpenTelemetry layer.
+        TRACES_EXPORTED.store(true, std::sync::atomic::Ordering::Relaxed);
         let exporter = InMemorySpanExporter::default();
         let provider = SdkTracerProvider::builder()
             .with_span_processor(OrderAttributes)
