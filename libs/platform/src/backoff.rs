@@ -46,6 +46,38 @@ impl Backoff {
     }
 }
 
+/// Runs `attempt` until it succeeds, fails with an error `is_transient` rejects, or `cancel`
+/// fires, waiting with backoff (250 ms to 10 s) between transient failures and logging each one.
+/// `Ok(None)` means cancelled. Used for start-up work that needs NATS (streams, buckets,
+/// consumers) while the server may still be coming up.
+pub async fn retry_while_transient<T, E, F, Fut>(
+    cancel: &tokio_util::sync::CancellationToken,
+    what: &str,
+    is_transient: impl Fn(&E) -> bool,
+    mut attempt: F,
+) -> Result<Option<T>, E>
+where
+    E: std::fmt::Display,
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<T, E>>,
+{
+    let mut backoff = Backoff::new(Duration::from_millis(250), Duration::from_secs(10));
+    loop {
+        match attempt().await {
+            Ok(value) => return Ok(Some(value)),
+            Err(err) if is_transient(&err) => {
+                let delay = backoff.next_delay();
+                tracing::warn!(error = %err, delay_ms = delay.as_millis() as u64, "{what} not ready; retrying.");
+                tokio::select! {
+                    () = cancel.cancelled() => return Ok(None),
+                    () = tokio::time::sleep(delay) => {}
+                }
+            }
+            Err(err) => return Err(err),
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

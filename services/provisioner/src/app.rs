@@ -11,7 +11,6 @@ use std::time::Duration;
 
 use async_nats::jetstream::{self, kv};
 use axum::Router;
-use platform::backoff::Backoff;
 use platform::http::{Health, HttpServer};
 use prometheus_client::registry::Registry;
 use salesforce::rest::RestClient;
@@ -178,20 +177,16 @@ async fn ensure_resources(
     settings: &ProvisionerSettings,
     cancel: &CancellationToken,
 ) -> Result<(kv::Store, jetstream::consumer::PullConsumer), AppError> {
-    let mut backoff = Backoff::new(Duration::from_millis(250), Duration::from_secs(10));
-    loop {
-        match try_ensure_resources(js, settings).await {
-            Ok(resources) => return Ok(resources),
-            Err(err) => {
-                let delay = backoff.next_delay();
-                tracing::warn!(error = %err, delay_ms = delay.as_millis() as u64, "JetStream not ready; retrying.");
-                tokio::select! {
-                    () = cancel.cancelled() => return Err(AppError::Cancelled),
-                    () = tokio::time::sleep(delay) => {}
-                }
-            }
-        }
-    }
+    // Every setup failure here is worth retrying: the stream, bucket and consumer settings are
+    // ours, so only NATS being unreachable or still starting can make them fail.
+    platform::backoff::retry_while_transient(
+        cancel,
+        "JetStream",
+        |_: &AppError| true,
+        || try_ensure_resources(js, settings),
+    )
+    .await?
+    .ok_or(AppError::Cancelled)
 }
 
 async fn try_ensure_resources(

@@ -12,7 +12,6 @@ use std::time::Duration;
 use async_nats::jetstream::{self, kv, stream};
 use axum::routing::get;
 use axum::{Json, Router};
-use platform::backoff::Backoff;
 use platform::http::{Health, HttpServer};
 use prometheus_client::registry::Registry;
 use salesforce::pubsub::PubSubClient;
@@ -227,21 +226,14 @@ async fn ensure_resources(
     settings: &BridgeSettings,
     cancel: &CancellationToken,
 ) -> Result<(kv::Store, kv::Store), AppError> {
-    let mut backoff = Backoff::new(Duration::from_millis(250), Duration::from_secs(10));
-    loop {
-        match try_ensure_resources(js, settings).await {
-            Ok(stores) => return Ok(stores),
-            Err(err) if err.is_transient() => {
-                let delay = backoff.next_delay();
-                tracing::warn!(error = %err, delay_ms = delay.as_millis() as u64, "JetStream not ready; retrying.");
-                tokio::select! {
-                    () = cancel.cancelled() => return Err(AppError::Cancelled),
-                    () = tokio::time::sleep(delay) => {}
-                }
-            }
-            Err(err) => return Err(err.into()),
-        }
-    }
+    platform::backoff::retry_while_transient(
+        cancel,
+        "JetStream",
+        platform::nats::NatsError::is_transient,
+        || try_ensure_resources(js, settings),
+    )
+    .await?
+    .ok_or(AppError::Cancelled)
 }
 
 async fn try_ensure_resources(

@@ -11,7 +11,6 @@ use std::time::Duration;
 
 use async_nats::jetstream::{self, kv};
 use axum::Router;
-use platform::backoff::Backoff;
 use platform::http::{Health, HttpServer};
 use prometheus_client::registry::Registry;
 use salesforce::rest::RestClient;
@@ -183,21 +182,11 @@ async fn ensure_resources(
     settings: &WriterSettings,
     cancel: &CancellationToken,
 ) -> Result<(kv::Store, jetstream::consumer::PullConsumer), AppError> {
-    let mut backoff = Backoff::new(Duration::from_millis(250), Duration::from_secs(10));
-    loop {
-        match try_ensure_resources(js, settings).await {
-            Ok(resources) => return Ok(resources),
-            Err(err) if err.is_transient() => {
-                let delay = backoff.next_delay();
-                tracing::warn!(error = %err, delay_ms = delay.as_millis() as u64, "JetStream not ready; retrying.");
-                tokio::select! {
-                    () = cancel.cancelled() => return Err(AppError::Cancelled),
-                    () = tokio::time::sleep(delay) => {}
-                }
-            }
-            Err(err) => return Err(err),
-        }
-    }
+    platform::backoff::retry_while_transient(cancel, "JetStream", AppError::is_transient, || {
+        try_ensure_resources(js, settings)
+    })
+    .await?
+    .ok_or(AppError::Cancelled)
 }
 
 async fn try_ensure_resources(

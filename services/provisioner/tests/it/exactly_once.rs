@@ -107,16 +107,19 @@ async fn retry_after_unknown_add_order_outcome(fault: ActionFaults, expected_cod
 
 #[tokio::test]
 async fn retry_after_fail_after_commit_reuses_the_whmcs_order() {
-    retry_after_unknown_add_order_outcome(ActionFaults::fail_after_commit_status(500, 1), "500")
-        .await;
+    Box::pin(retry_after_unknown_add_order_outcome(
+        ActionFaults::fail_after_commit_status(500, 1),
+        "500",
+    ))
+    .await;
 }
 
 #[tokio::test]
 async fn retry_after_add_order_timeout_reuses_the_whmcs_order() {
-    retry_after_unknown_add_order_outcome(
+    Box::pin(retry_after_unknown_add_order_outcome(
         ActionFaults::fail_after_commit_hang(Duration::from_secs(6), 1),
         "ETIMEOUT",
-    )
+    ))
     .await;
 }
 
