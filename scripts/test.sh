@@ -7,6 +7,9 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
+# CI builds once from a clean clone: incremental artefacts would only cost disk (several GB).
+if [ "${CI:-}" = true ]; then export CARGO_INCREMENTAL=0; fi
+
 eval "$(scripts/ensure-nats.sh)"
 echo "nats-server (Debian):  $("$NATS_SERVER_DEBIAN" --version)"
 echo "nats-server (current): $("$NATS_SERVER_CURRENT" --version)"
