@@ -110,6 +110,8 @@ pub enum NatsError {
     Stream { name: String, detail: String },
     #[error("cannot create or read KV bucket {name}: {detail}")]
     Bucket { name: String, detail: String },
+    #[error("cannot create or read consumer {name}: {detail}")]
+    Consumer { name: String, detail: String },
 }
 
 impl NatsError {
@@ -203,6 +205,22 @@ pub async fn ensure_stream(
             detail: err.to_string(),
         }),
     }
+}
+
+/// Returns the durable pull consumer named in `config`, creating it when absent (an existing one
+/// is left as configured, like streams and buckets).
+pub async fn ensure_consumer(
+    stream: &stream::Stream,
+    config: async_nats::jetstream::consumer::pull::Config,
+) -> Result<async_nats::jetstream::consumer::PullConsumer, NatsError> {
+    let name = config.durable_name.clone().unwrap_or_default();
+    stream
+        .get_or_create_consumer(&name, config)
+        .await
+        .map_err(|e| NatsError::Consumer {
+            name,
+            detail: e.to_string(),
+        })
 }
 
 /// Returns the KV bucket, creating it with `config` when it does not exist.

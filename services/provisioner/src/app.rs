@@ -34,8 +34,6 @@ const CONSUMER_INFO_EVERY: Duration = Duration::from_secs(5);
 pub enum AppError {
     #[error(transparent)]
     Nats(#[from] platform::nats::NatsError),
-    #[error(transparent)]
-    Consumer(#[from] worker::ConsumerError),
     #[error("cannot bind the HTTP listener: {0}")]
     Http(#[from] std::io::Error),
     #[error("cannot build an HTTP client: {0}")]
@@ -221,7 +219,7 @@ async fn try_ensure_resources(
     .await?;
     let max_ack_pending =
         i64::try_from(settings.concurrency.saturating_mul(4).max(1000)).unwrap_or(i64::MAX);
-    let consumer = worker::ensure_consumer(
+    let consumer = platform::nats::ensure_consumer(
         &requests,
         worker::consumer_config(&settings.consumer, settings.ack_wait, max_ack_pending),
     )

@@ -8,19 +8,12 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use async_nats::jetstream::consumer::{pull, AckPolicy, DeliverPolicy, PullConsumer};
-use async_nats::jetstream::{self, stream};
 use futures::StreamExt;
 use tokio::sync::Semaphore;
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
 use crate::job::JobRunner;
-
-#[derive(Debug, thiserror::Error)]
-pub enum ConsumerError {
-    #[error("cannot create or read consumer {name}: {detail}")]
-    Setup { name: String, detail: String },
-}
 
 /// The consumer's configuration (CONTRACT §1: explicit ack, max_deliver = 1).
 pub fn consumer_config(name: &str, ack_wait: Duration, max_ack_pending: i64) -> pull::Config {
@@ -37,20 +30,6 @@ pub fn consumer_config(name: &str, ack_wait: Duration, max_ack_pending: i64) -> 
         max_ack_pending,
         ..Default::default()
     }
-}
-
-pub async fn ensure_consumer(
-    stream: &stream::Stream,
-    config: pull::Config,
-) -> Result<PullConsumer, ConsumerError> {
-    let name = config.durable_name.clone().unwrap_or_default();
-    stream
-        .get_or_create_consumer(&name, config)
-        .await
-        .map_err(|e| ConsumerError::Setup {
-            name,
-            detail: e.to_string(),
-        })
 }
 
 pub async fn run(
@@ -142,15 +121,4 @@ pub async fn run(
             }
         }
     }
-}
-
-/// The stream the consumer reads from.
-pub async fn requests_stream(
-    js: &jetstream::Context,
-    name: &str,
-) -> Result<stream::Stream, ConsumerError> {
-    js.get_stream(name).await.map_err(|e| ConsumerError::Setup {
-        name: name.to_owned(),
-        detail: e.to_string(),
-    })
 }

@@ -32,8 +32,6 @@ const CONSUMER_INFO_EVERY: Duration = Duration::from_secs(5);
 pub enum AppError {
     #[error(transparent)]
     Nats(#[from] platform::nats::NatsError),
-    #[error(transparent)]
-    Consumer(#[from] consumer::ConsumerError),
     #[error("cannot bind the HTTP listener: {0}")]
     Http(#[from] std::io::Error),
     #[error("cannot build an HTTP client: {0}")]
@@ -47,7 +45,6 @@ impl AppError {
     pub fn is_transient(&self) -> bool {
         match self {
             Self::Nats(e) => e.is_transient(),
-            Self::Consumer(e) => e.is_transient(),
             Self::Http(_) | Self::HttpClient(_) | Self::Cancelled => false,
         }
     }
@@ -210,7 +207,7 @@ async fn try_ensure_resources(
         },
     )
     .await?;
-    let consumer = consumer::ensure_consumer(
+    let consumer = platform::nats::ensure_consumer(
         &updates,
         consumer::consumer_config(
             &settings.consumer,

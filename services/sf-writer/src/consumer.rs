@@ -13,8 +13,8 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use async_nats::jetstream;
 use async_nats::jetstream::consumer::{pull, AckPolicy, DeliverPolicy, PullConsumer};
-use async_nats::jetstream::{self, stream};
 use futures::StreamExt;
 use tokio::sync::Semaphore;
 use tokio::task::JoinSet;
@@ -26,19 +26,6 @@ use crate::writer::Writer;
 const FIRST_MESSAGE_POLL: Duration = Duration::from_secs(5);
 /// Guard for the `no_wait` fetch, which the server answers at once.
 const FETCH_GUARD: Duration = Duration::from_secs(5);
-
-#[derive(Debug, thiserror::Error)]
-pub enum ConsumerError {
-    #[error("cannot create or read consumer {name}: {detail}")]
-    Setup { name: String, detail: String },
-}
-
-impl ConsumerError {
-    /// Consumer setup fails while JetStream is unavailable; it is retried.
-    pub fn is_transient(&self) -> bool {
-        true
-    }
-}
 
 /// The consumer's configuration: explicit ack, unlimited deliveries, `ack_wait` long enough for
 /// a held message between in-progress acks.
@@ -57,20 +44,6 @@ pub fn consumer_config(name: &str, ack_wait: Duration, max_ack_pending: i64) -> 
         max_ack_pending,
         ..Default::default()
     }
-}
-
-pub async fn ensure_consumer(
-    stream: &stream::Stream,
-    config: pull::Config,
-) -> Result<PullConsumer, ConsumerError> {
-    let name = config.durable_name.clone().unwrap_or_default();
-    stream
-        .get_or_create_consumer(&name, config)
-        .await
-        .map_err(|e| ConsumerError::Setup {
-            name,
-            detail: e.to_string(),
-        })
 }
 
 #[derive(Debug, Clone)]
