@@ -4,6 +4,7 @@
 //! - [`nats`]: a real `nats-server` per test group: free port, temporary JetStream store, and
 //!   kill/restart on demand. `NATS_SERVER_BIN` picks the binary (default: `nats-server` on PATH,
 //!   then `/usr/sbin/nats-server`).
+//! - [`telemetry`]: the services' telemetry set-up, once per test process.
 //! - [`process`]: child processes of the workspace's binaries, killed on drop.
 //! - [`otlp`]: an in-process OTLP/gRPC trace collector, for tests of what services export.
 //! - [`keys`]: RSA key pairs for the OAuth JWT bearer flow.
@@ -13,4 +14,5 @@ pub mod keys;
 pub mod nats;
 pub mod otlp;
 pub mod process;
+pub mod telemetry;
 pub mod wait;

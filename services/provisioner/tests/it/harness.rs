@@ -32,7 +32,7 @@ pub struct SeededOrder {
 
 impl Harness {
     pub async fn start() -> Self {
-        init_telemetry();
+        testkit::telemetry::init_once("provisioner-test", "warn");
         let keys = testkit::keys::test_keys();
         let nats = NatsServer::start().await;
         let config = SimConfig::for_tests(keys.public_pem.clone());
@@ -303,15 +303,4 @@ impl Drop for Running {
     fn drop(&mut self) {
         self.cancel.cancel();
     }
-}
-
-fn init_telemetry() {
-    static INIT: std::sync::Once = std::sync::Once::new();
-    INIT.call_once(|| {
-        let env =
-            platform::config::Env::from_pairs([("LOG_FORMAT", "pretty"), ("RUST_LOG", "warn")]);
-        let settings =
-            platform::telemetry::TelemetrySettings::from_env(&env, "provisioner-test").unwrap();
-        std::mem::forget(platform::telemetry::init(&settings).unwrap());
-    });
 }

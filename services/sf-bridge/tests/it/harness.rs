@@ -29,7 +29,7 @@ impl Harness {
     }
 
     pub async fn start_with(configure: impl FnOnce(&mut SimConfig)) -> Self {
-        init_telemetry();
+        testkit::telemetry::init_once("sf-bridge-test", "warn");
         let keys = testkit::keys::test_keys();
         let nats = NatsServer::start().await;
         let mut config = SimConfig::for_tests(keys.public_pem.clone());
@@ -184,19 +184,6 @@ impl Harness {
             .map(|_| state.seed_order(&account, &[(product.clone(), 1)]))
             .collect()
     }
-}
-
-/// The same telemetry set-up as the binary (once per test process), so spans carry trace ids.
-fn init_telemetry() {
-    static INIT: std::sync::Once = std::sync::Once::new();
-    INIT.call_once(|| {
-        let env =
-            platform::config::Env::from_pairs([("LOG_FORMAT", "pretty"), ("RUST_LOG", "warn")]);
-        let settings = platform::telemetry::TelemetrySettings::from_env(&env, "sf-bridge-test")
-            .expect("telemetry");
-        // The guard only matters for exporting, which tests do not configure.
-        std::mem::forget(platform::telemetry::init(&settings).expect("telemetry init"));
-    });
 }
 
 pub async fn get_json(addr: SocketAddr, path: &str) -> (u16, serde_json::Value) {

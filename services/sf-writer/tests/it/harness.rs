@@ -28,7 +28,7 @@ pub struct Harness {
 
 impl Harness {
     pub async fn start() -> Self {
-        init_telemetry();
+        testkit::telemetry::init_once("sf-writer-test", "warn,sf_writer=info");
         let keys = testkit::keys::test_keys();
         let nats = NatsServer::start().await;
         let config = SimConfig::for_tests(keys.public_pem.clone());
@@ -292,17 +292,4 @@ impl Drop for RunningWriter {
     fn drop(&mut self) {
         self.cancel.cancel();
     }
-}
-
-fn init_telemetry() {
-    static INIT: std::sync::Once = std::sync::Once::new();
-    INIT.call_once(|| {
-        let env = platform::config::Env::from_pairs([
-            ("LOG_FORMAT", "pretty"),
-            ("RUST_LOG", "warn,sf_writer=info"),
-        ]);
-        let settings =
-            platform::telemetry::TelemetrySettings::from_env(&env, "sf-writer-test").unwrap();
-        std::mem::forget(platform::telemetry::init(&settings).unwrap());
-    });
 }
