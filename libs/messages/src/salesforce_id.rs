@@ -53,9 +53,38 @@ pub fn to_18(id15: &str) -> String {
     format!("{id15}{}", checksum(id15))
 }
 
+/// The canonical (18-character) form of a valid id, whichever form it came in: a 15-character id
+/// gets its checksum suffix; an 18-character one keeps its first 15 characters (case-sensitive)
+/// and gets its suffix in the canonical upper case. Both spellings of one record therefore map to
+/// one string, which is what subjects, bodies, journal keys and the AddOrder marker use
+/// (CONTRACT §4).
+pub fn canonical(id: &str) -> Result<String, InvalidId> {
+    validate(id)?;
+    Ok(to_18(&id[..15]))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn both_spellings_of_one_record_are_one_canonical_id() {
+        assert_eq!(
+            canonical("001A000000lNcZA").as_deref(),
+            Ok("001A000000lNcZAIA0")
+        );
+        assert_eq!(
+            canonical("001A000000lNcZAIA0").as_deref(),
+            Ok("001A000000lNcZAIA0")
+        );
+        // The suffix is case-insensitive; its canonical spelling is upper case.
+        assert_eq!(
+            canonical("001A000000lNcZAia0").as_deref(),
+            Ok("001A000000lNcZAIA0")
+        );
+        assert_eq!(canonical("001A000000lNcZAIA1"), Err(InvalidId::Checksum));
+        assert_eq!(canonical("short"), Err(InvalidId::Length(5)));
+    }
 
     #[test]
     fn known_ids_validate() {
