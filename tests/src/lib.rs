@@ -4,12 +4,14 @@
 //! - [`nats`]: a real `nats-server` per test group: free port, temporary JetStream store, and
 //!   kill/restart on demand. `NATS_SERVER_BIN` picks the binary (default: `nats-server` on PATH,
 //!   then `/usr/sbin/nats-server`).
+//! - [`cluster`]: a three-node JetStream cluster on loopback, node kill/restart, stream leaders.
 //! - [`telemetry`]: the services' telemetry set-up, once per test process.
 //! - [`process`]: child processes of the workspace's binaries, killed on drop.
 //! - [`otlp`]: an in-process OTLP/gRPC trace collector, for tests of what services export.
 //! - [`keys`]: RSA key pairs for the OAuth JWT bearer flow.
 //! - [`wait`]: polling with a deadline, for conditions no event announces.
 
+pub mod cluster;
 pub mod keys;
 pub mod nats;
 pub mod otlp;
