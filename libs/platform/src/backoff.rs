@@ -50,6 +50,11 @@ impl Backoff {
 /// fires, waiting with backoff (250 ms to 10 s) between transient failures and logging each one.
 /// `Ok(None)` means cancelled. Used for start-up work that needs NATS (streams, buckets,
 /// consumers) while the server may still be coming up.
+///
+/// A permanent error (JetStream refusing the request itself: overlapping subjects, invalid
+/// settings) is logged at error level with its causes (the server's description) and returned at
+/// once, so the service stops with the reason instead of waiting forever for a "not ready" that
+/// will never pass.
 pub async fn retry_while_transient<T, E, F, Fut>(
     cancel: &tokio_util::sync::CancellationToken,
     what: &str,
@@ -57,23 +62,31 @@ pub async fn retry_while_transient<T, E, F, Fut>(
     mut attempt: F,
 ) -> Result<Option<T>, E>
 where
-    E: std::fmt::Display,
+    E: std::error::Error + 'static,
     F: FnMut() -> Fut,
     Fut: std::future::Future<Output = Result<T, E>>,
 {
     let mut backoff = Backoff::new(Duration::from_millis(250), Duration::from_secs(10));
     loop {
-        match attempt().await {
+        let outcome = tokio::select! {
+            // A start-up request may wait for its own timeout; a shutdown need not.
+            () = cancel.cancelled() => return Ok(None),
+            outcome = attempt() => outcome,
+        };
+        match outcome {
             Ok(value) => return Ok(Some(value)),
             Err(err) if is_transient(&err) => {
                 let delay = backoff.next_delay();
-                tracing::warn!(error = %err, delay_ms = delay.as_millis() as u64, "{what} not ready; retrying.");
+                tracing::warn!(error = %crate::error::Chain(&err), delay_ms = delay.as_millis() as u64, "{what} not ready; retrying.");
                 tokio::select! {
                     () = cancel.cancelled() => return Ok(None),
                     () = tokio::time::sleep(delay) => {}
                 }
             }
-            Err(err) => return Err(err),
+            Err(err) => {
+                tracing::error!(error = %crate::error::Chain(&err), permanent = true, "{what} set-up failed with a permanent error; not retrying.");
+                return Err(err);
+            }
         }
     }
 }
@@ -81,6 +94,46 @@ where
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[derive(Debug, thiserror::Error)]
+    #[error("attempt failed (transient: {0})")]
+    struct Failure(bool);
+
+    #[tokio::test(start_paused = true)]
+    async fn transient_errors_are_retried_and_a_permanent_one_is_returned_at_once() {
+        let cancel = tokio_util::sync::CancellationToken::new();
+        let mut calls = 0;
+        let result: Result<Option<()>, Failure> = retry_while_transient(
+            &cancel,
+            "test",
+            |e: &Failure| e.0,
+            || {
+                calls += 1;
+                let transient = calls < 3;
+                async move { Err(Failure(transient)) }
+            },
+        )
+        .await;
+        assert!(matches!(result, Err(Failure(false))));
+        assert_eq!(
+            calls, 3,
+            "two transient failures retried, the permanent one returned"
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn cancel_ends_the_retries() {
+        let cancel = tokio_util::sync::CancellationToken::new();
+        cancel.cancel();
+        let result: Result<Option<()>, Failure> = retry_while_transient(
+            &cancel,
+            "test",
+            |_: &Failure| true,
+            || async { Err(Failure(true)) },
+        )
+        .await;
+        assert!(matches!(result, Ok(None)));
+    }
 
     #[test]
     fn delays_grow_and_stay_under_the_cap() {

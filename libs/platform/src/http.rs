@@ -1,5 +1,10 @@
 //! The health and metrics listener every service runs on `HTTP_ADDR`
-//! (CONTRACT §3): `GET /health` and `GET /metrics`, plus routes a service adds.
+//! (CONTRACT §3): `GET /health` (readiness), `GET /livez` (liveness) and `GET /metrics`, plus
+//! routes a service adds.
+//!
+//! `/livez` says only whether the process itself still works: it never looks at NATS,
+//! Salesforce or WHMCS, so a liveness probe does not restart a healthy process during their
+//! outage. It fails once a supervised task has died ([`crate::supervise`]).
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -23,6 +28,8 @@ pub struct Health {
     version: String,
     states: RwLock<BTreeMap<String, Result<(), String>>>,
     probes: RwLock<Vec<(String, Probe)>>,
+    /// Tasks of the process that died, with the reason: `/livez` fails while any is here.
+    dead: RwLock<BTreeMap<String, String>>,
 }
 
 impl std::fmt::Debug for Health {
@@ -40,6 +47,7 @@ impl Health {
             version: version.to_owned(),
             states: RwLock::default(),
             probes: RwLock::default(),
+            dead: RwLock::default(),
         })
     }
 
@@ -55,6 +63,29 @@ impl Health {
         if let Ok(mut states) = self.states.write() {
             states.insert(integration.to_owned(), state);
         }
+    }
+
+    /// Marks the process as no longer live: `task` died for `reason`. `/livez` answers 503 from
+    /// now on; there is no way back, the process is expected to exit.
+    pub fn set_dead(&self, task: &str, reason: impl Into<String>) {
+        if let Ok(mut dead) = self.dead.write() {
+            dead.insert(task.to_owned(), reason.into());
+        }
+    }
+
+    /// The `/livez` body and whether the process is live.
+    pub fn liveness(&self) -> (bool, serde_json::Value) {
+        let dead = self.dead.read().map(|d| d.clone()).unwrap_or_default();
+        let live = dead.is_empty();
+        let mut body = json!({
+            "status": if live { "ok" } else { "failed" },
+            "service": self.service,
+            "version": self.version,
+        });
+        if !live {
+            body["failed_tasks"] = json!(dead);
+        }
+        (live, body)
     }
 
     /// Registers a check run on every `/health` read (cheap, non-blocking checks only).
@@ -122,7 +153,8 @@ pub struct HttpServer {
     pub task: tokio::task::JoinHandle<std::io::Result<()>>,
 }
 
-/// Binds `addr` and serves `/health`, `/metrics` and the service's `extra` routes until `cancel`.
+/// Binds `addr` and serves `/health`, `/livez`, `/metrics` and the service's `extra` routes until
+/// `cancel`.
 pub async fn serve(
     addr: SocketAddr,
     health: Arc<Health>,
@@ -133,12 +165,13 @@ pub async fn serve(
     let state = ServerState { health, registry };
     let app = Router::new()
         .route("/health", get(health_handler))
+        .route("/livez", get(livez_handler))
         .route("/metrics", get(metrics_handler))
         .with_state(state)
         .merge(extra);
     let listener = tokio::net::TcpListener::bind(addr).await?;
     let local_addr = listener.local_addr()?;
-    tracing::info!(%local_addr, "Serving /health and /metrics.");
+    tracing::info!(%local_addr, "Serving /health, /livez and /metrics.");
     let task = tokio::spawn(async move {
         axum::serve(listener, app)
             .with_graceful_shutdown(cancel.cancelled_owned())
@@ -150,6 +183,16 @@ pub async fn serve(
 async fn health_handler(State(state): State<ServerState>) -> Response {
     let (healthy, body) = state.health.report();
     let status = if healthy {
+        StatusCode::OK
+    } else {
+        StatusCode::SERVICE_UNAVAILABLE
+    };
+    (status, Json(body)).into_response()
+}
+
+async fn livez_handler(State(state): State<ServerState>) -> Response {
+    let (live, body) = state.health.liveness();
+    let status = if live {
         StatusCode::OK
     } else {
         StatusCode::SERVICE_UNAVAILABLE
@@ -188,6 +231,21 @@ mod tests {
         assert_eq!(body["integrations"]["salesforce"]["status"], "up");
     }
 
+    #[test]
+    fn liveness_ignores_integrations_and_fails_once_a_task_died() {
+        let health = Health::new("svc", "1.0");
+        health.set_down("nats", "not connected");
+        assert!(
+            health.liveness().0,
+            "an integration outage is not a liveness failure"
+        );
+        health.set_dead("lease-keeper", "panicked: boom");
+        let (live, body) = health.liveness();
+        assert!(!live);
+        assert_eq!(body["status"], "failed");
+        assert_eq!(body["failed_tasks"]["lease-keeper"], "panicked: boom");
+    }
+
     #[tokio::test]
     async fn server_answers_health_and_metrics() {
         let health = Health::new("svc", "1.0");
@@ -222,6 +280,8 @@ mod tests {
             .await
             .unwrap();
         assert!(metrics.contains("demo_events_total 1"), "{metrics}");
+        let livez = reqwest::get(format!("{base}/livez")).await.unwrap();
+        assert_eq!(livez.status(), 200);
         cancel.cancel();
         server.task.await.unwrap().unwrap();
     }

@@ -6,22 +6,27 @@
 //! - [`telemetry`]: tracing subscriber (JSON or pretty), OpenTelemetry export over OTLP, and W3C
 //!   trace-context propagation through NATS headers.
 //! - [`deadletter`]: `provisioning.deadletter.<service>` for stream messages.
-//! - [`http`]: the `/health` and `/metrics` listener.
+//! - [`http`]: the `/health`, `/livez` and `/metrics` listener.
 //! - [`logfields`]: correlation fields (`trace_id`, `order_id`, ...) on JSON log lines.
 //! - [`metrics`]: metrics shared by services (outbound API calls, time since an event).
 //! - [`shutdown`]: SIGTERM/SIGINT to a cancellation token.
 //! - [`streams`]: the pipeline's stream definitions.
-//! - [`backoff`]: exponential backoff with full jitter.
+//! - [`backoff`]: exponential backoff with full jitter, and start-up retries that stop on a
+//!   permanent error.
+//! - [`supervise`]: background tasks whose unexpected end stops the service (and `/livez`).
+//! - [`error`]: an error with its causes on one log line.
 
 pub mod backoff;
 pub mod config;
 pub mod deadletter;
+pub mod error;
 pub mod http;
 pub mod logfields;
 pub mod metrics;
 pub mod nats;
 pub mod shutdown;
 pub mod streams;
+pub mod supervise;
 pub mod telemetry;
 
 pub use tokio_util::sync::CancellationToken;

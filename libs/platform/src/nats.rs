@@ -20,6 +20,8 @@ pub struct NatsSettings {
     pub password: Option<String>,
     pub token: Option<String>,
     pub tls_ca_file: Option<PathBuf>,
+    /// `JETSTREAM_REPLICAS` (1–5): replicas of every stream and KV bucket a service creates.
+    pub jetstream_replicas: usize,
 }
 
 impl std::fmt::Debug for NatsSettings {
@@ -31,6 +33,7 @@ impl std::fmt::Debug for NatsSettings {
             .field("password", &self.password.as_ref().map(|_| "<redacted>"))
             .field("token", &self.token.as_ref().map(|_| "<redacted>"))
             .field("tls_ca_file", &self.tls_ca_file)
+            .field("jetstream_replicas", &self.jetstream_replicas)
             .finish()
     }
 }
@@ -81,6 +84,9 @@ impl NatsSettings {
             password,
             token: env.get("NATS_TOKEN"),
             tls_ca_file: existing_file("NATS_TLS_CA_FILE")?,
+            // Read once here, for every service: 3 on a production cluster survives the loss of
+            // a node; 5 is JetStream's maximum.
+            jetstream_replicas: env.int_in_range("JETSTREAM_REPLICAS", 1usize, 1..=5)?,
         })
     }
 
@@ -93,31 +99,178 @@ impl NatsSettings {
             password: None,
             token: None,
             tls_ca_file: None,
+            jetstream_replicas: 1,
         }
     }
 }
 
+/// Whether a failed NATS/JetStream operation may succeed later without anyone changing anything.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ErrorClass {
+    /// The server is unreachable, slow, electing a leader or still starting: retry.
+    Transient,
+    /// The request itself cannot succeed (conflicting or invalid configuration, permissions,
+    /// limits): retrying would only hide it, so it is reported and the service stops.
+    Permanent,
+}
+
+type BoxError = Box<dyn std::error::Error + Send + Sync + 'static>;
+
+/// A NATS set-up failure. The `Display` text says what failed; the server's description (for
+/// JetStream API errors: text, status and error code) is the `source`, so logs print the chain
+/// (`{err:#}` with anyhow, [`crate::error::Chain`] with tracing).
 #[derive(Debug, thiserror::Error)]
 pub enum NatsError {
-    #[error("cannot read NATS credentials file {path}: {source}")]
+    #[error("cannot read NATS credentials file {path}")]
     Credentials {
         path: String,
+        #[source]
         source: std::io::Error,
     },
-    #[error("cannot connect to NATS: {0}")]
+    #[error("cannot connect to NATS")]
     Connect(#[from] async_nats::ConnectError),
-    #[error("cannot create or read stream {name}: {detail}")]
-    Stream { name: String, detail: String },
-    #[error("cannot create or read KV bucket {name}: {detail}")]
-    Bucket { name: String, detail: String },
-    #[error("cannot create or read consumer {name}: {detail}")]
-    Consumer { name: String, detail: String },
+    #[error("cannot {action} stream {name}")]
+    Stream {
+        name: String,
+        action: &'static str,
+        class: ErrorClass,
+        code: Option<u64>,
+        #[source]
+        source: BoxError,
+    },
+    #[error("cannot {action} KV bucket {name}")]
+    Bucket {
+        name: String,
+        action: &'static str,
+        class: ErrorClass,
+        code: Option<u64>,
+        #[source]
+        source: BoxError,
+    },
+    #[error("cannot {action} consumer {name}")]
+    Consumer {
+        name: String,
+        action: &'static str,
+        class: ErrorClass,
+        code: Option<u64>,
+        #[source]
+        source: BoxError,
+    },
 }
 
 impl NatsError {
-    /// Every NATS setup error may clear up on its own except bad credentials.
+    pub fn class(&self) -> ErrorClass {
+        match self {
+            // A credentials file that cannot be read stays unreadable.
+            Self::Credentials { .. } => ErrorClass::Permanent,
+            Self::Connect(err) => match err.kind() {
+                async_nats::ConnectErrorKind::TimedOut
+                | async_nats::ConnectErrorKind::Io
+                | async_nats::ConnectErrorKind::Dns
+                | async_nats::ConnectErrorKind::MaxReconnects => ErrorClass::Transient,
+                _ => ErrorClass::Permanent,
+            },
+            Self::Stream { class, .. }
+            | Self::Bucket { class, .. }
+            | Self::Consumer { class, .. } => *class,
+        }
+    }
+
+    /// Connection problems, timeouts, no responders and JetStream leader elections; see
+    /// [`classify_jetstream_code`] for the server's error codes.
     pub fn is_transient(&self) -> bool {
-        !matches!(self, Self::Credentials { .. })
+        self.class() == ErrorClass::Transient
+    }
+
+    /// The JetStream API error code (`10065` for overlapping subjects, ...), when the server
+    /// answered with one.
+    pub fn jetstream_code(&self) -> Option<u64> {
+        match self {
+            Self::Stream { code, .. } | Self::Bucket { code, .. } | Self::Consumer { code, .. } => {
+                *code
+            }
+            _ => None,
+        }
+    }
+}
+
+/// JetStream API error codes that describe a passing state of the server or cluster rather than
+/// something wrong with the request. Everything else the server rejects (subjects overlapping
+/// another stream's 10065, invalid configuration 10052, a name in use with other settings 10058,
+/// replicas a single server cannot hold 10074, limits, permissions) is permanent.
+pub fn classify_jetstream_code(code: async_nats::jetstream::ErrorCode) -> ErrorClass {
+    use async_nats::jetstream::ErrorCode;
+    match code {
+        // "JetStream system temporarily unavailable": meta leader election, server catching up.
+        ErrorCode::CLUSTER_NOT_AVAILABLE
+        // "incomplete results", "cluster not assigned to this server", "can not handle request"
+        // (no leader yet), and raft failures: all during elections and restarts.
+        | ErrorCode::CLUSTER_INCOMPLETE
+        | ErrorCode::CLUSTER_NOT_ASSIGNED
+        | ErrorCode::CLUSTER_NOT_LEADER
+        | ErrorCode::RAFT_GENERAL
+        // "JetStream not enabled" (10076) is this server's JetStream not running (yet, or
+        // again after a storage failure), not the account's configuration (that is 10039).
+        | ErrorCode::JETSTREAM_NOT_ENABLED => ErrorClass::Transient,
+        _ => ErrorClass::Permanent,
+    }
+}
+
+fn js_class(err: &async_nats::jetstream::Error) -> (ErrorClass, Option<u64>) {
+    (
+        classify_jetstream_code(err.error_code()),
+        Some(err.error_code().0),
+    )
+}
+
+fn classify_get_stream(err: &jetstream::context::GetStreamError) -> (ErrorClass, Option<u64>) {
+    use jetstream::context::GetStreamErrorKind as K;
+    match err.kind() {
+        // Timeouts, no responders, a dropped connection.
+        K::Request => (ErrorClass::Transient, None),
+        K::JetStream(js_err) => js_class(&js_err),
+        K::EmptyName | K::InvalidStreamName => (ErrorClass::Permanent, None),
+    }
+}
+
+fn classify_create_stream(
+    err: &jetstream::context::CreateStreamError,
+) -> (ErrorClass, Option<u64>) {
+    use jetstream::context::CreateStreamErrorKind as K;
+    match err.kind() {
+        // No responders (JetStream not up yet, or no stream leader during an election),
+        // timeouts, other request failures (connection), and a stream deleted under us.
+        K::JetStreamUnavailable | K::TimedOut | K::Response | K::NotFound => {
+            (ErrorClass::Transient, None)
+        }
+        K::JetStream(js_err) => js_class(&js_err),
+        K::EmptyStreamName | K::InvalidStreamName | K::DomainAndExternalSet | K::ResponseParse => {
+            (ErrorClass::Permanent, None)
+        }
+    }
+}
+
+fn classify_consumer(
+    err: &async_nats::jetstream::stream::ConsumerError,
+) -> (ErrorClass, Option<u64>) {
+    use async_nats::jetstream::stream::ConsumerErrorKind as K;
+    match err.kind() {
+        K::TimedOut | K::Request => (ErrorClass::Transient, None),
+        K::JetStream(js_err) => js_class(&js_err),
+        K::InvalidConsumerType | K::InvalidName | K::Other => (ErrorClass::Permanent, None),
+    }
+}
+
+fn classify_key_value(err: &jetstream::context::KeyValueError) -> (ErrorClass, Option<u64>) {
+    use jetstream::context::KeyValueErrorKind as K;
+    match err.kind() {
+        // Reading the bucket's stream failed: classify that failure.
+        K::GetBucket => std::error::Error::source(err)
+            .and_then(|s| s.downcast_ref::<jetstream::context::GetStreamError>())
+            .map_or((ErrorClass::Transient, None), classify_get_stream),
+        // A stream that is not a usable bucket (history below 1) or a bad name.
+        K::InvalidStoreName => (ErrorClass::Permanent, None),
+        K::JetStream => (ErrorClass::Transient, None),
     }
 }
 
@@ -176,39 +329,316 @@ pub async fn connect(
     Ok(options.connect(addrs).await?)
 }
 
+/// The final flush at shutdown failed or did not finish in time.
+#[derive(Debug, thiserror::Error)]
+pub enum FlushError {
+    #[error("NATS flush did not finish within {0:?}")]
+    TimedOut(Duration),
+    #[error("NATS flush failed")]
+    Failed(#[source] async_nats::client::FlushError),
+}
+
+/// Flushes what the client has buffered (acks, publishes), giving up after `deadline`.
+///
+/// A plain `flush()` waits for the connection: with NATS unreachable at shutdown it would hold
+/// the process until the orchestrator kills it, losing the ordered rest of the shutdown.
+pub async fn flush_with_deadline(
+    client: &async_nats::Client,
+    deadline: Duration,
+) -> Result<(), FlushError> {
+    match tokio::time::timeout(deadline, client.flush()).await {
+        Ok(Ok(())) => Ok(()),
+        Ok(Err(err)) => Err(FlushError::Failed(err)),
+        Err(_) => Err(FlushError::TimedOut(deadline)),
+    }
+}
+
+/// How long services give the final flush at shutdown.
+pub const SHUTDOWN_FLUSH_DEADLINE: Duration = Duration::from_secs(5);
+
 /// Whether the client is connected right now (for `/health`).
 pub fn is_connected(client: &async_nats::Client) -> bool {
     client.connection_state() == async_nats::connection::State::Connected
 }
 
-/// Returns the stream, creating it with `config` when it does not exist.
+/// Which kind of JetStream resource a replica report is about.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ResourceKind {
+    Stream,
+    Bucket,
+}
+
+impl ResourceKind {
+    fn label(self) -> &'static str {
+        match self {
+            Self::Stream => "stream",
+            Self::Bucket => "kv",
+        }
+    }
+}
+
+/// Replicas of a resource as found (or created), against the replicas wanted.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ReplicaReport {
+    pub kind: ResourceKind,
+    /// The stream or bucket name.
+    pub name: String,
+    /// `num_replicas` of the resource on the server.
+    pub replicas: usize,
+    /// `num_replicas` asked for (`JETSTREAM_REPLICAS` through [`JetStreamResources`]).
+    pub wanted: usize,
+}
+
+impl ReplicaReport {
+    pub fn under_replicated(&self) -> bool {
+        self.replicas < self.wanted
+    }
+
+    /// A resource created before `JETSTREAM_REPLICAS` was raised keeps its replica count:
+    /// streams and buckets are never changed by a service. Said loudly, because the pipeline
+    /// then runs on fewer copies of its data than the operator believes.
+    fn log(&self) {
+        if self.under_replicated() {
+            tracing::warn!(
+                resource = %self.name,
+                kind = self.kind.label(),
+                replicas = self.replicas,
+                wanted = self.wanted,
+                "JetStream {} {} has {} replica(s), fewer than JETSTREAM_REPLICAS={}: it is NOT replicated as configured. \
+                 Raise it with `nats stream edit {} --replicas {}`.",
+                self.kind.label(),
+                self.name,
+                self.replicas,
+                self.wanted,
+                self.stream_name(),
+                self.wanted,
+            );
+        }
+    }
+
+    fn stream_name(&self) -> String {
+        match self.kind {
+            ResourceKind::Stream => self.name.clone(),
+            ResourceKind::Bucket => format!("KV_{}", self.name),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, prometheus_client::encoding::EncodeLabelSet)]
+struct ResourceLabels {
+    kind: String,
+    resource: String,
+}
+
+/// Replica gauges of the streams and buckets a service ensured at start:
+/// `jetstream_resource_replicas{kind,resource}` (replicas on the server),
+/// `jetstream_resource_under_replicated{kind,resource}` (1 when fewer than configured) and
+/// `jetstream_replicas_configured` (`JETSTREAM_REPLICAS`).
+#[derive(Debug, Clone, Default)]
+pub struct ReplicaMetrics {
+    replicas: prometheus_client::metrics::family::Family<
+        ResourceLabels,
+        prometheus_client::metrics::gauge::Gauge,
+    >,
+    under_replicated: prometheus_client::metrics::family::Family<
+        ResourceLabels,
+        prometheus_client::metrics::gauge::Gauge,
+    >,
+    configured: prometheus_client::metrics::gauge::Gauge,
+}
+
+impl ReplicaMetrics {
+    pub fn register(registry: &mut prometheus_client::registry::Registry) -> Self {
+        let metrics = Self::default();
+        registry.register(
+            "jetstream_resource_replicas",
+            "Replicas of a JetStream stream or KV bucket this service uses, as found on the server",
+            metrics.replicas.clone(),
+        );
+        registry.register(
+            "jetstream_resource_under_replicated",
+            "1 when a JetStream stream or KV bucket has fewer replicas than JETSTREAM_REPLICAS",
+            metrics.under_replicated.clone(),
+        );
+        registry.register(
+            "jetstream_replicas_configured",
+            "JETSTREAM_REPLICAS: replicas of every stream and KV bucket the service creates",
+            metrics.configured.clone(),
+        );
+        metrics
+    }
+
+    pub fn record(&self, report: &ReplicaReport) {
+        let labels = ResourceLabels {
+            kind: report.kind.label().to_owned(),
+            resource: report.name.clone(),
+        };
+        self.replicas
+            .get_or_create(&labels)
+            .set(i64::try_from(report.replicas).unwrap_or(i64::MAX));
+        self.under_replicated
+            .get_or_create(&labels)
+            .set(i64::from(report.under_replicated()));
+        self.configured
+            .set(i64::try_from(report.wanted).unwrap_or(i64::MAX));
+    }
+}
+
+/// Creates a service's streams and buckets with `JETSTREAM_REPLICAS` replicas when absent, and
+/// reports existing ones with fewer replicas (warn log, [`ReplicaMetrics`]) without failing:
+/// the service works on them, and the operator learns they are not as safe as configured.
+#[derive(Debug, Clone)]
+pub struct JetStreamResources {
+    js: jetstream::Context,
+    replicas: usize,
+    metrics: Option<ReplicaMetrics>,
+}
+
+impl JetStreamResources {
+    /// `replicas` is [`NatsSettings::jetstream_replicas`].
+    pub fn new(js: jetstream::Context, replicas: usize) -> Self {
+        Self {
+            js,
+            replicas: replicas.max(1),
+            metrics: None,
+        }
+    }
+
+    /// Records every ensured resource's replicas in `metrics`.
+    pub fn with_metrics(mut self, metrics: ReplicaMetrics) -> Self {
+        metrics
+            .configured
+            .set(i64::try_from(self.replicas).unwrap_or(i64::MAX));
+        self.metrics = Some(metrics);
+        self
+    }
+
+    pub fn context(&self) -> &jetstream::Context {
+        &self.js
+    }
+
+    pub fn replicas(&self) -> usize {
+        self.replicas
+    }
+
+    /// [`ensure_stream`] with `num_replicas` set to the configured replicas.
+    pub async fn stream(&self, mut config: stream::Config) -> Result<stream::Stream, NatsError> {
+        config.num_replicas = self.replicas;
+        let (stream, report) = ensure_stream_reporting(&self.js, config).await?;
+        self.record(&report);
+        Ok(stream)
+    }
+
+    /// [`ensure_bucket`] with `num_replicas` set to the configured replicas.
+    pub async fn bucket(&self, mut config: kv::Config) -> Result<kv::Store, NatsError> {
+        config.num_replicas = self.replicas;
+        let (store, report) = ensure_bucket_reporting(&self.js, config).await?;
+        self.record(&report);
+        Ok(store)
+    }
+
+    fn record(&self, report: &ReplicaReport) {
+        if let Some(metrics) = &self.metrics {
+            metrics.record(report);
+        }
+    }
+}
+
+/// Returns the stream, creating it with `config` when it does not exist. An existing stream is
+/// left as it is; one with fewer replicas than `config.num_replicas` is reported in the log.
+///
+/// Errors keep the server's answer and its class: a permanent one (the subjects overlap another
+/// stream's, invalid settings) must stop the service rather than be retried.
 pub async fn ensure_stream(
     js: &jetstream::Context,
     config: stream::Config,
 ) -> Result<stream::Stream, NatsError> {
+    ensure_stream_reporting(js, config)
+        .await
+        .map(|(stream, _)| stream)
+}
+
+/// [`ensure_stream`], also returning what was found about its replicas.
+pub async fn ensure_stream_reporting(
+    js: &jetstream::Context,
+    config: stream::Config,
+) -> Result<(stream::Stream, ReplicaReport), NatsError> {
+    let (stream, replicas) = get_or_create_stream(js, config.clone()).await?;
+    let report = ReplicaReport {
+        kind: ResourceKind::Stream,
+        name: config.name,
+        replicas,
+        wanted: config.num_replicas.max(1),
+    };
+    report.log();
+    Ok((stream, report))
+}
+
+fn stream_error(
+    name: &str,
+    action: &'static str,
+    (class, code): (ErrorClass, Option<u64>),
+    source: impl std::error::Error + Send + Sync + 'static,
+) -> NatsError {
+    NatsError::Stream {
+        name: name.to_owned(),
+        action,
+        class,
+        code,
+        source: Box::new(source),
+    }
+}
+
+/// The stream and its replica count on the server.
+async fn get_or_create_stream(
+    js: &jetstream::Context,
+    config: stream::Config,
+) -> Result<(stream::Stream, usize), NatsError> {
     let name = config.name.clone();
+    let existing = |stream: stream::Stream| {
+        let replicas = stream.cached_info().config.num_replicas.max(1);
+        (stream, replicas)
+    };
     match js.get_stream(&name).await {
-        Ok(existing) => Ok(existing),
+        Ok(found) => Ok(existing(found)),
         Err(err) if is_not_found(&err) => match js.create_stream(config).await {
             Ok(created) => {
-                tracing::info!(stream = %name, "Created JetStream stream.");
-                Ok(created)
+                let replicas = created.cached_info().config.num_replicas.max(1);
+                tracing::info!(stream = %name, replicas, "Created JetStream stream.");
+                Ok((created, replicas))
             }
-            // Another replica won the race: take what it made.
-            Err(_) => js.get_stream(&name).await.map_err(|e| NatsError::Stream {
-                name: name.clone(),
-                detail: e.to_string(),
-            }),
+            // Another replica (or another service) created it between our read and our create,
+            // with settings differing in some detail: take what it made. Any other refusal is
+            // the server's verdict on our request and is returned as such; reading the stream
+            // again would turn it into a misleading "not found".
+            Err(err)
+                if create_error_code(&err) == Some(jetstream::ErrorCode::STREAM_NAME_EXIST) =>
+            {
+                js.get_stream(&name)
+                    .await
+                    .map(existing)
+                    .map_err(|e| stream_error(&name, "read", classify_get_stream(&e), e))
+            }
+            Err(err) => Err(stream_error(
+                &name,
+                "create",
+                classify_create_stream(&err),
+                err,
+            )),
         },
-        Err(err) => Err(NatsError::Stream {
-            name,
-            detail: err.to_string(),
-        }),
+        Err(err) => Err(stream_error(&name, "read", classify_get_stream(&err), err)),
+    }
+}
+
+fn create_error_code(err: &jetstream::context::CreateStreamError) -> Option<jetstream::ErrorCode> {
+    match err.kind() {
+        jetstream::context::CreateStreamErrorKind::JetStream(js_err) => Some(js_err.error_code()),
+        _ => None,
     }
 }
 
 /// Returns the durable pull consumer named in `config`, creating it when absent (an existing one
-/// is left as configured, like streams and buckets).
+/// is left as configured, like streams and buckets). Consumers inherit the stream's replicas.
 pub async fn ensure_consumer(
     stream: &stream::Stream,
     config: async_nats::jetstream::consumer::pull::Config,
@@ -217,9 +647,15 @@ pub async fn ensure_consumer(
     stream
         .get_or_create_consumer(&name, config)
         .await
-        .map_err(|e| NatsError::Consumer {
-            name,
-            detail: e.to_string(),
+        .map_err(|e| {
+            let (class, code) = classify_consumer(&e);
+            NatsError::Consumer {
+                name,
+                action: "create or read",
+                class,
+                code,
+                source: Box::new(e),
+            }
         })
 }
 
@@ -232,15 +668,44 @@ pub async fn ensure_bucket(
     js: &jetstream::Context,
     config: kv::Config,
 ) -> Result<kv::Store, NatsError> {
-    let name = config.bucket.clone();
-    let bucket_error = |e: &dyn std::fmt::Display| NatsError::Bucket {
-        name: name.clone(),
-        detail: e.to_string(),
-    };
-    ensure_stream(js, bucket_stream_config(&config))
+    ensure_bucket_reporting(js, config)
         .await
-        .map_err(|e| bucket_error(&e))?;
-    js.get_key_value(&name).await.map_err(|e| bucket_error(&e))
+        .map(|(store, _)| store)
+}
+
+/// [`ensure_bucket`], also returning what was found about its replicas.
+pub async fn ensure_bucket_reporting(
+    js: &jetstream::Context,
+    config: kv::Config,
+) -> Result<(kv::Store, ReplicaReport), NatsError> {
+    let name = config.bucket.clone();
+    let (_, replicas) = get_or_create_stream(js, bucket_stream_config(&config))
+        .await
+        .map_err(|e| NatsError::Bucket {
+            name: name.clone(),
+            action: "create or read",
+            class: e.class(),
+            code: e.jetstream_code(),
+            source: Box::new(e),
+        })?;
+    let store = js.get_key_value(&name).await.map_err(|e| {
+        let (class, code) = classify_key_value(&e);
+        NatsError::Bucket {
+            name: name.clone(),
+            action: "open",
+            class,
+            code,
+            source: Box::new(e),
+        }
+    })?;
+    let report = ReplicaReport {
+        kind: ResourceKind::Bucket,
+        name,
+        replicas,
+        wanted: config.num_replicas.max(1),
+    };
+    report.log();
+    Ok((store, report))
 }
 
 /// The stream behind a KV bucket (ADR-8 conventions, as async-nats builds it).
