@@ -1,38 +1,58 @@
 //! sf-bridge binary: configuration, telemetry and shutdown wiring; the work is in the library.
+//!
+//! Exit codes: 0 after a requested stop, 2 for a configuration error (one line naming the
+//! variable), 1 for any other failure: a permanent JetStream error at start, or a background
+//! task that died (the orchestrator restarts the process).
+
+use std::process::ExitCode;
 
 use anyhow::Context;
 use platform::config::Env;
+use sf_bridge::app::AppError;
 use sf_bridge::{App, BridgeSettings};
 
 #[tokio::main]
-async fn main() -> anyhow::Result<()> {
+async fn main() -> ExitCode {
     let settings = match BridgeSettings::from_env(&Env::process()) {
         Ok(settings) => settings,
         Err(err) => {
             eprintln!("sf-bridge: {err}");
-            std::process::exit(2);
+            return ExitCode::from(2);
         }
     };
-    let telemetry =
-        platform::telemetry::init(&settings.common.telemetry).context("initialise telemetry")?;
+    let telemetry = match platform::telemetry::init(&settings.common.telemetry) {
+        Ok(telemetry) => telemetry,
+        Err(err) => {
+            eprintln!("sf-bridge: cannot initialise telemetry: {err}");
+            return ExitCode::FAILURE;
+        }
+    };
     tracing::info!(
         channel = %settings.channel,
         pubsub_endpoint = %settings.pubsub_endpoint,
         enabled = settings.events_enabled,
         instance_id = %settings.instance_id,
+        jetstream_replicas = settings.common.nats.jetstream_replicas,
         "sf-bridge starting."
     );
     let cancel = platform::shutdown::on_signal();
     let result = async {
-        let app = App::build(settings, &cancel)
-            .await
-            .context("start sf-bridge")?;
+        let app = match App::build(settings, &cancel).await {
+            Ok(app) => app,
+            // Asked to stop while still waiting for NATS: a clean stop, not a failure.
+            Err(AppError::Cancelled) => return Ok(()),
+            Err(err) => return Err(err).context("start sf-bridge"),
+        };
         app.run_until_stopped(cancel).await.context("run sf-bridge")
     }
     .await;
-    if let Err(err) = &result {
-        tracing::error!(error = format!("{err:#}"), "sf-bridge failed.");
-    }
+    let code = match &result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(err) => {
+            tracing::error!(error = format!("{err:#}"), "sf-bridge failed.");
+            ExitCode::FAILURE
+        }
+    };
     telemetry.shutdown();
-    result
+    code
 }

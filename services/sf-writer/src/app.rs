@@ -3,7 +3,12 @@
 //!
 //! Shutdown order (on cancel): stop pulling; batches in hand finish their current request, ack
 //! what was written and hand the rest back, within the grace period; NATS is flushed (acks,
-//! NAKs, dead letters); the HTTP listener closes last so probes see the service until it is gone.
+//! NAKs, dead letters; within [`platform::nats::SHUTDOWN_FLUSH_DEADLINE`]); the HTTP listener
+//! closes last so probes see the service until it is gone.
+//!
+//! Background tasks (the HTTP listener, the consumer-lag poller, the Salesforce warm-up) run
+//! under a [`Supervisor`]: one that dies cancels the root token, the service shuts down in the
+//! order above, and [`App::run_until_stopped`] returns [`AppError::Task`] (exit non-zero).
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -11,7 +16,9 @@ use std::time::Duration;
 
 use async_nats::jetstream::{self, kv};
 use axum::Router;
-use platform::http::{Health, HttpServer};
+use platform::http::Health;
+use platform::nats::{JetStreamResources, ReplicaMetrics};
+use platform::supervise::{Supervisor, TaskFailure};
 use prometheus_client::registry::Registry;
 use salesforce::rest::RestClient;
 use salesforce::TokenProvider;
@@ -28,6 +35,9 @@ use platform::deadletter::DeadLetters;
 /// How often the consumer's pending counts are read for `/metrics`.
 const CONSUMER_INFO_EVERY: Duration = Duration::from_secs(5);
 
+/// How long the supervised tasks may take to end once the shutdown reached them.
+const TASKS_STOP_DEADLINE: Duration = Duration::from_secs(5);
+
 #[derive(Debug, thiserror::Error)]
 pub enum AppError {
     #[error(transparent)]
@@ -38,6 +48,8 @@ pub enum AppError {
     HttpClient(String),
     #[error("stopped before NATS became available")]
     Cancelled,
+    #[error(transparent)]
+    Task(#[from] TaskFailure),
 }
 
 impl AppError {
@@ -45,7 +57,7 @@ impl AppError {
     pub fn is_transient(&self) -> bool {
         match self {
             Self::Nats(e) => e.is_transient(),
-            Self::Http(_) | Self::HttpClient(_) | Self::Cancelled => false,
+            Self::Http(_) | Self::HttpClient(_) | Self::Cancelled | Self::Task(_) => false,
         }
     }
 }
@@ -53,8 +65,9 @@ impl AppError {
 pub struct App {
     settings: Arc<WriterSettings>,
     nats: async_nats::Client,
-    http: HttpServer,
+    http_addr: SocketAddr,
     http_cancel: CancellationToken,
+    supervisor: Supervisor,
     consumer: jetstream::consumer::PullConsumer,
     writer: Arc<Writer>,
     tokens: Arc<TokenProvider>,
@@ -62,7 +75,11 @@ pub struct App {
 
 impl App {
     /// Connects, starts the HTTP listener, creates the streams, the bucket and the consumer when
-    /// absent. Waits (reporting itself degraded) while NATS is unreachable, until `cancel`.
+    /// absent. Waits (reporting itself degraded) while NATS is unreachable, until `cancel`; a
+    /// permanent JetStream error (a stream overlapping ours, invalid settings) is returned at once.
+    ///
+    /// `cancel` is the service's root token: pass the same one to [`App::run_until_stopped`].
+    /// The supervisor cancels it when a background task dies.
     pub async fn build(
         settings: WriterSettings,
         cancel: &CancellationToken,
@@ -71,8 +88,10 @@ impl App {
         let nats = platform::nats::connect(&settings.common.nats, "sf-writer").await?;
         let health = Health::new("sf-writer", env!("CARGO_PKG_VERSION"));
         health.add_nats(nats.clone());
+        let supervisor = Supervisor::new(health.clone(), cancel.clone());
         let mut registry = Registry::default();
         let metrics = WriterMetrics::register(&mut registry);
+        let replica_metrics = ReplicaMetrics::register(&mut registry);
         let http_cancel = CancellationToken::new();
         let http = platform::http::serve(
             settings.common.http_addr,
@@ -82,9 +101,14 @@ impl App {
             http_cancel.clone(),
         )
         .await?;
+        let http_addr = http.local_addr;
+        supervisor.spawn("http", http.task);
 
         let js = jetstream::new(nats.clone());
-        let (applied_kv, consumer) = ensure_resources(&js, &settings, cancel).await?;
+        let resources =
+            JetStreamResources::new(js.clone(), settings.common.nats.jetstream_replicas)
+                .with_metrics(replica_metrics);
+        let (applied_kv, consumer) = ensure_resources(&resources, &settings, cancel).await?;
 
         let http_client = reqwest::Client::builder()
             .pool_max_idle_per_host(settings.concurrency.max(4))
@@ -107,8 +131,9 @@ impl App {
         Ok(Self {
             settings,
             nats,
-            http,
+            http_addr,
             http_cancel,
+            supervisor,
             consumer,
             writer,
             tokens,
@@ -116,10 +141,21 @@ impl App {
     }
 
     pub fn http_addr(&self) -> SocketAddr {
-        self.http.local_addr
+        self.http_addr
     }
 
-    /// Runs until `cancel`, then shuts down in order.
+    /// The supervisor of the service's background tasks (tests use it to make one die).
+    pub fn supervisor(&self) -> &Supervisor {
+        &self.supervisor
+    }
+
+    /// What `/health` and `/livez` answer.
+    pub fn health(&self) -> &Arc<Health> {
+        &self.writer.health
+    }
+
+    /// Runs until `cancel` (the token given to [`App::build`]), then shuts down in order.
+    /// Returns [`AppError::Task`] when a supervised background task died.
     pub async fn run_until_stopped(self, cancel: CancellationToken) -> Result<(), AppError> {
         tracing::info!(
             instance_id = %self.settings.instance_id,
@@ -131,7 +167,7 @@ impl App {
         );
         // An early token fetch makes /health tell the truth about Salesforce before the first
         // update arrives (bad key, unknown user, unreachable login host).
-        let warmup = tokio::spawn({
+        let warmup = self.supervisor.spawn_finite("salesforce-warmup", {
             let (tokens, health) = (self.tokens.clone(), self.writer.health.clone());
             async move {
                 match tokens.token().await {
@@ -144,11 +180,16 @@ impl App {
             }
         });
         let lag_cancel = CancellationToken::new();
-        let lag = tokio::spawn(self.writer.metrics.consumer.clone().poll(
-            self.consumer.clone(),
-            CONSUMER_INFO_EVERY,
-            lag_cancel.clone(),
-        ));
+        // Supervised although it only feeds /metrics: a dead poller would leave the lag gauges
+        // frozen at their last value, and alerts on them silently blind.
+        self.supervisor.spawn(
+            "consumer-lag-poller",
+            self.writer.metrics.consumer.clone().poll(
+                self.consumer.clone(),
+                CONSUMER_INFO_EVERY,
+                lag_cancel.clone(),
+            ),
+        );
         consumer::run(
             self.consumer,
             self.writer,
@@ -163,40 +204,45 @@ impl App {
         .await;
         warmup.abort();
         lag_cancel.cancel();
-        let _ = lag.await;
-        if let Err(err) = self.nats.flush().await {
-            tracing::warn!(error = %err, "Could not flush NATS on shutdown.");
+        if let Err(err) =
+            platform::nats::flush_with_deadline(&self.nats, platform::nats::SHUTDOWN_FLUSH_DEADLINE)
+                .await
+        {
+            tracing::warn!(error = %platform::error::Chain(&err), "Could not flush NATS on shutdown.");
         }
         self.http_cancel.cancel();
-        let _ = self.http.task.await;
+        self.supervisor.wait_all(TASKS_STOP_DEADLINE).await;
+        self.supervisor.result()?;
         tracing::info!("sf-writer stopped.");
         Ok(())
     }
 }
 
 async fn ensure_resources(
-    js: &jetstream::Context,
+    resources: &JetStreamResources,
     settings: &WriterSettings,
     cancel: &CancellationToken,
 ) -> Result<(kv::Store, jetstream::consumer::PullConsumer), AppError> {
     platform::backoff::retry_while_transient(cancel, "JetStream", AppError::is_transient, || {
-        try_ensure_resources(js, settings)
+        try_ensure_resources(resources, settings)
     })
     .await?
     .ok_or(AppError::Cancelled)
 }
 
 async fn try_ensure_resources(
-    js: &jetstream::Context,
+    resources: &JetStreamResources,
     settings: &WriterSettings,
 ) -> Result<(kv::Store, jetstream::consumer::PullConsumer), AppError> {
-    use platform::nats::{ensure_bucket, ensure_stream};
     use platform::streams;
-    let updates = ensure_stream(js, streams::order_updates(&settings.updates_stream)).await?;
-    ensure_stream(js, streams::deadletter(&settings.deadletter_stream)).await?;
-    let applied = ensure_bucket(
-        js,
-        kv::Config {
+    let updates = resources
+        .stream(streams::order_updates(&settings.updates_stream))
+        .await?;
+    resources
+        .stream(streams::deadletter(&settings.deadletter_stream))
+        .await?;
+    let applied = resources
+        .bucket(kv::Config {
             bucket: settings.applied_bucket.clone(),
             description: "sf-writer: last applied update sequence and write claim per Order"
                 .to_owned(),
@@ -204,9 +250,8 @@ async fn try_ensure_resources(
             max_age: settings.applied_max_age,
             storage: jetstream::stream::StorageType::File,
             ..Default::default()
-        },
-    )
-    .await?;
+        })
+        .await?;
     let consumer = platform::nats::ensure_consumer(
         &updates,
         consumer::consumer_config(
@@ -217,4 +262,86 @@ async fn try_ensure_resources(
     )
     .await?;
     Ok((applied, consumer))
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::expect_used)]
+
+    use super::*;
+    use testkit::nats::NatsServer;
+
+    /// Salesforce is never reached in these tests: the login URL points at a closed port.
+    fn settings(nats: &NatsServer) -> WriterSettings {
+        let keys = testkit::keys::test_keys();
+        let env = platform::config::Env::from_pairs([
+            ("NATS_URL", nats.url()),
+            ("HTTP_ADDR", "127.0.0.1:0".to_owned()),
+            ("SF_LOGIN_URL", "http://127.0.0.1:9".to_owned()),
+            ("SF_CLIENT_ID", "client".to_owned()),
+            ("SF_USERNAME", "user@example.com".to_owned()),
+            (
+                "SF_PRIVATE_KEY_PATH",
+                keys.private_key_path.display().to_string(),
+            ),
+            ("SF_WRITER_SHUTDOWN_GRACE_SECS", "5".to_owned()),
+        ]);
+        WriterSettings::from_env(&env).unwrap()
+    }
+
+    /// A supervised task that ends while the writer runs: /health names it, /livez fails, the
+    /// writer shuts down in order by itself and its run returns the failure (exit non-zero).
+    #[tokio::test]
+    async fn a_dead_background_task_stops_the_writer_with_an_error() {
+        testkit::telemetry::init_once("sf-writer-test", "warn");
+        let nats = NatsServer::start().await;
+        let cancel = CancellationToken::new();
+        let app = App::build(settings(&nats), &cancel).await.unwrap();
+        let livez = format!("http://{}/livez", app.http_addr());
+        assert_eq!(reqwest::get(&livez).await.unwrap().status(), 200);
+        let supervisor = app.supervisor().clone();
+        let health = app.health().clone();
+        let run = tokio::spawn(app.run_until_stopped(cancel.clone()));
+
+        supervisor.spawn("test-poller", async {});
+        let result = tokio::time::timeout(Duration::from_secs(30), run)
+            .await
+            .expect("the writer stops by itself")
+            .unwrap();
+        match result {
+            Err(AppError::Task(failure)) => assert_eq!(failure.task, "test-poller"),
+            other => panic!("expected the task failure, got {other:?}"),
+        }
+        assert!(cancel.is_cancelled());
+        let (healthy, body) = health.report();
+        assert!(!healthy);
+        assert_eq!(body["integrations"]["test-poller"]["status"], "down");
+        assert!(!health.liveness().0, "/livez fails");
+    }
+
+    /// A stream already capturing `sf.order.update.>` under another name is a permanent error.
+    #[tokio::test]
+    async fn an_overlapping_stream_stops_the_start_with_a_permanent_error() {
+        let nats = NatsServer::start().await;
+        jetstream::new(nats.client().await)
+            .create_stream(jetstream::stream::Config {
+                name: "SOMEONE_ELSES".to_owned(),
+                subjects: vec!["sf.order.update.>".to_owned()],
+                ..Default::default()
+            })
+            .await
+            .unwrap();
+        let cancel = CancellationToken::new();
+        let result = tokio::time::timeout(
+            Duration::from_secs(30),
+            App::build(settings(&nats), &cancel),
+        )
+        .await
+        .expect("a permanent error is not retried");
+        match result {
+            Err(AppError::Nats(err)) => assert_eq!(err.jetstream_code(), Some(10065)),
+            Err(other) => panic!("expected a JetStream error, got {other:?}"),
+            Ok(_) => panic!("the writer must not start"),
+        }
+    }
 }
