@@ -36,7 +36,8 @@ async fn main() -> ExitCode {
         "sf-bridge starting."
     );
     let cancel = platform::shutdown::on_signal();
-    let result = async {
+    // Boxed: the whole service's state machine is large for the main thread's stack.
+    let result = Box::pin(async {
         let app = match App::build(settings, &cancel).await {
             Ok(app) => app,
             // Asked to stop while still waiting for NATS: a clean stop, not a failure.
@@ -44,7 +45,7 @@ async fn main() -> ExitCode {
             Err(err) => return Err(err).context("start sf-bridge"),
         };
         app.run_until_stopped(cancel).await.context("run sf-bridge")
-    }
+    })
     .await;
     let code = match &result {
         Ok(()) => ExitCode::SUCCESS,

@@ -334,7 +334,7 @@ mod tests {
         let cancel = CancellationToken::new();
         let result = tokio::time::timeout(
             Duration::from_secs(30),
-            App::build(settings(&nats), &cancel),
+            Box::pin(App::build(settings(&nats), &cancel)),
         )
         .await
         .expect("a permanent error is not retried");
