@@ -3,7 +3,8 @@
 //! JSON form (admin API `PUT /admin/faults`), every field optional:
 //! `{"pubsub_abort_after_events": 3, "pubsub_duplicate_deliveries": false, "pubsub_stall": false,
 //!   "keepalive_interval_ms": 200, "rest_status": {"status": 503, "count": 2},
-//!   "rest_latency_ms": 0, "token_status": {"status": 500, "count": 1}}`
+//!   "rest_latency_ms": 0, "token_status": {"status": 500, "count": 1},
+//!   "rest_slow_records": {"ids": ["801..."], "latency_ms": 1000}}`
 
 use std::time::Duration;
 
@@ -34,6 +35,41 @@ pub struct Faults {
     /// The next `count` token requests answer `status`.
     #[serde(with = "status_count")]
     pub token_status: Option<(u16, u32)>,
+    /// REST calls naming one of these records in their path (a single-record PATCH or GET)
+    /// wait this long before they are answered, on top of `rest_latency`: one slow record among
+    /// fast ones, as a locked or trigger-heavy row is in a real org. Collection requests are
+    /// not slowed (their ids are in the body).
+    pub rest_slow_records: Option<SlowRecords>,
+}
+
+/// Records whose REST calls are slow, and by how much.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SlowRecords {
+    /// Record ids, 15- or 18-character; either spelling matches the record.
+    pub ids: Vec<String>,
+    #[serde(rename = "latency_ms", with = "millis")]
+    pub latency: Duration,
+}
+
+impl SlowRecords {
+    /// The extra latency for a call to `path`: `latency` when a path segment is one of `ids`.
+    pub(crate) fn latency_for(&self, path: &str) -> Duration {
+        let wanted: Vec<String> = self
+            .ids
+            .iter()
+            .filter_map(|id| crate::store::canonical_id(id))
+            .collect();
+        let named = path
+            .split('/')
+            .filter_map(crate::store::canonical_id)
+            .any(|id| wanted.contains(&id));
+        if named {
+            self.latency
+        } else {
+            Duration::ZERO
+        }
+    }
 }
 
 /// Takes one use of a `(status, count)` fault, clearing it when the count runs out.
@@ -141,6 +177,40 @@ mod tests {
         assert_eq!(partial.token_status, Some((500, 1)));
         assert!(serde_json::from_str::<Faults>(r#"{"rest_status":{"status":42}}"#).is_err());
         assert!(serde_json::from_str::<Faults>(r#"{"nope":1}"#).is_err());
+        let slow: Faults = serde_json::from_str(
+            r#"{"rest_slow_records":{"ids":["801000000000001"],"latency_ms":250}}"#,
+        )
+        .unwrap();
+        assert_eq!(
+            slow.rest_slow_records,
+            Some(SlowRecords {
+                ids: vec!["801000000000001".to_owned()],
+                latency: Duration::from_millis(250),
+            })
+        );
+    }
+
+    #[test]
+    fn slow_records_match_either_spelling_in_the_path_only() {
+        let slow = SlowRecords {
+            ids: vec!["801000000000001".to_owned()],
+            latency: Duration::from_millis(250),
+        };
+        let delay = Duration::from_millis(250);
+        let path = "/services/data/v62.0/sobjects/Order/801000000000001AAA";
+        assert_eq!(slow.latency_for(path), delay);
+        assert_eq!(
+            slow.latency_for("/services/data/v62.0/sobjects/Order/801000000000001aaa"),
+            delay
+        );
+        assert_eq!(
+            slow.latency_for("/services/data/v62.0/sobjects/Order/801000000000002AAA"),
+            Duration::ZERO
+        );
+        assert_eq!(
+            slow.latency_for("/services/data/v62.0/composite/sobjects"),
+            Duration::ZERO
+        );
     }
 
     #[test]

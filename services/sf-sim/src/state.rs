@@ -243,10 +243,15 @@ impl Inner {
         }
     }
 
-    pub fn take_rest_fault(&self) -> (Option<u16>, Duration) {
+    /// The injected status (one use taken) and latency for a REST call to `path`.
+    pub fn take_rest_fault(&self, path: &str) -> (Option<u16>, Duration) {
         let mut faults = lock(&self.faults);
         let status = take_status(&mut faults.rest_status);
-        (status, faults.rest_latency)
+        let slow = faults
+            .rest_slow_records
+            .as_ref()
+            .map_or(Duration::ZERO, |slow| slow.latency_for(path));
+        (status, faults.rest_latency.saturating_add(slow))
     }
 
     pub fn take_token_fault(&self) -> Option<u16> {

@@ -474,3 +474,41 @@ async fn rest_faults_answer_the_next_calls_with_salesforce_errors() {
     assert_eq!(sim.state().faults(), Faults::default());
     sim.shutdown().await;
 }
+
+#[tokio::test]
+async fn a_slow_record_delays_only_its_own_calls() {
+    use sf_sim::faults::SlowRecords;
+    use std::time::{Duration, Instant};
+
+    let sim = start().await;
+    let slow = sim.state().seed_order::<&str, f64>("001Sm0000000zzz", &[]);
+    let fast = sim.state().seed_order::<&str, f64>("001Sm0000000zzz", &[]);
+    let api = std::sync::Arc::new(Api::new(&sim).await);
+    let latency = Duration::from_secs(3);
+    sim.state().set_faults(Faults {
+        // The 15-character spelling names the record as well as the 18-character one.
+        rest_slow_records: Some(SlowRecords {
+            ids: vec![slow[..15].to_owned()],
+            latency,
+        }),
+        ..Faults::default()
+    });
+    let body = json!({"Activation_Status__c": "Activated"});
+
+    let started = Instant::now();
+    let slow_call = tokio::spawn({
+        let (api, path, body) = (api.clone(), format!("/sobjects/Order/{slow}"), body.clone());
+        async move { api.patch(&path, &body).await.0 }
+    });
+    // Another record is answered while the slow one still waits.
+    let (status, _) = api.patch(&format!("/sobjects/Order/{fast}"), &body).await;
+    assert_eq!(status, 204);
+    assert!(!slow_call.is_finished());
+    assert_eq!(slow_call.await.unwrap(), 204);
+    assert!(started.elapsed() >= latency, "{:?}", started.elapsed());
+    assert_eq!(
+        sim.state().order(&slow).unwrap()["Activation_Status__c"],
+        "Activated"
+    );
+    sim.shutdown().await;
+}

@@ -139,7 +139,7 @@ async fn gate(State(inner): State<Arc<Inner>>, request: Request, next: Next) -> 
         s.rest_requests += 1;
         *s.rest_requests_by_route.entry(route).or_default() += 1;
     });
-    let (fault, latency) = inner.take_rest_fault();
+    let (fault, latency) = inner.take_rest_fault(request.uri().path());
     if !latency.is_zero() {
         tokio::time::sleep(latency).await;
     }
