@@ -14,8 +14,9 @@ use serde_json::{Map, Value};
 /// Why a message can never be applied (it is dead-lettered as `invalid_update`).
 pub type Invalid = String;
 
-/// Parses and checks a body. Returns the update with `order_id` in its 18-character form, so that
-/// the 15- and 18-character spellings of one Order share one ordering key.
+/// Parses and checks a body. Returns the update with `order_id` in its canonical 18-character
+/// form (CONTRACT §4), so that every spelling of one Order (15 characters, or 18 with the suffix
+/// in either case) shares one ordering key, one claim and one Salesforce write.
 pub fn parse(payload: &[u8]) -> Result<OrderUpdateV1, Invalid> {
     let mut update: OrderUpdateV1 = serde_json::from_slice(payload)
         .map_err(|e| format!("body is not sf.order.update.v1 JSON: {e}"))?;
@@ -26,11 +27,8 @@ pub fn parse(payload: &[u8]) -> Result<OrderUpdateV1, Invalid> {
             OrderUpdateV1::SCHEMA
         ));
     }
-    messages::salesforce_id::validate(&update.order_id)
+    update.order_id = messages::salesforce_id::canonical(&update.order_id)
         .map_err(|e| format!("order_id {:?} is not a Salesforce id: {e}", update.order_id))?;
-    if update.order_id.len() == 15 {
-        update.order_id = messages::salesforce_id::to_18(&update.order_id);
-    }
     // These keys belong to the record envelope; a body that sets them would retarget the write.
     if let Some(bad) = update
         .fields
@@ -141,6 +139,28 @@ mod tests {
         let body = serde_json::to_vec(&update("801000000000001", 1, json!({"A": 1}))).unwrap();
         let parsed = parse(&body).unwrap();
         assert_eq!(parsed.order_id, "801000000000001AAA");
+    }
+
+    #[test]
+    fn every_spelling_of_one_order_is_one_canonical_id() {
+        let spellings = [
+            "801000000000001",
+            "801000000000001AAA",
+            "801000000000001aaa",
+            "801000000000001aAa",
+        ];
+        let parsed: Vec<(OrderUpdateV1, ())> = spellings
+            .iter()
+            .zip(1..)
+            .map(|(spelling, seq)| {
+                let body = serde_json::to_vec(&update(spelling, seq, json!({}))).unwrap();
+                let update = parse(&body).unwrap();
+                assert_eq!(update.order_id, ORDER, "{spelling}");
+                (update, ())
+            })
+            .collect();
+        // One Order, one group: one claim and one write.
+        assert_eq!(group_by_order(parsed).len(), 1);
     }
 
     #[test]

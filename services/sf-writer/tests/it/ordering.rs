@@ -44,6 +44,33 @@ async fn an_older_update_arriving_after_a_newer_one_is_skipped() {
 }
 
 #[tokio::test]
+async fn an_18_character_id_with_a_lower_case_suffix_is_the_same_order() {
+    let h = Harness::start().await;
+    let orders = h.seed_orders(1);
+    let order = &orders[0];
+    // The checksum suffix is case-insensitive; CONTRACT §4 makes every spelling one order.
+    let spelled = format!("{}{}", &order[..15], order[15..].to_ascii_lowercase());
+    assert_ne!(&spelled, order, "the seeded id's suffix has letters");
+    let writer = h.start_writer(&[]).await;
+    h.publish_all(&[activated(order, 2, 99)]).await;
+    h.wait_for_fields(&[(order.clone(), "Activation_Status__c", json!("Activated"))])
+        .await;
+    h.wait_until_drained().await;
+
+    h.publish_all(&[failed(&spelled, 1, "late, old and spelled differently")])
+        .await;
+    h.wait_until_drained().await;
+    let record = h.order(order);
+    assert_eq!(record["Activation_Status__c"], "Activated", "{record}");
+    assert_eq!(record["WHMCS_Order_ID__c"], "99");
+    assert_eq!(
+        writer.metric("sf_writer_updates_skipped_stale_total").await,
+        1.0
+    );
+    writer.stop().await;
+}
+
+#[tokio::test]
 async fn updates_to_one_order_in_one_batch_merge_into_the_newest() {
     let h = Harness::start().await;
     let orders = h.seed_orders(1);
