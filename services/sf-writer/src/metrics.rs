@@ -40,6 +40,9 @@ pub struct WriterMetrics {
     pub skipped_stale: Counter,
     /// Updates handed back because another writer held the Order's claim.
     pub claim_conflicts: Counter,
+    /// Writes dropped because the claim taken earlier for them was gone (expired and taken
+    /// over) when it was renewed just before the write.
+    pub claims_lost: Counter,
     pub api_usage: Gauge,
     pub api_limit: Gauge,
     /// 1 while the Salesforce gate is closed (healthy).
@@ -68,6 +71,7 @@ impl WriterMetrics {
             applied: Counter::default(),
             skipped_stale: Counter::default(),
             claim_conflicts: Counter::default(),
+            claims_lost: Counter::default(),
             api_usage: Gauge::default(),
             api_limit: Gauge::default(),
             salesforce_up: Gauge::default(),
@@ -119,6 +123,11 @@ impl WriterMetrics {
             "claim_conflicts",
             "Updates handed back because another writer was writing the same Order",
             metrics.claim_conflicts.clone(),
+        );
+        sub.register(
+            "claims_lost",
+            "Writes dropped because their Order's claim had been taken over before the write",
+            metrics.claims_lost.clone(),
         );
         sub.register(
             "salesforce_api_usage",

@@ -1,15 +1,26 @@
 //! One batch, from pulled messages to acknowledgements.
 //!
-//! Each round: wait for the Salesforce gate; claim every Order of the batch in KV (stale updates
-//! are acknowledged, Orders another writer is writing are handed back with a delayed NAK); write
-//! the claimed ones in one sObject Collections request (one record: a single-record PATCH); then,
-//! per record: applied → settle the claim and ack; permanent error → dead-letter and terminate;
-//! transient → next round. Messages held between rounds get in-progress acks well inside
-//! `ack_wait`, so JetStream does not hand them to another replica meanwhile.
+//! Each round: wait for the Salesforce gate; write the records that may share a request in one
+//! sObject Collections request (one record: a single-record PATCH), and the ones that must go
+//! alone (their collection was refused as a whole) one by one. Immediately before *each*
+//! request, its Orders are claimed in KV, or the claim an earlier request took is renewed, by
+//! compare-and-swap: a round of records written one by one can take longer than a claim lasts,
+//! and a record whose claim expired and was taken over by another replica meanwhile must not be
+//! written (stale updates are acknowledged, Orders another writer is writing are handed back
+//! with a delayed NAK). A request still running when its claim's write window closes is
+//! abandoned. Then, per record: applied → settle the claim and ack; permanent error →
+//! dead-letter and terminate; transient → next round.
+//!
+//! The batch's messages get in-progress acks well inside `ack_wait` the whole time they are
+//! held, between rounds and while a round's requests are in flight, so JetStream does not hand
+//! them to another replica meanwhile. Only messages still held get them: an in-progress ack
+//! for a message handed back with a delayed NAK would reset its redelivery to a full
+//! `ack_wait`.
 //!
 //! On shutdown a batch finishes the request it is in and gives back whatever still needs a
 //! retry (NAK), releasing claims whose write certainly did not happen.
 
+use std::collections::VecDeque;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -55,6 +66,9 @@ struct Work {
     alone: bool,
     /// An earlier attempt may have reached Salesforce: keep the claim on giving up.
     maybe_applied: bool,
+    /// This work held the Order's claim at some point: a later Stale or Busy means the claim
+    /// was lost (expired and taken over) before this write.
+    claimed: bool,
     span: tracing::Span,
 }
 
@@ -100,6 +114,7 @@ impl Work {
             token: uuid::Uuid::new_v4().to_string(),
             alone: false,
             maybe_applied: false,
+            claimed: false,
             span,
         }
     }
@@ -113,6 +128,58 @@ impl Work {
 
     fn messages(&self) -> impl Iterator<Item = &Message> {
         self.group.members.iter().map(|(_, m)| m)
+    }
+}
+
+/// Works whose Orders are claimed for the next request, and until when that request may run.
+struct Claimed {
+    works: Vec<(Work, u64)>,
+    deadline: Option<Instant>,
+}
+
+/// A round in progress: the gate's ticket (spent by the first request), the requests still to
+/// send, and what is left for the next round.
+struct Round<'h> {
+    ticket: Option<Ticket>,
+    heartbeat: &'h mut Heartbeat,
+    queued: VecDeque<Vec<Work>>,
+    result: RoundResult,
+}
+
+/// In-progress acks for the messages a batch holds, every third of `ack_wait` on one cadence
+/// for the whole batch (a due beat is sent on the next wait even when the previous wait ended
+/// just before it).
+struct Heartbeat {
+    every: Duration,
+    next: Instant,
+}
+
+impl Heartbeat {
+    fn new(ack_wait: Duration) -> Self {
+        let every = (ack_wait / 3).max(Duration::from_millis(500));
+        Self {
+            every,
+            next: Instant::now() + every,
+        }
+    }
+
+    /// Awaits `work`, beating for `held` whenever a beat is due meanwhile.
+    async fn during<F: std::future::Future>(&mut self, held: &[&Message], work: F) -> F::Output {
+        tokio::pin!(work);
+        loop {
+            tokio::select! {
+                biased;
+                out = &mut work => return out,
+                () = tokio::time::sleep_until(self.next) => {
+                    for message in held {
+                        if let Err(err) = message.ack_with(AckKind::Progress).await {
+                            tracing::debug!(error = %err, "Could not send an in-progress ack.");
+                        }
+                    }
+                    self.next = Instant::now() + self.every;
+                }
+            }
+        }
     }
 }
 
@@ -142,16 +209,20 @@ impl Writer {
             .map(Work::new)
             .collect();
         let mut pacing = Backoff::new(self.retry_base, self.retry_max);
+        // One cadence for the whole batch, across waits and requests.
+        let mut heartbeat = Heartbeat::new(self.ack_wait);
         while !pending.is_empty() {
-            let admitted = self.hold(&pending, self.gate.admit(), shutdown).await;
+            let admitted = self
+                .hold(&mut heartbeat, &pending, self.gate.admit(), shutdown)
+                .await;
             let Some(ticket) = admitted else {
                 self.give_up(pending).await;
                 return;
             };
-            let (writable, mut retry) = self.claim_all(pending).await;
-            let round = self.write_all(ticket, writable).await;
-            retry.extend(round.retry);
-            pending = retry;
+            let round = self
+                .write_round(&mut heartbeat, ticket, pending, shutdown)
+                .await;
+            pending = round.retry;
             if pending.is_empty() {
                 break;
             }
@@ -162,7 +233,12 @@ impl Writer {
             if !round.gated && !round.split {
                 let delay = pacing.next_delay();
                 let slept = self
-                    .hold(&pending, tokio::time::sleep(delay), shutdown)
+                    .hold(
+                        &mut heartbeat,
+                        &pending,
+                        tokio::time::sleep(delay),
+                        shutdown,
+                    )
                     .await;
                 if slept.is_none() {
                     self.give_up(pending).await;
@@ -176,43 +252,52 @@ impl Writer {
     /// `shutdown` came first.
     async fn hold<F: std::future::Future>(
         &self,
+        heartbeat: &mut Heartbeat,
         pending: &[Work],
         wait: F,
         shutdown: &CancellationToken,
     ) -> Option<F::Output> {
-        tokio::pin!(wait);
-        let every = (self.ack_wait / 3).max(Duration::from_millis(500));
-        let mut next_progress = Instant::now() + every;
-        loop {
-            tokio::select! {
-                biased;
-                out = &mut wait => return Some(out),
-                () = shutdown.cancelled() => return None,
-                () = tokio::time::sleep_until(next_progress) => {
-                    for message in pending.iter().flat_map(Work::messages) {
-                        if let Err(err) = message.ack_with(AckKind::Progress).await {
-                            tracing::debug!(error = %err, "Could not send an in-progress ack.");
-                        }
-                    }
-                    next_progress = Instant::now() + every;
-                }
-            }
+        let held: Vec<&Message> = pending.iter().flat_map(Work::messages).collect();
+        tokio::select! {
+            biased;
+            out = heartbeat.during(&held, wait) => Some(out),
+            () = shutdown.cancelled() => None,
         }
     }
 
-    /// Claims every Order; returns what may be written now (with the claim's revision) and what
-    /// must wait for another round.
-    async fn claim_all(&self, pending: Vec<Work>) -> (Vec<(Work, u64)>, Vec<Work>) {
+    /// Claims (or renews the claim on) every Order of the next request, immediately before it;
+    /// returns what may be written now (with the claim's revision and the request's deadline)
+    /// and what must wait for another round.
+    async fn claim_all(&self, pending: Vec<Work>) -> (Claimed, Vec<Work>) {
         let outcomes = futures::future::join_all(pending.iter().map(|w| {
             self.applied
                 .claim(&w.group.order_id, w.group.sequence(), &w.token)
         }))
         .await;
-        let mut writable = Vec::with_capacity(pending.len());
+        let mut writable = Claimed {
+            works: Vec::with_capacity(pending.len()),
+            deadline: None,
+        };
         let mut retry = Vec::new();
         for (mut work, outcome) in pending.into_iter().zip(outcomes) {
+            if matches!(outcome, Ok(ClaimOutcome::Stale | ClaimOutcome::Busy)) && work.claimed {
+                // Our claim expired while the round wrote other records, and another writer
+                // took the Order over: whatever it wrote or is writing is at least as new, so
+                // this write must not happen.
+                work.span.in_scope(|| {
+                    tracing::info!(
+                        "The Order's claim was taken over before this write; dropping the write."
+                    )
+                });
+                self.metrics.claims_lost.inc();
+            }
             match outcome {
-                Ok(ClaimOutcome::Claimed { revision, applied }) => {
+                Ok(ClaimOutcome::Claimed {
+                    revision,
+                    applied,
+                    deadline,
+                }) => {
+                    work.claimed = true;
                     // Members at or below what is applied were applied before (a redelivery):
                     // acknowledge them and leave their fields out.
                     let (stale, fresh): (Vec<_>, Vec<_>) = std::mem::take(&mut work.group.members)
@@ -221,7 +306,12 @@ impl Writer {
                     self.ack_stale(&work.span, stale.iter().map(|(_, m)| m))
                         .await;
                     work.group.members = fresh;
-                    writable.push((work, revision));
+                    writable.deadline = Some(
+                        writable
+                            .deadline
+                            .map_or(deadline, |earliest| earliest.min(deadline)),
+                    );
+                    writable.works.push((work, revision));
                 }
                 Ok(ClaimOutcome::Stale) => {
                     self.ack_stale(&work.span, work.messages()).await;
@@ -265,42 +355,61 @@ impl Writer {
         }
     }
 
-    /// Writes the claimed records: the ones that may share a request in one, the ones that must
-    /// go alone one by one. Stops at the first Salesforce-level failure: the gate decides when
-    /// to try again.
-    async fn write_all(&self, ticket: Ticket, writable: Vec<(Work, u64)>) -> RoundResult {
-        let mut result = RoundResult::default();
-        if writable.is_empty() {
-            return result;
-        }
-        let mut ticket = Some(ticket);
-        let (alone, together): (Vec<_>, Vec<_>) = writable.into_iter().partition(|(w, _)| w.alone);
-        let mut requests: Vec<Vec<(Work, u64)>> = Vec::new();
+    /// Writes the round's records: the ones that may share a request in one, the ones that must
+    /// go alone one by one, each request right after its own claims. Stops at the first
+    /// Salesforce-level failure (the gate decides when to try again) and, on shutdown, after the
+    /// request in flight.
+    async fn write_round(
+        &self,
+        heartbeat: &mut Heartbeat,
+        ticket: Ticket,
+        pending: Vec<Work>,
+        shutdown: &CancellationToken,
+    ) -> RoundResult {
+        let (alone, together): (Vec<_>, Vec<_>) = pending.into_iter().partition(|w| w.alone);
+        let mut round = Round {
+            ticket: Some(ticket),
+            heartbeat,
+            queued: VecDeque::new(),
+            result: RoundResult::default(),
+        };
         if !together.is_empty() {
-            requests.push(together);
+            round.queued.push_back(together);
         }
-        requests.extend(alone.into_iter().map(|w| vec![w]));
-        let mut requests = requests.into_iter();
-        while let Some(request) = requests.next() {
-            if let Err(failed) = self.write_request(&mut ticket, request, &mut result).await {
+        round.queued.extend(alone.into_iter().map(|w| vec![w]));
+        while let Some(request) = round.queued.pop_front() {
+            if shutdown.is_cancelled() {
+                round.result.retry.extend(request);
+                round.result.retry.extend(round.queued.drain(..).flatten());
+                break;
+            }
+            let (claimed, retry) = self.claim_all(request).await;
+            round.result.retry.extend(retry);
+            let Some(deadline) = claimed.deadline else {
+                continue;
+            };
+            if let Err(failed) = self
+                .write_request(&mut round, claimed.works, deadline)
+                .await
+            {
                 // Salesforce is unhealthy: the rest waits for the gate with the failed ones.
-                result.retry.extend(failed);
-                result
-                    .retry
-                    .extend(requests.by_ref().flatten().map(|(w, _)| w));
-                result.gated = true;
+                round.result.retry.extend(failed);
+                round.result.retry.extend(round.queued.drain(..).flatten());
+                round.result.gated = true;
                 break;
             }
         }
-        result
+        round.result
     }
 
     /// One request. `Err` carries the works back when Salesforce failed as a whole.
+    /// The request is abandoned at `deadline`, the end of its claims' write window, so that it
+    /// cannot land after another writer may have taken an Order over.
     async fn write_request(
         &self,
-        ticket: &mut Option<Ticket>,
+        round: &mut Round<'_>,
         works: Vec<(Work, u64)>,
-        result: &mut RoundResult,
+        deadline: Instant,
     ) -> Result<(), Vec<Work>> {
         let records: Vec<OrderRecord> = works.iter().map(|(w, _)| w.record()).collect();
         let kind = if records.len() == 1 {
@@ -322,7 +431,7 @@ impl Writer {
             span.add_link(work.span.context().span().span_context().clone());
         }
         let started = Instant::now();
-        let outcome = async {
+        let write = async {
             if let [record] = records.as_slice() {
                 request::write_single(&self.rest, record)
                     .await
@@ -330,9 +439,33 @@ impl Writer {
             } else {
                 request::write_collection(&self.rest, &records).await
             }
-        }
-        .instrument(span.clone())
-        .await;
+        };
+        // Everything the round still holds is kept alive while the request is out; the messages
+        // settled so far (acked, terminated, handed back) are not in these lists.
+        let held: Vec<&Message> = works
+            .iter()
+            .flat_map(|(w, _)| w.messages())
+            .chain(round.queued.iter().flatten().flat_map(Work::messages))
+            .chain(round.result.retry.iter().flat_map(Work::messages))
+            .collect();
+        let outcome = round
+            .heartbeat
+            .during(
+                &held,
+                tokio::time::timeout_at(deadline, write.instrument(span.clone())),
+            )
+            .await
+            .unwrap_or_else(|_| {
+                Err(RequestFailure::Service {
+                    code: "ETIMEOUT".to_owned(),
+                    reason: "the write outlived its Order claim's write window and was abandoned"
+                        .to_owned(),
+                    // It was sent and may still be applied by Salesforce.
+                    maybe_applied: true,
+                })
+            });
+        drop(held);
+        let (ticket, result) = (&mut round.ticket, &mut round.result);
         match &outcome {
             Err(RequestFailure::Service { code, reason, .. }) => {
                 platform::telemetry::record_error(&span, code, reason);

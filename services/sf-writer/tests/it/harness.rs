@@ -82,7 +82,11 @@ impl Harness {
         let env = platform::config::Env::from_pairs(self.env(extra));
         let settings = WriterSettings::from_env(&env).expect("writer settings");
         let cancel = CancellationToken::new();
-        let app = App::build(settings, &cancel).await.expect("build writer");
+        // Boxed: App::build's future is large (JetStream resource set-up), and every test
+        // awaits this one.
+        let app = Box::pin(App::build(settings, &cancel))
+            .await
+            .expect("build writer");
         let http_addr = app.http_addr();
         let task = tokio::spawn(app.run_until_stopped(cancel.clone()));
         RunningWriter {

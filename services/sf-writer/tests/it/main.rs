@@ -6,6 +6,7 @@
 mod batching;
 mod deadletter;
 mod harness;
+mod long_rounds;
 mod ordering;
 mod retries;
 mod shutdown;
