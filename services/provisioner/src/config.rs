@@ -15,6 +15,11 @@ pub struct ProvisionerSettings {
     /// `PROVISIONER_CONCURRENCY`: orders orchestrated at once by this replica.
     pub concurrency: usize,
     pub requests_stream: String,
+    /// `SF_BRIDGE_DUPLICATE_WINDOW_SECS`, as sf-bridge reads it: the provisioner may create the
+    /// requests stream first, and must create the same one (`platform::streams::requests`).
+    pub requests_duplicate_window: Duration,
+    /// `SF_BRIDGE_STREAM_MAX_AGE_SECS`, as sf-bridge reads it.
+    pub requests_max_age: Duration,
     pub outcomes_stream: String,
     pub updates_stream: String,
     pub deadletter_stream: String,
@@ -37,12 +42,28 @@ pub struct ProvisionerSettings {
 impl ProvisionerSettings {
     pub fn from_env(env: &Env) -> Result<Self, ConfigError> {
         use messages::subjects::{buckets, consumers, streams};
+        let requests_duplicate_window = env.secs_or(
+            "SF_BRIDGE_DUPLICATE_WINDOW_SECS",
+            platform::streams::REQUESTS_DUPLICATE_WINDOW,
+        )?;
+        let requests_max_age = env.secs_or(
+            "SF_BRIDGE_STREAM_MAX_AGE_SECS",
+            platform::streams::REQUESTS_MAX_AGE,
+        )?;
+        if requests_duplicate_window > requests_max_age {
+            return Err(ConfigError::new(
+                "SF_BRIDGE_DUPLICATE_WINDOW_SECS",
+                "must not exceed SF_BRIDGE_STREAM_MAX_AGE_SECS (JetStream requires window <= max age)",
+            ));
+        }
         Ok(Self {
             common: CommonSettings::from_env(env, "provisioner")?,
             salesforce: SalesforceSettings::from_env(env)?,
             whmcs: WhmcsSettings::from_env(env)?,
             concurrency: env.int_in_range("PROVISIONER_CONCURRENCY", 32usize, 1..=4096)?,
             requests_stream: env.string_or("SF_BRIDGE_STREAM", streams::REQUESTS),
+            requests_duplicate_window,
+            requests_max_age,
             outcomes_stream: env.string_or("OUTCOMES_STREAM", streams::OUTCOMES),
             updates_stream: env.string_or("ORDER_UPDATES_STREAM", streams::ORDER_UPDATES),
             deadletter_stream: env.string_or("DEADLETTER_STREAM", streams::DEADLETTER),
@@ -61,5 +82,78 @@ impl ProvisionerSettings {
                 .get("PROVISIONER_WORKER_ID")
                 .unwrap_or_else(platform::telemetry::instance_id),
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+
+    use super::*;
+
+    fn env(extra: &[(&str, &str)]) -> Env {
+        let key = testkit::keys::test_keys()
+            .private_key_path
+            .display()
+            .to_string();
+        let mut pairs = vec![
+            ("SF_CLIENT_ID", "client"),
+            ("SF_USERNAME", "user@example.com"),
+            ("SF_PRIVATE_KEY_PATH", key.as_str()),
+            ("WHMCS_API_URL", "http://127.0.0.1:9/includes/api.php"),
+            ("WHMCS_API_IDENTIFIER", "id"),
+            ("WHMCS_API_SECRET", "secret"),
+        ];
+        pairs.extend_from_slice(extra);
+        Env::from_pairs(pairs)
+    }
+
+    fn settings(extra: &[(&str, &str)]) -> Result<ProvisionerSettings, ConfigError> {
+        ProvisionerSettings::from_env(&env(extra))
+    }
+
+    /// The same variables and defaults as sf-bridge's (72 h window, 7 d retention), so the
+    /// requests stream is the same whichever service creates it.
+    #[test]
+    fn requests_stream_settings_default_to_sf_bridges() {
+        let settings = settings(&[]).unwrap();
+        assert_eq!(
+            settings.requests_duplicate_window,
+            Duration::from_secs(72 * 3600)
+        );
+        assert_eq!(
+            settings.requests_max_age,
+            Duration::from_secs(7 * 24 * 3600)
+        );
+        assert_eq!(settings.common.nats.jetstream_replicas, 1);
+        let tuned = self::settings(&[
+            ("SF_BRIDGE_DUPLICATE_WINDOW_SECS", "3600"),
+            ("SF_BRIDGE_STREAM_MAX_AGE_SECS", "86400"),
+            ("JETSTREAM_REPLICAS", "3"),
+        ])
+        .unwrap();
+        assert_eq!(tuned.requests_duplicate_window, Duration::from_secs(3600));
+        assert_eq!(tuned.requests_max_age, Duration::from_secs(86400));
+        assert_eq!(tuned.common.nats.jetstream_replicas, 3);
+    }
+
+    #[test]
+    fn a_duplicate_window_longer_than_the_retention_is_named() {
+        let err = settings(&[
+            ("SF_BRIDGE_DUPLICATE_WINDOW_SECS", "7200"),
+            ("SF_BRIDGE_STREAM_MAX_AGE_SECS", "3600"),
+        ])
+        .unwrap_err();
+        assert_eq!(err.variable, "SF_BRIDGE_DUPLICATE_WINDOW_SECS");
+    }
+
+    #[test]
+    fn jetstream_replicas_out_of_range_is_named() {
+        let err = settings(&[("JETSTREAM_REPLICAS", "7")]).unwrap_err();
+        assert_eq!(err.variable, "JETSTREAM_REPLICAS");
+        assert_eq!(
+            err.to_string(),
+            "configuration variable JETSTREAM_REPLICAS must be between 1 and 5, not 7"
+        );
     }
 }

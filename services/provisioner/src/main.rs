@@ -1,34 +1,55 @@
 //! provisioner binary: configuration, telemetry and shutdown wiring; the work is in the library.
+//!
+//! Exit codes: 0 after a requested stop, 2 for a configuration error (one line naming the
+//! variable), 1 for any other failure: a permanent JetStream error at start, or a background
+//! task that died (the orchestrator restarts the process).
+
+use std::process::ExitCode;
 
 use anyhow::Context;
 use platform::config::Env;
 use provisioner::{App, ProvisionerSettings};
 
 #[tokio::main]
-async fn main() -> anyhow::Result<()> {
+async fn main() -> ExitCode {
     let settings = match ProvisionerSettings::from_env(&Env::process()) {
         Ok(settings) => settings,
         Err(err) => {
             eprintln!("provisioner: {err}");
-            std::process::exit(2);
+            return ExitCode::from(2);
         }
     };
-    let telemetry =
-        platform::telemetry::init(&settings.common.telemetry).context("initialise telemetry")?;
-    tracing::info!(worker_id = %settings.worker_id, concurrency = settings.concurrency, "provisioner starting.");
+    let telemetry = match platform::telemetry::init(&settings.common.telemetry) {
+        Ok(telemetry) => telemetry,
+        Err(err) => {
+            eprintln!("provisioner: cannot initialise telemetry: {err}");
+            return ExitCode::FAILURE;
+        }
+    };
+    tracing::info!(
+        worker_id = %settings.worker_id,
+        concurrency = settings.concurrency,
+        jetstream_replicas = settings.common.nats.jetstream_replicas,
+        "provisioner starting."
+    );
     let cancel = platform::shutdown::on_signal();
-    let result = async {
+    // Boxed: the whole service's state machine is large for the main thread's stack.
+    let result = Box::pin(async {
         let app = App::build(settings, &cancel)
             .await
             .context("start provisioner")?;
         app.run_until_stopped(cancel)
             .await
             .context("run provisioner")
-    }
+    })
     .await;
-    if let Err(err) = &result {
-        tracing::error!(error = format!("{err:#}"), "provisioner failed.");
-    }
+    let code = match &result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(err) => {
+            tracing::error!(error = format!("{err:#}"), "provisioner failed.");
+            ExitCode::FAILURE
+        }
+    };
     telemetry.shutdown();
-    result
+    code
 }
