@@ -976,12 +976,18 @@ fn k8s_containers_run_existing_binaries_with_variables_they_read() {
                 ports.values().any(|p| *p == listen_port),
                 "{at}: containerPort {ports:?} is not {addr_var}'s port {listen_port}"
             );
-            for probe in ["readinessProbe", "livenessProbe"] {
+            // Readiness is /health; liveness (and start-up) is /livez, which never depends on
+            // NATS, Salesforce or WHMCS (CONTRACT §3), so their outage restarts nothing.
+            for (probe, path) in [
+                ("readinessProbe", "/health"),
+                ("livenessProbe", "/livez"),
+                ("startupProbe", "/livez"),
+            ] {
                 let http = container
                     .get(probe)
                     .and_then(|p| p.get("httpGet"))
-                    .unwrap_or_else(|| panic!("{at}: {probe} must be an httpGet on /health"));
-                assert_eq!(http["path"].as_str(), Some("/health"), "{at}: {probe}");
+                    .unwrap_or_else(|| panic!("{at}: {probe} must be an httpGet on {path}"));
+                assert_eq!(http["path"].as_str(), Some(path), "{at}: {probe}");
                 let port = match &http["port"] {
                     Value::Number(n) => u16::try_from(n.as_u64().unwrap()).unwrap(),
                     Value::String(named) => *ports
