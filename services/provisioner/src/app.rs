@@ -102,24 +102,22 @@ impl App {
                 default_payment_method: settings.default_payment_method.clone(),
                 metrics: metrics.clone(),
             },
-            publisher: publisher.clone(),
+            publisher,
             metrics: metrics.clone(),
             worker_id: settings.worker_id.clone(),
-            deadletter: deadletter.clone(),
-        });
-        let recovery = Arc::new(Recovery {
-            js,
-            nats: nats.clone(),
-            journal,
-            publisher,
-            metrics,
             deadletter,
-            requests_stream: settings.requests_stream.clone(),
             outcomes_stream: settings.outcomes_stream.clone(),
-            consumer: settings.consumer.clone(),
-            interval: settings.recovery_interval,
-            worker_id: settings.worker_id.clone(),
         });
+        let recovery = Arc::new(Recovery::new(
+            js,
+            journal,
+            runner.clone(),
+            settings.requests_stream.clone(),
+            settings.outcomes_stream.clone(),
+            settings.consumer.clone(),
+            settings.recovery_interval,
+            settings.ack_wait,
+        ));
         Ok(Self {
             settings,
             nats,
@@ -143,7 +141,12 @@ impl App {
             "provisioner running."
         );
         let recovery_cancel = CancellationToken::new();
-        let recovery = tokio::spawn(self.recovery.clone().run(recovery_cancel.clone()));
+        let hard_stop = CancellationToken::new();
+        let recovery = tokio::spawn(
+            self.recovery
+                .clone()
+                .run(recovery_cancel.clone(), hard_stop.clone()),
+        );
         let lag = tokio::spawn(self.runner.metrics.consumer.clone().poll(
             self.consumer.clone(),
             CONSUMER_INFO_EVERY,
@@ -155,9 +158,12 @@ impl App {
             self.settings.concurrency,
             self.settings.shutdown_grace,
             cancel,
+            hard_stop.clone(),
         )
         .await;
         recovery_cancel.cancel();
+        // The reconciler's own jobs get no longer than the worker's did.
+        hard_stop.cancel();
         let _ = recovery.await;
         let _ = lag.await;
         if let Err(err) = self.nats.flush().await {

@@ -1,26 +1,36 @@
-//! One message, one job: validate, claim in the journal, acknowledge, orchestrate, report,
-//! record the end.
+//! One message, one job: validate, claim in the journal, acknowledge, orchestrate, close the
+//! journal entry, report.
 //!
 //! The message is acknowledged right after the claim: from then on the journal owns the job
-//! (max_deliver is 1, so JetStream would never redeliver it anyway), and a long job does not
-//! trip the consumer's ack_wait. A message that cannot be claimed (journal unavailable) is left
-//! unacknowledged on purpose: the max-deliveries advisory then hands it to recovery.
+//! (max_deliver is 1, so JetStream never redelivers it anyway), and a long job does not trip the
+//! consumer's ack_wait. A claim that fails because the journal is unavailable is retried in
+//! process, with in-progress acks keeping the message ours; if the worker dies first, the
+//! reconciler (see `recovery`) finds the message unfinished from the stream and runs it.
+//!
+//! The entry is closed before the report is published, so an operator's retry that arrives the
+//! instant after the outcome always finds a finished job to replace (CONTRACT §5 rule 7).
 
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use async_nats::jetstream;
 use messages::ProvisioningRequestedV1;
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
-use crate::journal::{Claim, JobRecord, JobState, Journal, NotClaimed};
+use crate::journal::{
+    self, Decision, JobRecord, JobState, Journal, JournalError, NotClaimed, Stored,
+};
 use crate::metrics::{ProvisionerMetrics, ReasonLabel};
-use crate::orchestrator::{Finished, JobJournal, Orchestrator};
-use crate::publisher::{self, Publisher};
+use crate::orchestrator::{Finished, JobJournal, JobLost, Orchestrator};
+use crate::publisher::{self, Publisher, Report};
 use crate::steps::{codes, JobResult, Step};
 
 pub const SERVICE: &str = "provisioner";
+
+/// How long after it finished a job's report is published again by the claim that replaces
+/// its entry (the streams' duplicate window is a day, so a repeat inside it is stored once).
+const REPORT_AGAIN_WITHIN: time::Duration = time::Duration::hours(12);
 
 pub struct JobRunner {
     pub journal: Journal,
@@ -29,11 +39,68 @@ pub struct JobRunner {
     pub metrics: ProvisionerMetrics,
     pub worker_id: String,
     pub deadletter: platform::deadletter::DeadLetters,
+    pub outcomes_stream: String,
 }
 
-/// Parses and validates a `provisioning.requested.v1` body (the `validation` step).
+/// A request message: delivered by the consumer (which can be acknowledged), or read back from
+/// the stream by the reconciler (which cannot, and need not be).
+pub struct Delivery {
+    pub payload: bytes::Bytes,
+    pub headers: Option<async_nats::HeaderMap>,
+    pub subject: String,
+    pub stream: Option<String>,
+    pub sequence: Option<u64>,
+    message: Option<jetstream::Message>,
+}
+
+impl Delivery {
+    pub fn delivered(message: jetstream::Message) -> Self {
+        let info = message.info().ok();
+        let stream = info.as_ref().map(|i| i.stream.to_owned());
+        let sequence = info.as_ref().map(|i| i.stream_sequence);
+        Self {
+            payload: message.payload.clone(),
+            headers: message.headers.clone(),
+            subject: message.subject.to_string(),
+            stream,
+            sequence,
+            message: Some(message),
+        }
+    }
+
+    pub fn stored(stream: &str, message: jetstream::message::StreamMessage) -> Self {
+        Self {
+            payload: message.payload,
+            headers: Some(message.headers),
+            subject: message.subject.to_string(),
+            stream: Some(stream.to_owned()),
+            sequence: Some(message.sequence),
+            message: None,
+        }
+    }
+
+    async fn ack(&self) {
+        if let Some(message) = &self.message {
+            if let Err(err) = message.ack().await {
+                tracing::warn!(error = %err, "Could not acknowledge the message; the journal holds the job.");
+            }
+        }
+    }
+
+    /// Tells JetStream the message is still being worked on (resets its ack_wait).
+    async fn in_progress(&self) {
+        if let Some(message) = &self.message {
+            if let Err(err) = message.ack_with(jetstream::AckKind::Progress).await {
+                tracing::debug!(error = %err, "Could not send an in-progress ack.");
+            }
+        }
+    }
+}
+
+/// Parses and validates a `provisioning.requested.v1` body (the `validation` step); the Order id
+/// comes back in its canonical 18-character form (CONTRACT §4).
 pub fn validate(payload: &[u8]) -> Result<ProvisioningRequestedV1, String> {
-    let request: ProvisioningRequestedV1 = serde_json::from_slice(payload)
+    let mut request: ProvisioningRequestedV1 = serde_json::from_slice(payload)
         .map_err(|e| format!("body is not provisioning.requested.v1 JSON: {e}"))?;
     if request.schema != ProvisioningRequestedV1::SCHEMA {
         return Err(format!(
@@ -42,7 +109,7 @@ pub fn validate(payload: &[u8]) -> Result<ProvisioningRequestedV1, String> {
             ProvisioningRequestedV1::SCHEMA
         ));
     }
-    messages::salesforce_id::validate(&request.order_id).map_err(|e| {
+    request.order_id = messages::salesforce_id::canonical(&request.order_id).map_err(|e| {
         format!(
             "order_id {:?} is not a Salesforce id: {e}",
             request.order_id
@@ -54,35 +121,34 @@ pub fn validate(payload: &[u8]) -> Result<ProvisioningRequestedV1, String> {
     Ok(request)
 }
 
+/// The outcome of a claim.
+#[derive(Debug)]
+pub enum Claim {
+    /// The job is ours. `previous` is the entry it replaced (a retry).
+    Claimed {
+        record: Box<JobRecord>,
+        revision: u64,
+        previous: Option<Box<JobRecord>>,
+    },
+    NotClaimed(NotClaimed),
+}
+
 impl JobRunner {
-    pub async fn handle(
-        self: Arc<Self>,
-        message: jetstream::Message,
-        hard_stop: CancellationToken,
-    ) {
+    pub async fn handle(self: Arc<Self>, delivery: Delivery, hard_stop: CancellationToken) {
         let received = Instant::now();
-        let request = match validate(&message.payload) {
+        let request = match validate(&delivery.payload) {
             Ok(request) => request,
             Err(reason) => {
-                if let Err(err) = self
-                    .deadletter
-                    .message(&message, None, "invalid_request", &reason)
-                    .await
-                {
-                    tracing::error!(error = %err, "Could not publish the dead letter.");
-                }
-                self.metrics.dead_lettered.inc();
-                if let Err(err) = message.ack().await {
-                    tracing::warn!(error = %err, "Could not acknowledge a dead-lettered message.");
-                }
+                self.dead_letter(&delivery, &reason).await;
+                delivery.ack().await;
                 return;
             }
         };
-        let parent = message
+        let parent = delivery
             .headers
             .as_ref()
             .map(platform::telemetry::extract_trace_context);
-        let traceparent = message
+        let traceparent = delivery
             .headers
             .as_ref()
             .and_then(|h| h.get(messages::headers::TRACEPARENT))
@@ -97,7 +163,7 @@ impl JobRunner {
             messaging.system = "nats",
             messaging.operation.type = "process",
             messaging.operation.name = "process",
-            messaging.destination.name = %message.subject,
+            messaging.destination.name = %delivery.subject,
             messaging.message.id = %request.event_id,
             messaging.consumer.group.name = SERVICE,
             order_id = %request.order_id,
@@ -110,34 +176,67 @@ impl JobRunner {
             Some(&request.order_id),
             Some(&request.correlation_id),
         );
-        self.run(message, request, traceparent, hard_stop, received)
-            .instrument(span.clone())
+        Box::pin(
+            self.run(&delivery, request, traceparent, hard_stop, received)
+                .instrument(span.clone()),
+        )
+        .await;
+    }
+
+    pub async fn dead_letter(&self, delivery: &Delivery, reason: &str) {
+        let dead_lettered = self
+            .deadletter
+            .stored(
+                &delivery.payload,
+                delivery.stream.clone(),
+                delivery.sequence,
+                &delivery.subject,
+                None,
+                "invalid_request",
+                reason,
+            )
             .await;
+        if let Err(err) = dead_lettered {
+            tracing::error!(error = %err, "Could not publish the dead letter.");
+        }
+        self.metrics.dead_lettered.inc();
     }
 
     async fn run(
         &self,
-        message: jetstream::Message,
+        delivery: &Delivery,
         request: ProvisioningRequestedV1,
         traceparent: Option<String>,
         hard_stop: CancellationToken,
         received: Instant,
     ) {
         tracing::info!(event_id = %request.event_id, idem_key = ?request.idem_key, "Starting fulfillment orchestration");
-        let claim = match self
-            .journal
-            .claim(&request, &self.worker_id, traceparent)
-            .await
-        {
-            Ok(claim) => claim,
-            Err(err) => {
-                tracing::error!(error = %err, "Cannot claim the job; leaving the message to recovery.");
-                return;
+        // A journal outage must not cost the order its attempt: keep the message ours and retry.
+        let mut backoff =
+            platform::backoff::Backoff::new(Duration::from_millis(200), Duration::from_secs(5));
+        let claim = loop {
+            match self.claim(&request, traceparent.clone()).await {
+                Ok(claim) => break claim,
+                Err(err) => {
+                    self.metrics
+                        .claim_failures
+                        .get_or_create(&ReasonLabel {
+                            reason: if err.is_transient() { "store" } else { "other" }.to_owned(),
+                        })
+                        .inc();
+                    tracing::warn!(error = %err, "Cannot claim the job yet; retrying with the message held.");
+                    delivery.in_progress().await;
+                    tokio::select! {
+                        () = hard_stop.cancelled() => {
+                            tracing::warn!("Stopping before the job could be claimed; the reconciler will run it.");
+                            return;
+                        }
+                        () = tokio::time::sleep(backoff.next_delay()) => {}
+                    }
+                }
             }
         };
-        if let Err(err) = message.ack().await {
-            tracing::warn!(error = %err, "Could not acknowledge the message; the journal holds the job.");
-        }
+        delivery.ack().await;
         let started_at = time::OffsetDateTime::now_utc();
         let (record, revision, previous) = match claim {
             Claim::Claimed {
@@ -151,26 +250,149 @@ impl JobRunner {
             }
         };
         self.metrics.in_flight.inc();
-        let job = JobJournal {
-            journal: self.journal.clone(),
-            state: tokio::sync::Mutex::new((*record, revision)),
-        };
-        let finished = tokio::select! {
-            finished = self.orchestrator.run(&request, &job, previous.as_deref()) => finished,
+        let job = JobJournal::new(self.journal.clone(), *record, revision);
+        let ending = tokio::select! {
+            ending = self.orchestrator.run(&request, &job, previous.as_deref()) => ending,
             () = hard_stop.cancelled() => {
                 let step = job.snapshot().await.0.step;
                 let step = Step::ALL.into_iter().find(|s| s.as_str() == step).unwrap_or(Step::Validation);
-                Finished { result: JobResult::failed(codes::INTERRUPTED, "The provisioner stopped in the middle of the job"), step }
+                Ok(Finished { result: JobResult::failed(codes::INTERRUPTED, "The provisioner stopped in the middle of the job"), step })
             }
-            never = keep_lease(&job) => match never {},
+            lost = keep_lease(&job) => Err(lost),
         };
-        self.finish(&request, &job, finished, revision, started_at)
-            .await;
+        match ending {
+            Ok(finished) => self.finish(&job, finished, started_at).await,
+            Err(lost) => {
+                self.metrics
+                    .jobs_lost
+                    .get_or_create(&ReasonLabel {
+                        reason: match lost {
+                            JobLost::TakenOver => "taken_over",
+                            JobLost::JournalUnavailable(_) => "journal_unavailable",
+                        }
+                        .to_owned(),
+                    })
+                    .inc();
+                tracing::error!(error = %lost, "The job no longer holds its journal entry; stopping without acting further. Its report comes from recovery.");
+            }
+        }
         self.metrics.in_flight.dec();
         self.metrics.end_to_end_seconds.observe(
             enqueue_to_now(&request.received_at)
                 .unwrap_or_else(|| received.elapsed().as_secs_f64()),
         );
+    }
+
+    /// Claims the order for `request`, atomically: the entry is created, or a finished one is
+    /// replaced at the revision read; a lost race reads and decides again.
+    pub async fn claim(
+        &self,
+        request: &ProvisioningRequestedV1,
+        traceparent: Option<String>,
+    ) -> Result<Claim, JournalError> {
+        for _ in 0..8 {
+            let (previous, revision) = match self.journal.read(&request.order_id).await? {
+                Stored::Absent => (None, None),
+                Stored::Record(record, revision) => (Some(*record), Some(revision)),
+                Stored::Unreadable {
+                    revision,
+                    raw,
+                    error,
+                } => {
+                    self.set_aside_unreadable(&request.order_id, revision, &raw, &error)
+                        .await;
+                    // What the entry knew is gone: claim over it as over an earlier attempt
+                    // with an unknown outcome, so AddOrder is preceded by the marker lookup.
+                    let mut unknown = journal::claimed_record(
+                        None,
+                        request,
+                        "unknown",
+                        self.journal.lease(),
+                        None,
+                    );
+                    unknown.state = JobState::Interrupted;
+                    unknown.processed_event_ids.clear();
+                    unknown.processed_idem_keys.clear();
+                    unknown.event_id.clear();
+                    (Some(unknown), Some(revision))
+                }
+            };
+            if let Decision::NotClaimed(reason) = journal::decide(previous.as_ref(), request) {
+                return Ok(Claim::NotClaimed(reason));
+            }
+            if let (Some(previous), Some(revision)) = (&previous, revision) {
+                self.report_again(previous, revision).await?;
+            }
+            let mut record = journal::claimed_record(
+                previous.as_ref(),
+                request,
+                &self.worker_id,
+                self.journal.lease(),
+                traceparent.clone(),
+            );
+            match self.journal.write(&mut record, revision).await {
+                Ok(revision) => {
+                    return Ok(Claim::Claimed {
+                        record: Box::new(record),
+                        revision,
+                        previous: previous.map(Box::new),
+                    })
+                }
+                Err(JournalError::Exists | JournalError::Conflict(_)) => continue,
+                Err(err) => return Err(err),
+            }
+        }
+        Err(JournalError::Store(
+            "too much contention on the journal entry".to_owned(),
+        ))
+    }
+
+    /// Before a finished entry is replaced: its report again, in case its worker died between
+    /// closing the entry and publishing (the message ids make a repeat a no-op).
+    async fn report_again(&self, previous: &JobRecord, revision: u64) -> Result<(), JournalError> {
+        let recent = previous
+            .finished_at
+            .as_deref()
+            .and_then(|at| {
+                time::OffsetDateTime::parse(at, &time::format_description::well_known::Rfc3339).ok()
+            })
+            .is_some_and(|at| time::OffsetDateTime::now_utc() - at < REPORT_AGAIN_WITHIN);
+        if !recent || previous.event_id.is_empty() {
+            return Ok(());
+        }
+        let Some(report) = Report::of(previous, revision) else {
+            return Ok(());
+        };
+        self.publisher
+            .report_if_missing(&self.outcomes_stream, &report, &tracing::Span::current())
+            .await
+            .map(drop)
+            .map_err(|e| JournalError::Store(e.to_string()))
+    }
+
+    async fn set_aside_unreadable(&self, order_id: &str, revision: u64, raw: &[u8], error: &str) {
+        self.metrics.journal_unreadable.inc();
+        tracing::error!(
+            order_id,
+            revision,
+            error,
+            "Journal entry is unreadable; setting it aside and claiming over it."
+        );
+        let dead_lettered = self
+            .deadletter
+            .stored(
+                raw,
+                Some(format!("KV_{}", self.journal.store().name)),
+                Some(revision),
+                &Journal::key(order_id),
+                None,
+                "journal_entry_unreadable",
+                error,
+            )
+            .await;
+        if let Err(err) = dead_lettered {
+            tracing::error!(error = %err, "Could not publish the dead letter of the journal entry.");
+        }
     }
 
     async fn not_claimed(
@@ -179,11 +401,7 @@ impl JobRunner {
         reason: &NotClaimed,
         started_at: time::OffsetDateTime,
     ) {
-        let label = match reason {
-            NotClaimed::DuplicateEvent => "duplicate_event",
-            NotClaimed::IdemKeyProcessed => "idem_key_processed",
-            NotClaimed::InProgress { .. } => "in_progress",
-        };
+        let label = reason.label();
         self.metrics
             .not_claimed
             .get_or_create(&ReasonLabel {
@@ -211,49 +429,83 @@ impl JobRunner {
             .outcome(&outcome, &tracing::Span::current())
             .await
         {
-            tracing::error!(error = %err, "Could not publish the skipped outcome.");
+            tracing::error!(error = %err, "Could not publish the skipped outcome; the reconciler will handle the event again.");
         }
     }
 
-    async fn finish(
-        &self,
-        request: &ProvisioningRequestedV1,
-        job: &JobJournal,
-        finished: Finished,
-        claim_revision: u64,
-        started_at: time::OffsetDateTime,
-    ) {
+    /// Closes the journal entry with the job's result (the fence: a job that lost its entry
+    /// reports nothing), then publishes the report.
+    async fn finish(&self, job: &JobJournal, finished: Finished, started_at: time::OffsetDateTime) {
         let Finished { result, mut step } = finished;
-        let span = tracing::Span::current();
-        let whmcs_order_id = job.snapshot().await.0.whmcs_order_id;
-        if let Some(update) = publisher::update_body(request, &result, claim_revision) {
-            let publish = self.publisher.order_update(&update, &span);
-            let published = if matches!(result, JobResult::Activated { .. }) {
-                step = Step::SfSuccessUpdate;
-                self.orchestrator.step(step, job, publish).await
-            } else {
-                publish.await
-            };
-            if let Err(err) = published {
-                tracing::error!(error = %err, "Could not hand the Salesforce update to sf-writer; recovery will report the job.");
-                return;
-            }
+        if matches!(result, JobResult::Activated { .. }) {
+            step = Step::SfSuccessUpdate;
         }
-        let outcome =
-            publisher::outcome_body(request, &result, step.as_str(), whmcs_order_id, started_at);
-        if let Err(err) = self.publisher.outcome(&outcome, &span).await {
-            tracing::error!(error = %err, "Could not publish the outcome; recovery will report the job.");
+        let span = tracing::Span::current();
+        let state = match &result {
+            JobResult::Activated { .. } => JobState::Activated,
+            JobResult::Failed { code, .. } if code == codes::INTERRUPTED => JobState::Interrupted,
+            JobResult::Failed { .. } => JobState::Failed,
+            JobResult::Skipped { .. } => JobState::Skipped,
+        };
+        let closed = job
+            .checkpoint(|record: &mut JobRecord| {
+                record.state = state;
+                record.step = step.as_str().to_owned();
+                record.worker = None;
+                record.lease_until_ms = None;
+                record.error_code = result.error_code().map(str::to_owned);
+                record.error_message = match &result {
+                    JobResult::Failed { message, .. } => Some(message.clone()),
+                    JobResult::Skipped { reason } => Some(reason.clone()),
+                    JobResult::Activated { .. } => None,
+                };
+                if let JobResult::Activated {
+                    whmcs_order_id,
+                    service_ids,
+                    invoice_id,
+                } = &result
+                {
+                    record.whmcs_order_id = Some(*whmcs_order_id);
+                    record.whmcs_service_ids.clone_from(service_ids);
+                    record.whmcs_invoice_id = *invoice_id;
+                }
+                record.finished_at = Some(journal::now_rfc3339());
+            })
+            .await;
+        if let Err(lost) = closed {
+            tracing::error!(error = %lost, "Could not close the job's journal entry; not reporting (recovery reports the job).");
             return;
+        }
+        let (record, revision) = job.snapshot().await;
+        let Some(report) = Report::of(&record, revision) else {
+            return;
+        };
+        let published = if report.update.is_some() && state == JobState::Activated {
+            self.orchestrator
+                .step(
+                    Step::SfSuccessUpdate,
+                    job,
+                    self.publisher.report(&report, &span),
+                )
+                .await
+        } else {
+            self.publisher.report(&report, &span).await
+        };
+        if let Err(err) = published {
+            tracing::error!(error = %err, "Could not publish the job's report; the reconciler publishes it again from the journal.");
         }
         self.metrics
             .attempt(result.outcome().as_str(), result.error_code());
+        let duration_ms =
+            u64::try_from((time::OffsetDateTime::now_utc() - started_at).whole_milliseconds())
+                .unwrap_or(0);
         self.metrics
             .duration_seconds
-            .observe(outcome.duration_ms as f64 / 1000.0);
+            .observe(duration_ms as f64 / 1000.0);
         match &result {
             JobResult::Activated { whmcs_order_id, .. } => tracing::info!(
                 whmcs_order_id,
-                duration_ms = outcome.duration_ms,
+                duration_ms,
                 "Order provisioned in WHMCS and marked Activated."
             ),
             JobResult::Failed { code, message } => {
@@ -262,7 +514,7 @@ impl JobRunner {
                     error_code = %code,
                     error_message = %message,
                     step = %step,
-                    duration_ms = outcome.duration_ms,
+                    duration_ms,
                     "Provisioning failed."
                 );
             }
@@ -270,21 +522,6 @@ impl JobRunner {
                 tracing::info!(reason = %reason, step = %step, "Provisioning skipped.")
             }
         }
-        let state = match &result {
-            JobResult::Activated { .. } => JobState::Activated,
-            JobResult::Failed { code, .. } if code == codes::INTERRUPTED => JobState::Interrupted,
-            JobResult::Failed { .. } => JobState::Failed,
-            JobResult::Skipped { .. } => JobState::Skipped,
-        };
-        let error_code = result.error_code().map(str::to_owned);
-        job.record(|record: &mut JobRecord| {
-            record.state = state;
-            record.step = step.as_str().to_owned();
-            record.worker = None;
-            record.lease_until_ms = None;
-            record.error_code = error_code;
-        })
-        .await;
     }
 }
 
@@ -298,15 +535,24 @@ pub fn enqueue_to_now(received_at: &str) -> Option<f64> {
     (seconds >= 0.0).then_some(seconds)
 }
 
-/// Renews the job's lease every third of its length, for as long as the job runs.
-async fn keep_lease(job: &JobJournal) -> std::convert::Infallible {
+/// Renews the job's lease every third of its length, for as long as the job runs; returns when
+/// the job lost its entry (taken over), which ends the job at once.
+async fn keep_lease(job: &JobJournal) -> JobLost {
     let period = job.journal.lease() / 3;
     loop {
         tokio::time::sleep(period).await;
-        let mut guard = job.state.lock().await;
-        let (record, revision) = &mut *guard;
-        match job.journal.renew(record, *revision).await {
-            Ok(next) => *revision = next,
+        let lease = job.journal.lease();
+        match job
+            .checkpoint(|record| {
+                record.lease_until_ms =
+                    Some(journal::now_ms() + i64::try_from(lease.as_millis()).unwrap_or(i64::MAX));
+            })
+            .await
+        {
+            Ok(()) => {}
+            Err(lost @ JobLost::TakenOver) => return lost,
+            // The next checkpoint before a side effect decides; recovery needs a whole lease
+            // without a renewal before it takes over.
             Err(err) => tracing::warn!(error = %err, "Could not renew the job lease."),
         }
     }

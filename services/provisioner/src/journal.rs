@@ -1,16 +1,24 @@
-//! The job journal: one KV entry per Salesforce Order, updated only with compare-and-swap.
+//! The job journal: one KV entry per Salesforce Order (keyed by its canonical 18-character id),
+//! updated only with compare-and-swap.
 //!
-//! It is what makes WHMCS side effects happen once:
-//! - **Claim.** A job starts only by creating the entry, or by replacing a finished one, at the
+//! It is what makes WHMCS side effects happen once and every event end with one outcome:
+//! - **Claim.** A job starts only by creating the entry, or by replacing a *finished* one, at the
 //!   revision it read. Two replicas handling the same order race on that write; one wins.
+//! - **Fence.** Every later write of the job is a compare-and-swap at the revision of its own
+//!   previous write. A job writes (a checkpoint) before each side effect — AddOrder, AcceptOrder,
+//!   the final report — so a job whose entry was taken over by recovery learns it before it acts,
+//!   never after.
 //! - **Memory.** The entry remembers the event ids and `IdemKey__c` values already processed,
 //!   and the WHMCS order id as soon as AddOrder returned it, so a retry resumes with AcceptOrder
 //!   instead of creating a second order.
-//! - **Lease.** A running entry names its worker and a lease deadline; a worker that disappears
-//!   leaves an expired lease behind, which recovery turns into `Failed / INTERRUPTED`.
+//! - **Outbox.** A job is closed (final state, result, message) *before* its outcome and update
+//!   are published, so an operator's retry that arrives right after the outcome finds the entry
+//!   finished. The closed entry holds everything needed to publish the outcome again (the
+//!   messages' ids make that idempotent), which the reconciler and the next claim do if the
+//!   worker died between the two.
 //!
-//! Writes per order: the claim, the WHMCS order id once known, and the finish. Lease renewals
-//! only for jobs that run longer than a third of the lease.
+//! No decision rests on comparing two hosts' clocks: a running job proves it is alive by moving
+//! its entry's revision (renewals), and recovery measures staleness on its own monotonic clock.
 
 use std::time::Duration;
 
@@ -31,6 +39,12 @@ pub enum JobState {
     Interrupted,
 }
 
+impl JobState {
+    pub fn is_final(self) -> bool {
+        self != Self::Running
+    }
+}
+
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct JobRecord {
     pub order_id: String,
@@ -42,7 +56,7 @@ pub struct JobRecord {
     /// Last step reached (CONTRACT §5 names).
     pub step: String,
     pub worker: Option<String>,
-    /// Epoch milliseconds after which a running job counts as abandoned.
+    /// Informational only (operators read it); no decision compares it with another clock.
     pub lease_until_ms: Option<i64>,
     pub whmcs_client_id: Option<u64>,
     pub whmcs_order_id: Option<u64>,
@@ -50,6 +64,9 @@ pub struct JobRecord {
     pub whmcs_service_ids: Vec<u64>,
     pub whmcs_invoice_id: Option<u64>,
     pub error_code: Option<String>,
+    /// The error message of a failed job, or the reason of a skipped one.
+    #[serde(default)]
+    pub error_message: Option<String>,
     pub attempts: u32,
     #[serde(default)]
     pub processed_event_ids: Vec<String>,
@@ -59,6 +76,47 @@ pub struct JobRecord {
     pub traceparent: Option<String>,
     pub started_at: String,
     pub updated_at: String,
+    /// When the job reached its final state (set by the closing write).
+    #[serde(default)]
+    pub finished_at: Option<String>,
+}
+
+impl JobRecord {
+    fn new(order_id: &str) -> Self {
+        Self {
+            order_id: order_id.to_owned(),
+            state: JobState::Running,
+            event_id: String::new(),
+            idem_key: None,
+            correlation_id: String::new(),
+            step: String::new(),
+            worker: None,
+            lease_until_ms: None,
+            whmcs_client_id: None,
+            whmcs_order_id: None,
+            whmcs_service_ids: Vec::new(),
+            whmcs_invoice_id: None,
+            error_code: None,
+            error_message: None,
+            attempts: 0,
+            processed_event_ids: Vec::new(),
+            processed_idem_keys: Vec::new(),
+            traceparent: None,
+            started_at: String::new(),
+            updated_at: String::new(),
+            finished_at: None,
+        }
+    }
+
+    /// Whether the event has been handled under this entry (claimed, whatever came of it).
+    pub fn has_processed(&self, event_id: &str) -> bool {
+        self.processed_event_ids.iter().any(|id| id == event_id)
+    }
+
+    /// Whether the job claimed by `event_id` is still running under this entry.
+    pub fn runs(&self, event_id: &str) -> bool {
+        self.state == JobState::Running && self.event_id == event_id
+    }
 }
 
 /// Why a delivered event does not start a job.
@@ -68,7 +126,7 @@ pub enum NotClaimed {
     DuplicateEvent,
     /// An event with this `IdemKey__c` was already handled for the order.
     IdemKeyProcessed,
-    /// Another worker is running a job for this order right now.
+    /// A job for this order is running right now (its final status will reach Salesforce).
     InProgress { worker: Option<String> },
 }
 
@@ -85,17 +143,56 @@ impl NotClaimed {
             }
         }
     }
+
+    pub fn label(&self) -> &'static str {
+        match self {
+            Self::DuplicateEvent => "duplicate_event",
+            Self::IdemKeyProcessed => "idem_key_processed",
+            Self::InProgress { .. } => "in_progress",
+        }
+    }
 }
 
-#[derive(Debug)]
-pub enum Claim {
-    /// The job is ours. `previous` is the entry it replaced (a retry).
-    Claimed {
-        record: Box<JobRecord>,
-        revision: u64,
-        previous: Option<Box<JobRecord>>,
-    },
+/// What the entry as read says about a new event for its order.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Decision {
+    /// Start a job (creating the entry, or replacing a finished one).
+    Claim,
     NotClaimed(NotClaimed),
+}
+
+/// The claim rules, on the entry as read (`None`: no entry yet).
+pub fn decide(current: Option<&JobRecord>, request: &ProvisioningRequestedV1) -> Decision {
+    let Some(current) = current else {
+        return Decision::Claim;
+    };
+    if current.has_processed(&request.event_id) {
+        return Decision::NotClaimed(NotClaimed::DuplicateEvent);
+    }
+    if let Some(idem) = &request.idem_key {
+        if current.processed_idem_keys.iter().any(|k| k == idem) {
+            return Decision::NotClaimed(NotClaimed::IdemKeyProcessed);
+        }
+    }
+    if current.state == JobState::Running {
+        return Decision::NotClaimed(NotClaimed::InProgress {
+            worker: current.worker.clone(),
+        });
+    }
+    Decision::Claim
+}
+
+/// The entry as stored.
+#[derive(Debug)]
+pub enum Stored {
+    Absent,
+    Record(Box<JobRecord>, u64),
+    /// Bytes that do not parse as a record, with their revision (so a claim can replace them).
+    Unreadable {
+        revision: u64,
+        raw: Vec<u8>,
+        error: String,
+    },
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -104,15 +201,24 @@ pub enum JournalError {
     Store(String),
     #[error("the journal entry changed under this worker (revision {0} is stale)")]
     Conflict(u64),
-    #[error("journal entry for {0} is unreadable: {1}")]
-    Corrupt(String, String),
+    #[error("the journal entry already exists")]
+    Exists,
+    #[error("cannot encode the journal entry: {0}")]
+    Encode(#[from] serde_json::Error),
+}
+
+impl JournalError {
+    /// A store error may pass; a conflict means another writer owns the entry now.
+    pub fn is_transient(&self) -> bool {
+        matches!(self, Self::Store(_))
+    }
 }
 
 pub fn now_ms() -> i64 {
     (time::OffsetDateTime::now_utc().unix_timestamp_nanos() / 1_000_000) as i64
 }
 
-fn now_rfc3339() -> String {
+pub fn now_rfc3339() -> String {
     messages::bodies::rfc3339(time::OffsetDateTime::now_utc())
 }
 
@@ -122,6 +228,39 @@ fn remember(list: &mut Vec<String>, value: &str) {
     }
     let excess = list.len().saturating_sub(REMEMBERED);
     list.drain(..excess);
+}
+
+/// The running entry a claim writes for `request`, over what was there (`previous`).
+pub fn claimed_record(
+    previous: Option<&JobRecord>,
+    request: &ProvisioningRequestedV1,
+    worker: &str,
+    lease: Duration,
+    traceparent: Option<String>,
+) -> JobRecord {
+    let mut record = previous
+        .cloned()
+        .unwrap_or_else(|| JobRecord::new(&request.order_id));
+    record.order_id.clone_from(&request.order_id);
+    record.state = JobState::Running;
+    record.event_id.clone_from(&request.event_id);
+    record.idem_key.clone_from(&request.idem_key);
+    record.correlation_id.clone_from(&request.correlation_id);
+    record.step = "validation".to_owned();
+    record.worker = Some(worker.to_owned());
+    record.lease_until_ms = Some(now_ms() + i64::try_from(lease.as_millis()).unwrap_or(i64::MAX));
+    record.error_code = None;
+    record.error_message = None;
+    record.finished_at = None;
+    record.attempts += 1;
+    remember(&mut record.processed_event_ids, &request.event_id);
+    if let Some(idem) = &request.idem_key {
+        remember(&mut record.processed_idem_keys, idem);
+    }
+    record.traceparent = traceparent;
+    record.started_at = now_rfc3339();
+    record.updated_at.clone_from(&record.started_at);
+    record
 }
 
 #[derive(Debug, Clone)]
@@ -149,125 +288,60 @@ impl Journal {
         format!("order.{order_id}")
     }
 
-    fn lease_deadline(&self) -> i64 {
-        now_ms() + i64::try_from(self.lease.as_millis()).unwrap_or(i64::MAX)
+    pub fn store(&self) -> &kv::Store {
+        &self.kv
     }
 
     /// The current entry and its revision.
-    pub async fn read(&self, order_id: &str) -> Result<Option<(JobRecord, u64)>, JournalError> {
+    pub async fn read(&self, order_id: &str) -> Result<Stored, JournalError> {
         let entry = self
             .kv
             .entry(Self::key(order_id))
             .await
             .map_err(|e| JournalError::Store(e.to_string()))?;
-        match entry {
+        Ok(match entry {
             Some(entry) if entry.operation == kv::Operation::Put => {
-                let record = serde_json::from_slice(&entry.value)
-                    .map_err(|e| JournalError::Corrupt(order_id.to_owned(), e.to_string()))?;
-                Ok(Some((record, entry.revision)))
+                match serde_json::from_slice(&entry.value) {
+                    Ok(record) => Stored::Record(Box::new(record), entry.revision),
+                    Err(err) => Stored::Unreadable {
+                        revision: entry.revision,
+                        raw: entry.value.to_vec(),
+                        error: err.to_string(),
+                    },
+                }
             }
-            _ => Ok(None),
-        }
+            _ => Stored::Absent,
+        })
     }
 
-    /// Claims the order for `request`, atomically (see the module docs).
-    pub async fn claim(
+    /// Writes `record` as a new entry (`None`) or over `revision`; `Exists` / `Conflict` when
+    /// another writer got there first.
+    pub async fn write(
         &self,
-        request: &ProvisioningRequestedV1,
-        worker: &str,
-        traceparent: Option<String>,
-    ) -> Result<Claim, JournalError> {
-        let key = Self::key(&request.order_id);
-        for _ in 0..8 {
-            let current = self.read(&request.order_id).await?;
-            let (previous, revision) = match current {
-                Some((record, revision)) => (Some(record), Some(revision)),
-                None => (None, None),
-            };
-            if let Some(prev) = &previous {
-                if prev
-                    .processed_event_ids
-                    .iter()
-                    .any(|id| id == &request.event_id)
-                {
-                    return Ok(Claim::NotClaimed(NotClaimed::DuplicateEvent));
+        record: &mut JobRecord,
+        revision: Option<u64>,
+    ) -> Result<u64, JournalError> {
+        record.updated_at = now_rfc3339();
+        let bytes = serde_json::to_vec(record)?;
+        let key = Self::key(&record.order_id);
+        let written = match revision {
+            None => self.kv.create(&key, bytes.into()).await.map_err(|e| {
+                if e.kind() == kv::CreateErrorKind::AlreadyExists {
+                    JournalError::Exists
+                } else {
+                    JournalError::Store(e.to_string())
                 }
-                if let Some(idem) = &request.idem_key {
-                    if prev.processed_idem_keys.iter().any(|k| k == idem) {
-                        return Ok(Claim::NotClaimed(NotClaimed::IdemKeyProcessed));
-                    }
+            }),
+            Some(rev) => self.kv.update(&key, bytes.into(), rev).await.map_err(|e| {
+                if e.kind() == kv::UpdateErrorKind::WrongLastRevision {
+                    JournalError::Conflict(rev)
+                } else {
+                    JournalError::Store(e.to_string())
                 }
-                let lease_valid = prev.lease_until_ms.is_some_and(|until| until > now_ms());
-                if prev.state == JobState::Running && lease_valid {
-                    return Ok(Claim::NotClaimed(NotClaimed::InProgress {
-                        worker: prev.worker.clone(),
-                    }));
-                }
-            }
-            let mut record = previous.clone().unwrap_or_else(|| JobRecord {
-                order_id: request.order_id.clone(),
-                state: JobState::Running,
-                event_id: String::new(),
-                idem_key: None,
-                correlation_id: String::new(),
-                step: String::new(),
-                worker: None,
-                lease_until_ms: None,
-                whmcs_client_id: None,
-                whmcs_order_id: None,
-                whmcs_service_ids: Vec::new(),
-                whmcs_invoice_id: None,
-                error_code: None,
-                attempts: 0,
-                processed_event_ids: Vec::new(),
-                processed_idem_keys: Vec::new(),
-                traceparent: None,
-                started_at: String::new(),
-                updated_at: String::new(),
-            });
-            record.state = JobState::Running;
-            record.event_id = request.event_id.clone();
-            record.idem_key = request.idem_key.clone();
-            record.correlation_id = request.correlation_id.clone();
-            record.step = "validation".to_owned();
-            record.worker = Some(worker.to_owned());
-            record.lease_until_ms = Some(self.lease_deadline());
-            record.error_code = None;
-            record.attempts += 1;
-            remember(&mut record.processed_event_ids, &request.event_id);
-            if let Some(idem) = &request.idem_key {
-                remember(&mut record.processed_idem_keys, idem);
-            }
-            record.traceparent = traceparent.clone();
-            record.started_at = now_rfc3339();
-            record.updated_at = record.started_at.clone();
-            let bytes =
-                serde_json::to_vec(&record).map_err(|e| JournalError::Store(e.to_string()))?;
-            let written = match revision {
-                None => match self.kv.create(&key, bytes.into()).await {
-                    Ok(rev) => Some(rev),
-                    Err(e) if e.kind() == kv::CreateErrorKind::AlreadyExists => None,
-                    Err(e) => return Err(JournalError::Store(e.to_string())),
-                },
-                Some(rev) => match self.kv.update(&key, bytes.into(), rev).await {
-                    Ok(rev) => Some(rev),
-                    Err(e) if e.kind() == kv::UpdateErrorKind::WrongLastRevision => None,
-                    Err(e) => return Err(JournalError::Store(e.to_string())),
-                },
-            };
-            if let Some(revision) = written {
-                self.writes.inc();
-                return Ok(Claim::Claimed {
-                    record: Box::new(record),
-                    revision,
-                    previous: previous.map(Box::new),
-                });
-            }
-            // Lost a race: read again and decide again.
-        }
-        Err(JournalError::Store(
-            "too much contention on the journal entry".to_owned(),
-        ))
+            }),
+        }?;
+        self.writes.inc();
+        Ok(written)
     }
 
     /// Writes `record` over `revision`; fails with `Conflict` if the entry moved.
@@ -276,52 +350,38 @@ impl Journal {
         record: &mut JobRecord,
         revision: u64,
     ) -> Result<u64, JournalError> {
-        record.updated_at = now_rfc3339();
-        let bytes = serde_json::to_vec(record).map_err(|e| JournalError::Store(e.to_string()))?;
-        match self
-            .kv
-            .update(Self::key(&record.order_id), bytes.into(), revision)
-            .await
-        {
-            Ok(rev) => {
-                self.writes.inc();
-                Ok(rev)
-            }
-            Err(e) if e.kind() == kv::UpdateErrorKind::WrongLastRevision => {
-                Err(JournalError::Conflict(revision))
-            }
-            Err(e) => Err(JournalError::Store(e.to_string())),
-        }
+        self.write(record, Some(revision)).await
     }
 
-    /// Extends a running job's lease.
+    /// Extends a running job's lease: the new revision is what tells recovery the job lives.
     pub async fn renew(&self, record: &mut JobRecord, revision: u64) -> Result<u64, JournalError> {
-        record.lease_until_ms = Some(self.lease_deadline());
+        record.lease_until_ms =
+            Some(now_ms() + i64::try_from(self.lease.as_millis()).unwrap_or(i64::MAX));
         self.replace(record, revision).await
-    }
-
-    /// Every order key in the journal.
-    pub async fn order_ids(&self) -> Result<Vec<String>, JournalError> {
-        use futures::TryStreamExt;
-        let keys = self
-            .kv
-            .keys()
-            .await
-            .map_err(|e| JournalError::Store(e.to_string()))?;
-        let keys: Vec<String> = keys
-            .try_collect()
-            .await
-            .map_err(|e| JournalError::Store(e.to_string()))?;
-        Ok(keys
-            .into_iter()
-            .filter_map(|k| k.strip_prefix("order.").map(str::to_owned))
-            .collect())
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn request(event: &str, idem: Option<&str>) -> ProvisioningRequestedV1 {
+        ProvisioningRequestedV1 {
+            schema: ProvisioningRequestedV1::SCHEMA.to_owned(),
+            event_id: event.to_owned(),
+            replay_id: String::new(),
+            channel: String::new(),
+            schema_id: String::new(),
+            order_id: "801000000000001AAA".to_owned(),
+            idem_key: idem.map(str::to_owned),
+            correlation_id: "c".to_owned(),
+            requested_by: None,
+            version: None,
+            created_at: None,
+            created_by_id: None,
+            received_at: String::new(),
+        }
+    }
 
     #[test]
     fn remembered_lists_are_bounded_and_unique() {
@@ -333,5 +393,53 @@ mod tests {
         assert_eq!(list.len(), REMEMBERED);
         assert_eq!(list.first().map(String::as_str), Some("k10"));
         assert_eq!(list.last().map(String::as_str), Some("k59"));
+    }
+
+    #[test]
+    fn a_running_entry_is_in_progress_whatever_its_lease_says() {
+        let first = request("e1", Some("k1"));
+        let mut record = claimed_record(None, &first, "w1", Duration::from_secs(30), None);
+        // A lease deadline in the past (another host's clock) does not make it claimable.
+        record.lease_until_ms = Some(0);
+        assert_eq!(
+            decide(Some(&record), &request("e2", Some("k2"))),
+            Decision::NotClaimed(NotClaimed::InProgress {
+                worker: Some("w1".to_owned())
+            })
+        );
+        record.state = JobState::Failed;
+        assert_eq!(
+            decide(Some(&record), &request("e2", Some("k2"))),
+            Decision::Claim
+        );
+        assert_eq!(
+            decide(Some(&record), &request("e1", Some("k9"))),
+            Decision::NotClaimed(NotClaimed::DuplicateEvent)
+        );
+        assert_eq!(
+            decide(Some(&record), &request("e3", Some("k1"))),
+            Decision::NotClaimed(NotClaimed::IdemKeyProcessed)
+        );
+    }
+
+    #[test]
+    fn a_claim_over_a_finished_job_keeps_its_whmcs_memory() {
+        let first = request("e1", None);
+        let mut record = claimed_record(None, &first, "w1", Duration::from_secs(30), None);
+        record.whmcs_order_id = Some(7);
+        record.state = JobState::Failed;
+        record.error_message = Some("boom".to_owned());
+        let next = claimed_record(
+            Some(&record),
+            &request("e2", None),
+            "w2",
+            Duration::from_secs(30),
+            None,
+        );
+        assert_eq!(next.whmcs_order_id, Some(7));
+        assert_eq!(next.state, JobState::Running);
+        assert_eq!(next.error_message, None);
+        assert_eq!(next.attempts, 2);
+        assert!(next.has_processed("e1") && next.runs("e2"));
     }
 }

@@ -43,6 +43,21 @@ pub struct ProvisionerMetrics {
     pub dead_lettered: Counter,
     pub in_flight: Gauge,
     pub journal_writes: Counter,
+    /// Claims that failed (journal unavailable) and were retried with the message held.
+    pub claim_failures: Family<ReasonLabel, Counter>,
+    /// Jobs that stopped because they no longer held their journal entry.
+    pub jobs_lost: Family<ReasonLabel, Counter>,
+    /// Journal entries that did not parse (set aside on the dead-letter subject).
+    pub journal_unreadable: Counter,
+    /// Delivered requests without an outcome yet, at the last reconciliation scan.
+    pub reconciler_open: Gauge,
+    /// The requests-stream sequence up to which every message has its outcome.
+    pub reconciled_sequence: Gauge,
+    pub reconciler_scan_failures: Counter,
+    /// Finished jobs whose report was missing and was published again from the journal.
+    pub reports_republished: Counter,
+    /// Delivered messages never claimed by their worker, run by the reconciler.
+    pub orphans_run: Counter,
     /// Enqueue (sf-bridge receipt, the body's `received_at`) to outcome.
     pub end_to_end_seconds: Histogram,
     /// WHMCS API calls (`whmcs_api_*`).
@@ -74,6 +89,14 @@ impl ProvisionerMetrics {
             dead_lettered: Counter::default(),
             in_flight: Gauge::default(),
             journal_writes: Counter::default(),
+            claim_failures: Family::default(),
+            jobs_lost: Family::default(),
+            journal_unreadable: Counter::default(),
+            reconciler_open: Gauge::default(),
+            reconciled_sequence: Gauge::default(),
+            reconciler_scan_failures: Counter::default(),
+            reports_republished: Counter::default(),
+            orphans_run: Counter::default(),
             end_to_end_seconds: Histogram::new(exponential_buckets(0.01, 2.0, 16)),
         };
         let sub = registry.sub_registry_with_prefix("provisioner");
@@ -116,6 +139,46 @@ impl ProvisionerMetrics {
             "journal_writes",
             "Job journal writes",
             metrics.journal_writes.clone(),
+        );
+        sub.register(
+            "claim_failures",
+            "Claims that failed and were retried with the message held, by reason",
+            metrics.claim_failures.clone(),
+        );
+        sub.register(
+            "jobs_lost",
+            "Jobs that stopped because they no longer held their journal entry",
+            metrics.jobs_lost.clone(),
+        );
+        sub.register(
+            "journal_unreadable",
+            "Journal entries that did not parse and were set aside",
+            metrics.journal_unreadable.clone(),
+        );
+        sub.register(
+            "reconciler_open",
+            "Delivered requests without an outcome at the last reconciliation scan",
+            metrics.reconciler_open.clone(),
+        );
+        sub.register(
+            "reconciled_sequence",
+            "Requests-stream sequence up to which every message has its outcome",
+            metrics.reconciled_sequence.clone(),
+        );
+        sub.register(
+            "reconciler_scan_failures",
+            "Reconciliation scans that failed",
+            metrics.reconciler_scan_failures.clone(),
+        );
+        sub.register(
+            "reports_republished",
+            "Finished jobs whose missing report was published again from the journal",
+            metrics.reports_republished.clone(),
+        );
+        sub.register(
+            "orphans_run",
+            "Delivered messages never claimed by their worker, run by the reconciler",
+            metrics.orphans_run.clone(),
         );
         sub.register(
             "enqueue_to_outcome_seconds",

@@ -14,7 +14,7 @@ use salesforce::rest::RestClient;
 use tracing::Instrument;
 use whmcs::WhmcsClient;
 
-use crate::journal::{JobRecord, Journal};
+use crate::journal::{JobRecord, Journal, JournalError};
 use crate::metrics::ProvisionerMetrics;
 use crate::salesforce_order::{self, SfOrder};
 use crate::steps::{codes, JobResult, Step};
@@ -22,6 +22,16 @@ use crate::steps::{codes, JobResult, Step};
 /// The marker AddOrder writes into the WHMCS order's `notes`.
 pub fn marker(order_id: &str) -> String {
     format!("[sf-order:{order_id}]")
+}
+
+/// Why a job stopped without a result of its own: it can no longer prove it holds its journal
+/// entry, so it must not act (no WHMCS call, no report); whoever holds the entry reports.
+#[derive(Debug, thiserror::Error)]
+pub enum JobLost {
+    #[error("another worker took over the job's journal entry")]
+    TakenOver,
+    #[error("the job journal stayed unavailable: {0}")]
+    JournalUnavailable(String),
 }
 
 /// A running job's journal entry, shared by the steps (which record progress) and the lease
@@ -32,17 +42,68 @@ pub struct JobJournal {
 }
 
 impl JobJournal {
-    /// Applies `change` to the entry and writes it (CAS). A failed write is logged, not fatal:
-    /// the finish write repeats everything, and recovery covers a worker that cannot write.
-    pub async fn record(&self, change: impl FnOnce(&mut JobRecord)) {
+    pub fn new(journal: Journal, record: JobRecord, revision: u64) -> Self {
+        Self {
+            journal,
+            state: tokio::sync::Mutex::new((record, revision)),
+        }
+    }
+
+    /// Applies `change` to the entry and writes it at the job's own last revision: the write
+    /// succeeds only while the job still holds the entry, which is what makes it a fence before
+    /// a side effect. A store error is retried for up to half a lease (a brief journal outage
+    /// does not end the job); a write whose answer was lost is recognised by reading the entry
+    /// back.
+    pub async fn checkpoint(&self, change: impl FnOnce(&mut JobRecord)) -> Result<(), JobLost> {
         let mut guard = self.state.lock().await;
         let (record, revision) = &mut *guard;
         change(record);
-        match self.journal.replace(record, *revision).await {
-            Ok(next) => *revision = next,
-            Err(err) => {
-                tracing::warn!(error = %err, "Could not record job progress in the journal.")
+        let give_up = tokio::time::Instant::now() + self.journal.lease() / 2;
+        let mut backoff = platform::backoff::Backoff::new(
+            std::time::Duration::from_millis(100),
+            std::time::Duration::from_secs(2),
+        );
+        let mut ambiguous = false;
+        loop {
+            match self.journal.replace(record, *revision).await {
+                Ok(next) => {
+                    *revision = next;
+                    return Ok(());
+                }
+                Err(JournalError::Conflict(_)) => {
+                    if ambiguous {
+                        if let Some(next) = self.own_write(record).await {
+                            *revision = next;
+                            return Ok(());
+                        }
+                    }
+                    return Err(JobLost::TakenOver);
+                }
+                Err(err) => {
+                    ambiguous = true;
+                    if tokio::time::Instant::now() >= give_up {
+                        return Err(JobLost::JournalUnavailable(err.to_string()));
+                    }
+                    tracing::warn!(error = %err, "Could not write the job's journal entry; retrying.");
+                    tokio::time::sleep(backoff.next_delay()).await;
+                }
             }
+        }
+    }
+
+    /// After a write whose answer was lost: the entry's revision if what is stored is that
+    /// write (this worker's running job at the same step), else `None`.
+    async fn own_write(&self, record: &JobRecord) -> Option<u64> {
+        match self.journal.read(&record.order_id).await.ok()? {
+            crate::journal::Stored::Record(stored, revision)
+                if stored.runs(&record.event_id)
+                    && stored.worker == record.worker
+                    && stored.step == record.step
+                    && stored.whmcs_order_id == record.whmcs_order_id =>
+            {
+                Some(revision)
+            }
+            _ => None,
         }
     }
 
@@ -75,13 +136,14 @@ struct MappedItem {
 }
 
 impl Orchestrator {
-    /// Runs the steps after `validation` (done by the caller before claiming).
+    /// Runs the steps after `validation` (done by the caller before claiming). `Err` when the
+    /// job lost its journal entry: it then stops without acting or reporting.
     pub async fn run(
         &self,
         request: &ProvisioningRequestedV1,
         job: &JobJournal,
         previous: Option<&JobRecord>,
-    ) -> Finished {
+    ) -> Result<Finished, JobLost> {
         let order = match self
             .step(
                 Step::OrderDetails,
@@ -93,19 +155,19 @@ impl Orchestrator {
         {
             Ok(mut records) if !records.is_empty() => records.swap_remove(0),
             Ok(_) => {
-                return Finished {
+                return Ok(Finished {
                     result: JobResult::failed(
                         "404",
                         format!("Order {} not found in Salesforce", request.order_id),
                     ),
                     step: Step::OrderDetails,
-                }
+                })
             }
             Err(err) => {
-                return Finished {
+                return Ok(Finished {
                     result: JobResult::failed(err.contract_code(), err.to_string()),
                     step: Step::OrderDetails,
-                }
+                })
             }
         };
 
@@ -118,10 +180,10 @@ impl Orchestrator {
                 "Activation_Status__c is {:?}, not Activating",
                 order.activation_status
             );
-            return Finished {
+            return Ok(Finished {
                 result: JobResult::Skipped { reason },
                 step: Step::Guard,
-            };
+            });
         }
 
         let (client_id, items) = match self
@@ -134,25 +196,22 @@ impl Orchestrator {
         {
             Ok(mapped) => mapped,
             Err(result) => {
-                return Finished {
+                return Ok(Finished {
                     result,
                     step: Step::Mapping,
-                }
+                })
             }
         };
-        // Persisted with the next journal write (after AddOrder), not a write of its own.
-        job.state.lock().await.0.whmcs_client_id = Some(client_id);
-
         let payment_method = match self
             .step(Step::PaymentMethod, job, self.payment_method(client_id))
             .await
         {
             Ok(gateway) => gateway,
             Err(result) => {
-                return Finished {
+                return Ok(Finished {
                     result,
                     step: Step::PaymentMethod,
-                }
+                })
             }
         };
 
@@ -162,34 +221,36 @@ impl Orchestrator {
                 job,
                 self.create_order(request, job, previous, client_id, &payment_method, &items),
             )
-            .await;
+            .await?;
         let (whmcs_order_id, service_ids, invoice_id) = match created {
             Ok(created) => created,
             Err(result) => {
-                return Finished {
+                return Ok(Finished {
                     result,
                     step: Step::WhmcsCreate,
-                }
+                })
             }
         };
 
-        match self
-            .step(Step::WhmcsAccept, job, self.accept_order(whmcs_order_id))
-            .await
-        {
-            Ok(()) => Finished {
-                result: JobResult::Activated {
-                    whmcs_order_id,
-                    service_ids,
-                    invoice_id,
+        Ok(
+            match self
+                .step(Step::WhmcsAccept, job, self.accept_order(whmcs_order_id))
+                .await
+            {
+                Ok(()) => Finished {
+                    result: JobResult::Activated {
+                        whmcs_order_id,
+                        service_ids,
+                        invoice_id,
+                    },
+                    step: Step::WhmcsAccept,
                 },
-                step: Step::WhmcsAccept,
+                Err(result) => Finished {
+                    result,
+                    step: Step::WhmcsAccept,
+                },
             },
-            Err(result) => Finished {
-                result,
-                step: Step::WhmcsAccept,
-            },
-        }
+        )
     }
 
     /// Runs one step inside its span, logging its duration and recording it in the metrics.
@@ -224,6 +285,18 @@ impl Orchestrator {
             }
         }
         output
+    }
+
+    /// The Order's `Activation_Status__c` (`None` when the Order is gone or the field empty).
+    pub async fn activation_status(
+        &self,
+        order_id: &str,
+    ) -> Result<Option<String>, salesforce::rest::RestError> {
+        let records = self
+            .salesforce
+            .query::<SfOrder>(&salesforce_order::soql(order_id))
+            .await?;
+        Ok(records.into_iter().next().and_then(|o| o.activation_status))
     }
 
     /// Every item's product exists in WHMCS and offers the item's cycle (AddOrder would silently
@@ -284,7 +357,8 @@ impl Orchestrator {
         })
     }
 
-    /// AddOrder, or the WHMCS order an earlier attempt created.
+    /// AddOrder, or the WHMCS order an earlier attempt created. The job proves it still holds
+    /// its journal entry (a checkpoint) before AddOrder and again before AcceptOrder.
     async fn create_order(
         &self,
         request: &ProvisioningRequestedV1,
@@ -293,7 +367,26 @@ impl Orchestrator {
         client_id: u64,
         payment_method: &str,
         items: &[MappedItem],
-    ) -> Result<(u64, Vec<u64>, Option<u64>), JobResult> {
+    ) -> Result<Result<(u64, Vec<u64>, Option<u64>), JobResult>, JobLost> {
+        match self
+            .create_order_fenced(request, job, previous, client_id, payment_method, items)
+            .await
+        {
+            Ok(created) => Ok(Ok(created)),
+            Err(CreateFailure::Failed(result)) => Ok(Err(result)),
+            Err(CreateFailure::Lost(lost)) => Err(lost),
+        }
+    }
+
+    async fn create_order_fenced(
+        &self,
+        request: &ProvisioningRequestedV1,
+        job: &JobJournal,
+        previous: Option<&JobRecord>,
+        client_id: u64,
+        payment_method: &str,
+        items: &[MappedItem],
+    ) -> Result<(u64, Vec<u64>, Option<u64>), CreateFailure> {
         let marker = marker(&request.order_id);
         if let Some(previous) = previous {
             let remembered = previous.whmcs_order_id.map(|id| {
@@ -318,10 +411,20 @@ impl Orchestrator {
                     whmcs_order_id = order_id,
                     "Reusing the WHMCS order of an earlier attempt; not calling AddOrder."
                 );
-                job.record(|r| r.whmcs_order_id = Some(order_id)).await;
+                job.checkpoint(|r| {
+                    r.whmcs_order_id = Some(order_id);
+                    r.step = Step::WhmcsAccept.as_str().to_owned();
+                })
+                .await?;
                 return Ok((order_id, service_ids, invoice_id));
             }
         }
+        // The fence: nothing may call AddOrder for a job that lost its entry.
+        job.checkpoint(|r| {
+            r.whmcs_client_id = Some(client_id);
+            r.step = Step::WhmcsCreate.as_str().to_owned();
+        })
+        .await?;
         let lines = items
             .iter()
             .map(|item| whmcs::types::OrderLine {
@@ -343,15 +446,15 @@ impl Orchestrator {
                     created.serviceids.clone(),
                     created.invoiceid,
                 );
-                // One write records the order and that AcceptOrder is next, so recovery reports
-                // an interruption at the right step.
-                job.record(|r| {
+                // One write records the order and that AcceptOrder is next (so recovery reports
+                // an interruption at the right step), and is the fence before AcceptOrder.
+                job.checkpoint(|r| {
                     r.whmcs_order_id = Some(id);
                     r.whmcs_service_ids.clone_from(&services);
                     r.whmcs_invoice_id = invoice;
                     r.step = Step::WhmcsAccept.as_str().to_owned();
                 })
-                .await;
+                .await?;
                 Ok((id, services, invoice))
             }
             Err(err) => {
@@ -361,10 +464,11 @@ impl Orchestrator {
                         self.whmcs.find_order_by_marker(client_id, &marker).await
                     {
                         tracing::warn!(whmcs_order_id = found.id, "AddOrder outcome was unknown; WHMCS has the order. Recorded for the retry.");
-                        job.record(|r| r.whmcs_order_id = Some(found.id)).await;
+                        job.checkpoint(|r| r.whmcs_order_id = Some(found.id))
+                            .await?;
                     }
                 }
-                Err(whmcs_failure(err))
+                Err(whmcs_failure(err).into())
             }
         }
     }
@@ -428,6 +532,33 @@ impl<T> StepOutcome for Result<T, JobResult> {
             Err(JobResult::Failed { code, message }) => Some((code.clone(), message.clone())),
             _ => None,
         }
+    }
+}
+
+impl<T> StepOutcome for Result<Result<T, JobResult>, JobLost> {
+    fn failure(&self) -> Option<(String, String)> {
+        match self {
+            Ok(inner) => inner.failure(),
+            Err(lost) => Some(("JOB_LOST".to_owned(), lost.to_string())),
+        }
+    }
+}
+
+/// Why AddOrder (or the reuse of an earlier order) did not produce a WHMCS order.
+enum CreateFailure {
+    Failed(JobResult),
+    Lost(JobLost),
+}
+
+impl From<JobResult> for CreateFailure {
+    fn from(result: JobResult) -> Self {
+        Self::Failed(result)
+    }
+}
+
+impl From<JobLost> for CreateFailure {
+    fn from(lost: JobLost) -> Self {
+        Self::Lost(lost)
     }
 }
 

@@ -9,6 +9,7 @@ use messages::{OrderUpdateV1, OutcomeResult, ProvisioningOutcomeV1};
 use platform::backoff::Backoff;
 use serde_json::{json, Map, Value};
 
+use crate::journal::{JobRecord, JobState};
 use crate::steps::JobResult;
 
 #[derive(Debug, thiserror::Error)]
@@ -64,6 +65,56 @@ impl Publisher {
             ProvisioningOutcomeV1::SCHEMA,
         )
         .await
+    }
+
+    /// Publishes a job's report: the Salesforce update first (so a service reacting to the
+    /// outcome finds the update already queued), then the outcome. Both are idempotent.
+    pub async fn report(&self, report: &Report, span: &tracing::Span) -> Result<(), PublishError> {
+        if let Some(update) = &report.update {
+            self.order_update(update, span).await?;
+        }
+        self.outcome(&report.outcome, span).await
+    }
+
+    /// Publishes a job's report unless its outcome is already stored. A duplicate publish would
+    /// be dropped by the stream, but core-NATS subscribers of `provisioning.outcome.>` would
+    /// still see it twice. Returns whether it published.
+    pub async fn report_if_missing(
+        &self,
+        outcomes_stream: &str,
+        report: &Report,
+        span: &tracing::Span,
+    ) -> Result<bool, PublishError> {
+        let outcome = &report.outcome;
+        let subject =
+            messages::subjects::provisioning_outcome(&outcome.order_id, outcome.result.as_str());
+        let stored = match self.js.get_stream_no_info(outcomes_stream).await {
+            Ok(stream) => match stream.get_last_raw_message_by_subject(&subject).await {
+                Ok(message) => serde_json::from_slice::<ProvisioningOutcomeV1>(&message.payload)
+                    .is_ok_and(|o| o.event_id == outcome.event_id),
+                Err(err)
+                    if err.kind() == jetstream::stream::LastRawMessageErrorKind::NoMessageFound =>
+                {
+                    false
+                }
+                Err(err) => {
+                    return Err(PublishError {
+                        subject,
+                        detail: err.to_string(),
+                    })
+                }
+            },
+            Err(err) => {
+                return Err(PublishError {
+                    subject,
+                    detail: err.to_string(),
+                })
+            }
+        };
+        if stored {
+            return Ok(false);
+        }
+        self.report(report, span).await.map(|()| true)
     }
 
     pub async fn order_update(
@@ -164,7 +215,6 @@ impl Publisher {
 }
 
 /// Builds the outcome body.
-#[allow(clippy::too_many_arguments)]
 pub fn outcome_body(
     request: &messages::ProvisioningRequestedV1,
     result: &JobResult,
@@ -172,7 +222,24 @@ pub fn outcome_body(
     whmcs_order_id: Option<u64>,
     started_at: time::OffsetDateTime,
 ) -> ProvisioningOutcomeV1 {
-    let finished = time::OffsetDateTime::now_utc();
+    outcome_body_at(
+        request,
+        result,
+        step,
+        whmcs_order_id,
+        started_at,
+        time::OffsetDateTime::now_utc(),
+    )
+}
+
+fn outcome_body_at(
+    request: &messages::ProvisioningRequestedV1,
+    result: &JobResult,
+    step: &str,
+    whmcs_order_id: Option<u64>,
+    started_at: time::OffsetDateTime,
+    finished: time::OffsetDateTime,
+) -> ProvisioningOutcomeV1 {
     let (service_ids, invoice_id, order_id) = match result {
         JobResult::Activated {
             whmcs_order_id,
@@ -221,6 +288,81 @@ pub fn update_body(
         event_id: request.event_id.clone(),
         created_at: messages::bodies::rfc3339(time::OffsetDateTime::now_utc()),
     })
+}
+
+/// The result a closed journal entry records; `None` while the job runs.
+pub fn result_of(record: &JobRecord) -> Option<JobResult> {
+    Some(match record.state {
+        JobState::Running => return None,
+        JobState::Activated => JobResult::Activated {
+            whmcs_order_id: record.whmcs_order_id?,
+            service_ids: record.whmcs_service_ids.clone(),
+            invoice_id: record.whmcs_invoice_id,
+        },
+        JobState::Failed | JobState::Interrupted => JobResult::failed(
+            record
+                .error_code
+                .clone()
+                .unwrap_or_else(|| crate::steps::codes::INTERRUPTED.to_owned()),
+            record.error_message.as_deref().unwrap_or_default(),
+        ),
+        JobState::Skipped => JobResult::Skipped {
+            reason: record.error_message.clone().unwrap_or_default(),
+        },
+    })
+}
+
+/// The request fields a journal entry keeps, as a request (for building its report).
+pub fn request_of(record: &JobRecord) -> messages::ProvisioningRequestedV1 {
+    messages::ProvisioningRequestedV1 {
+        schema: messages::ProvisioningRequestedV1::SCHEMA.to_owned(),
+        event_id: record.event_id.clone(),
+        replay_id: String::new(),
+        channel: String::new(),
+        schema_id: String::new(),
+        order_id: record.order_id.clone(),
+        idem_key: record.idem_key.clone(),
+        correlation_id: record.correlation_id.clone(),
+        requested_by: None,
+        version: None,
+        created_at: None,
+        created_by_id: None,
+        received_at: String::new(),
+    }
+}
+
+/// What a closed journal entry reports: its outcome and, unless skipped, its Salesforce update.
+/// `sequence` is the revision of the closing write, so a report published again (by the
+/// reconciler or the next claim) is the same report.
+pub struct Report {
+    pub outcome: ProvisioningOutcomeV1,
+    pub update: Option<OrderUpdateV1>,
+}
+
+impl Report {
+    pub fn of(record: &JobRecord, sequence: u64) -> Option<Self> {
+        let result = result_of(record)?;
+        let request = request_of(record);
+        let parse = |at: &str| {
+            time::OffsetDateTime::parse(at, &time::format_description::well_known::Rfc3339).ok()
+        };
+        let finished = record
+            .finished_at
+            .as_deref()
+            .and_then(parse)
+            .unwrap_or_else(time::OffsetDateTime::now_utc);
+        let started = parse(&record.started_at).unwrap_or(finished);
+        let outcome = outcome_body_at(
+            &request,
+            &result,
+            &record.step,
+            record.whmcs_order_id,
+            started,
+            finished,
+        );
+        let update = update_body(&request, &result, sequence);
+        Some(Self { outcome, update })
+    }
 }
 
 /// Whether an outcome for this event is already in the outcomes stream (recovery's check that a

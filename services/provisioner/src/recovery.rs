@@ -1,93 +1,402 @@
-//! Finding jobs whose worker disappeared, and marking their Orders `Failed` with `INTERRUPTED`
-//! so an operator can retry them from Salesforce. Two ways a job is lost:
+//! The reconciler: every message of the requests stream ends with exactly one outcome
+//! (CONTRACT §5 rules 4, 6 and 7), whatever crashed, restarted or lost its leader before.
 //!
-//! - **Claimed, then abandoned.** The journal entry is `running` and its lease deadline passed
-//!   (the worker renews at a third of the lease). Every replica scans the journal every
-//!   `recovery_interval`; the compare-and-swap on the entry decides which one reports it. Before
-//!   reporting, the outcomes stream is checked: a worker that died after publishing its outcome
-//!   but before recording the end needs only its journal entry closed.
-//! - **Delivered, never claimed.** The worker died between receiving the message and claiming
-//!   it. With max_deliver = 1, JetStream never redelivers; after ack_wait it publishes the
-//!   max-deliveries advisory. One replica (queue group) takes it, reads the message by sequence,
-//!   claims the job in the journal and reports it interrupted at once.
+//! It works from state that survives restarts, never from a one-shot advisory: the requests
+//! stream, the consumer's delivered sequence, the job journal, the outcomes stream, and its own
+//! watermark in the journal bucket (`reconciled.<consumer>`: every message up to it is known
+//! to have its outcome). Every `interval`, each replica reads the messages after the watermark
+//! that the consumer has delivered (at most `max_per_scan` of them), and for each:
 //!
-//! Worst case from crash to report: lease (30 s) + scan interval (15 s), or ack_wait (60 s) +
-//! advisory handling; both inside the contract's two minutes.
+//! - **Finished.** Its job is closed in the journal (or a later job replaced it): its report is
+//!   checked in the outcomes stream and published again if missing (idempotent message ids).
+//! - **Never claimed.** No job ran for it and no outcome exists (its worker died before the
+//!   claim, or the journal was down until it stopped): after `grace` (the consumer's ack wait,
+//!   during which a live worker holds the message with in-progress acks) it is run as a job
+//!   here, exactly as the consumer would have; the claim's compare-and-swap keeps a late worker
+//!   from running it twice.
+//! - **Running.** Its worker renews the entry (a new revision) every third of the lease. An entry
+//!   whose revision this replica has seen unchanged for a whole lease, on its own monotonic
+//!   clock, was abandoned: recovery closes it by compare-and-swap (which fences out the worker
+//!   should it wake up) and reports it — `Failed / INTERRUPTED`, or `skipped` when Salesforce
+//!   says the Order is no longer `Activating`, so an interruption never overwrites `Activated`.
+//!
+//! The watermark then moves past the finished prefix. The work per scan is bounded by what is
+//! unfinished, not by the journal's history.
 
+use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
+use std::time::Duration;
 
-use async_nats::jetstream;
-use futures::StreamExt;
-use messages::ProvisioningRequestedV1;
-use serde::Deserialize;
+use async_nats::jetstream::{self, kv};
+use serde::{Deserialize, Serialize};
+use tokio::task::JoinSet;
+use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
-use crate::journal::{now_ms, Claim, JobRecord, JobState, Journal};
-use crate::metrics::{ProvisionerMetrics, ReasonLabel};
-use crate::publisher::{self, Publisher};
+use crate::job::{Delivery, JobRunner};
+use crate::journal::{self, JobRecord, JobState, Journal, Stored};
+use crate::metrics::ReasonLabel;
+use crate::publisher::{self, Report};
 use crate::steps::{codes, JobResult};
+
+/// Jobs the reconciler runs at once (messages whose worker died before claiming them).
+const MAX_ORPHANS_RUNNING: usize = 16;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ReconcileError {
+    #[error("cannot read the requests stream or its consumer: {0}")]
+    Stream(String),
+    #[error(transparent)]
+    Journal(#[from] journal::JournalError),
+}
+
+/// The stored watermark.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize)]
+struct Watermark {
+    stream_sequence: u64,
+}
+
+/// What one scan learned about one message.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum MessageState {
+    /// Its outcome exists.
+    Done,
+    /// Its job runs, or it waits to be run.
+    Open,
+}
+
+/// What this replica remembers between scans (monotonic times, its own).
+#[derive(Default)]
+struct Observations {
+    /// When each open message was first seen unclaimed.
+    unclaimed_since: HashMap<u64, Instant>,
+    /// Running entries: the revision seen, and since when it has not moved.
+    running: HashMap<String, (u64, Instant)>,
+    /// Messages found done that the watermark has not passed yet (an older one is open).
+    done: HashSet<u64>,
+}
 
 pub struct Recovery {
     pub js: jetstream::Context,
-    pub nats: async_nats::Client,
     pub journal: Journal,
-    pub publisher: Publisher,
-    pub metrics: ProvisionerMetrics,
-    pub deadletter: platform::deadletter::DeadLetters,
+    pub runner: Arc<JobRunner>,
     pub requests_stream: String,
     pub outcomes_stream: String,
     pub consumer: String,
-    pub interval: std::time::Duration,
-    pub worker_id: String,
-}
-
-/// `io.nats.jetstream.advisory.v1.max_deliver`.
-#[derive(Debug, Deserialize)]
-struct MaxDeliveriesAdvisory {
-    stream: String,
-    stream_seq: u64,
+    pub interval: Duration,
+    /// How long a delivered message may stay unclaimed before the reconciler runs it.
+    pub grace: Duration,
+    pub max_per_scan: u64,
+    observations: tokio::sync::Mutex<Observations>,
+    /// The jobs run for never-claimed messages, by stream sequence.
+    orphans: tokio::sync::Mutex<(JoinSet<u64>, HashSet<u64>)>,
 }
 
 impl Recovery {
-    pub async fn run(self: Arc<Self>, cancel: CancellationToken) {
-        let advisories = tokio::spawn({
-            let this = self.clone();
-            let cancel = cancel.clone();
-            async move { this.listen_for_advisories(cancel).await }
-        });
+    #[allow(clippy::too_many_arguments)]
+    pub fn new(
+        js: jetstream::Context,
+        journal: Journal,
+        runner: Arc<JobRunner>,
+        requests_stream: String,
+        outcomes_stream: String,
+        consumer: String,
+        interval: Duration,
+        grace: Duration,
+    ) -> Self {
+        Self {
+            js,
+            journal,
+            runner,
+            requests_stream,
+            outcomes_stream,
+            consumer,
+            interval,
+            grace,
+            max_per_scan: 2000,
+            observations: tokio::sync::Mutex::default(),
+            orphans: tokio::sync::Mutex::new((JoinSet::new(), HashSet::new())),
+        }
+    }
+
+    /// Scans every `interval` until `cancel`; `hard_stop` ends the jobs it runs (they then
+    /// report themselves interrupted).
+    pub async fn run(self: Arc<Self>, cancel: CancellationToken, hard_stop: CancellationToken) {
         loop {
             tokio::select! {
                 () = cancel.cancelled() => break,
                 () = tokio::time::sleep(self.interval) => {}
             }
-            if let Err(err) = self.scan().await {
-                tracing::warn!(error = %err, "Journal scan for abandoned jobs failed; trying again next interval.");
+            match self.scan(&hard_stop).await {
+                Ok(open) => {
+                    self.runner.metrics.reconciler_open.set(open as i64);
+                }
+                Err(err) => {
+                    self.runner.metrics.reconciler_scan_failures.inc();
+                    tracing::warn!(error = %err, "Reconciliation scan failed; trying again next interval.");
+                }
             }
         }
-        advisories.abort();
+        let mut orphans = self.orphans.lock().await;
+        while orphans.0.join_next().await.is_some() {}
     }
 
-    /// One pass over the journal.
-    pub async fn scan(&self) -> Result<usize, crate::journal::JournalError> {
-        let mut reported = 0;
-        for order_id in self.journal.order_ids().await? {
-            let Some((record, revision)) = self.journal.read(&order_id).await? else {
+    fn watermark_key(&self) -> String {
+        format!("reconciled.{}", self.consumer)
+    }
+
+    async fn watermark(&self) -> Result<Option<(u64, u64)>, ReconcileError> {
+        let entry = self
+            .journal
+            .store()
+            .entry(self.watermark_key())
+            .await
+            .map_err(|e| journal::JournalError::Store(e.to_string()))?;
+        Ok(entry.and_then(|entry| {
+            let mark = serde_json::from_slice::<Watermark>(&entry.value).ok()?;
+            Some((mark.stream_sequence, entry.revision))
+        }))
+    }
+
+    /// Moves the watermark forward to `to` (never back; another replica may be ahead).
+    async fn advance(&self, to: u64, revision: Option<u64>) {
+        let bytes = match serde_json::to_vec(&Watermark {
+            stream_sequence: to,
+        }) {
+            Ok(bytes) => bytes,
+            Err(_) => return,
+        };
+        let store: &kv::Store = self.journal.store();
+        let written = match revision {
+            Some(revision) => store
+                .update(self.watermark_key(), bytes.into(), revision)
+                .await
+                .map(drop)
+                .map_err(|e| e.to_string()),
+            None => store
+                .create(self.watermark_key(), bytes.into())
+                .await
+                .map(drop)
+                .map_err(|e| e.to_string()),
+        };
+        match written {
+            Ok(()) => {
+                self.runner.metrics.reconciled_sequence.set(to as i64);
+            }
+            // Another replica moved it first; the next scan starts from theirs.
+            Err(err) => tracing::debug!(error = %err, "Watermark not moved."),
+        }
+    }
+
+    /// One pass; returns how many delivered messages are still open.
+    pub async fn scan(&self, hard_stop: &CancellationToken) -> Result<usize, ReconcileError> {
+        let stream_error = |e: &dyn std::fmt::Display| ReconcileError::Stream(e.to_string());
+        let mut stream = self
+            .js
+            .get_stream(&self.requests_stream)
+            .await
+            .map_err(|e| stream_error(&e))?;
+        let consumer = stream
+            .consumer_info(&self.consumer)
+            .await
+            .map_err(|e| stream_error(&e))?;
+        let first = stream
+            .info()
+            .await
+            .map_err(|e| stream_error(&e))?
+            .state
+            .first_sequence;
+        let delivered = consumer.delivered.stream_sequence;
+        let (mark, revision) = match self.watermark().await? {
+            Some((mark, revision)) => (mark, Some(revision)),
+            // First scan ever: from the start of the stream. Not from the consumer's ack floor:
+            // a message is acknowledged when its job is claimed, not when it is finished.
+            None => (first.saturating_sub(1), None),
+        };
+        let from = (mark + 1).max(first);
+        let to = delivered.min(from.saturating_add(self.max_per_scan).saturating_sub(1));
+        let mut done_through = from.saturating_sub(1).max(mark);
+        let mut open = 0;
+        let mut prefix_done = true;
+        for sequence in from..=to {
+            if self.observations.lock().await.done.contains(&sequence) {
+                if prefix_done {
+                    done_through = sequence;
+                }
                 continue;
+            }
+            let state = match stream.get_raw_message(sequence).await {
+                Ok(message) => {
+                    self.examine(Delivery::stored(&self.requests_stream, message), hard_stop)
+                        .await?
+                }
+                Err(err)
+                    if err.kind() == jetstream::stream::RawMessageErrorKind::NoMessageFound =>
+                {
+                    MessageState::Done
+                }
+                Err(err) => return Err(stream_error(&err)),
             };
-            let expired = record.lease_until_ms.is_some_and(|until| until < now_ms());
-            if record.state == JobState::Running
-                && expired
-                && self.interrupt(record, revision, "lease_expired").await
-            {
-                reported += 1;
+            match state {
+                MessageState::Done => {
+                    if prefix_done {
+                        done_through = sequence;
+                    } else {
+                        self.observations.lock().await.done.insert(sequence);
+                    }
+                }
+                MessageState::Open => {
+                    prefix_done = false;
+                    open += 1;
+                }
             }
         }
-        Ok(reported)
+        if done_through > mark {
+            self.advance(done_through, revision).await;
+            let mut observations = self.observations.lock().await;
+            observations.done.retain(|s| *s > done_through);
+            observations
+                .unclaimed_since
+                .retain(|s, _| *s > done_through);
+        }
+        Ok(open)
     }
 
-    /// Reports an abandoned job; returns whether this replica did it.
-    async fn interrupt(&self, mut record: JobRecord, revision: u64, how: &str) -> bool {
+    async fn examine(
+        &self,
+        delivery: Delivery,
+        hard_stop: &CancellationToken,
+    ) -> Result<MessageState, ReconcileError> {
+        let sequence = delivery.sequence.unwrap_or_default();
+        let request = match crate::job::validate(&delivery.payload) {
+            Ok(request) => request,
+            Err(reason) => {
+                // Its dead letter has a fixed message id: one per stream message however often.
+                self.runner.dead_letter(&delivery, &reason).await;
+                return Ok(MessageState::Done);
+            }
+        };
+        let stored = self.journal.read(&request.order_id).await?;
+        if let Stored::Record(record, revision) = &stored {
+            if record.runs(&request.event_id) {
+                self.observations
+                    .lock()
+                    .await
+                    .unclaimed_since
+                    .remove(&sequence);
+                self.check_running(record, *revision).await;
+                return Ok(MessageState::Open);
+            }
+            if record.has_processed(&request.event_id) {
+                if record.event_id == request.event_id {
+                    // Its job is closed: make sure its report went out.
+                    self.ensure_reported(record, *revision).await;
+                }
+                // Otherwise a later job replaced the entry, and its claim published this
+                // job's report again first.
+                return Ok(MessageState::Done);
+            }
+        }
+        // Not claimed under the entry: skipped (an outcome exists), or never handled.
+        if publisher::find_outcome(
+            &self.js,
+            &self.outcomes_stream,
+            &request.order_id,
+            &request.event_id,
+        )
+        .await
+        .is_some()
+        {
+            return Ok(MessageState::Done);
+        }
+        let since = *self
+            .observations
+            .lock()
+            .await
+            .unclaimed_since
+            .entry(sequence)
+            .or_insert_with(Instant::now);
+        if since.elapsed() >= self.grace {
+            self.run_orphan(delivery, sequence, hard_stop).await;
+        }
+        Ok(MessageState::Open)
+    }
+
+    /// Runs a message whose worker never claimed it, as the consumer would have.
+    async fn run_orphan(&self, delivery: Delivery, sequence: u64, hard_stop: &CancellationToken) {
+        let mut orphans = self.orphans.lock().await;
+        let (running, sequences) = &mut *orphans;
+        while let Some(joined) = running.try_join_next() {
+            match joined {
+                Ok(finished) => {
+                    sequences.remove(&finished);
+                }
+                // The sequence stays marked; the journal tells the next scans what happened.
+                Err(err) => tracing::error!(error = %err, "A reconciled job ended abnormally."),
+            }
+        }
+        if sequences.contains(&sequence) || running.len() >= MAX_ORPHANS_RUNNING {
+            return;
+        }
+        sequences.insert(sequence);
+        self.runner.metrics.orphans_run.inc();
+        tracing::warn!(
+            stream_sequence = sequence,
+            subject = %delivery.subject,
+            "Message was delivered and never claimed; running its job now."
+        );
+        let runner = self.runner.clone();
+        let stop = hard_stop.clone();
+        running.spawn(async move {
+            Box::pin(runner.handle(delivery, stop)).await;
+            sequence
+        });
+    }
+
+    async fn ensure_reported(&self, record: &JobRecord, revision: u64) {
+        let Some(report) = Report::of(record, revision) else {
+            return;
+        };
+        let span = self.report_span(record, "report_missing");
+        match self
+            .runner
+            .publisher
+            .report_if_missing(&self.outcomes_stream, &report, &span)
+            .await
+        {
+            Ok(false) => {}
+            Ok(true) => {
+                self.runner.metrics.reports_republished.inc();
+                span.in_scope(|| tracing::warn!("A finished job's report was missing; published it from the journal."));
+            }
+            Err(err) => span.in_scope(|| tracing::error!(error = %err, "Could not check or publish a finished job's report; trying again next scan.")),
+        }
+    }
+
+    /// A running entry whose revision has not moved for a whole lease is abandoned.
+    async fn check_running(&self, record: &JobRecord, revision: u64) {
+        let stale = {
+            let mut observations = self.observations.lock().await;
+            let seen = observations
+                .running
+                .entry(record.order_id.clone())
+                .or_insert((revision, Instant::now()));
+            if seen.0 != revision {
+                *seen = (revision, Instant::now());
+            }
+            seen.1.elapsed() >= self.journal.lease()
+        };
+        if stale && self.interrupt(record.clone(), revision).await {
+            self.observations
+                .lock()
+                .await
+                .running
+                .remove(&record.order_id);
+        }
+    }
+
+    fn report_span(&self, record: &JobRecord, how: &str) -> tracing::Span {
         let span = tracing::warn_span!(
             "recover job",
             order_id = %record.order_id,
@@ -107,157 +416,89 @@ impl Recovery {
             Some(&record.order_id),
             Some(&record.correlation_id),
         );
+        span
+    }
+
+    /// Closes an abandoned job and reports it; returns whether this replica did.
+    async fn interrupt(&self, mut record: JobRecord, revision: u64) -> bool {
+        let span = self.report_span(&record, "lease_expired");
         async {
-            if let Some(outcome) = publisher::find_outcome(&self.js, &self.outcomes_stream, &record.order_id, &record.event_id).await {
-                // The worker reported before it died; only the journal entry is left open.
-                record.state = match outcome.result {
-                    messages::OutcomeResult::Activated => JobState::Activated,
-                    messages::OutcomeResult::Failed => JobState::Failed,
-                    messages::OutcomeResult::Skipped => JobState::Skipped,
-                };
-                record.worker = None;
-                record.lease_until_ms = None;
-                return self.journal.replace(&mut record, revision).await.is_ok();
-            }
-            let request = ProvisioningRequestedV1 {
-                schema: ProvisioningRequestedV1::SCHEMA.to_owned(),
-                event_id: record.event_id.clone(),
-                replay_id: String::new(),
-                channel: String::new(),
-                schema_id: String::new(),
-                order_id: record.order_id.clone(),
-                idem_key: record.idem_key.clone(),
-                correlation_id: record.correlation_id.clone(),
-                requested_by: None,
-                version: None,
-                created_at: None,
-                created_by_id: None,
-                received_at: String::new(),
+            // The guard, again: an Order that is no longer Activating (a duplicate event for an
+            // Order already Activated, say) is not marked Failed.
+            let status = match self
+                .runner
+                .orchestrator
+                .activation_status(&record.order_id)
+                .await
+            {
+                Ok(status) => status,
+                Err(err) => {
+                    tracing::warn!(error = %err, "Cannot read the Order to report an abandoned job; trying again next scan.");
+                    return false;
+                }
             };
             let step = record.step.clone();
-            let message = format!("The worker {} stopped during step {step}; retry from Salesforce", record.worker.as_deref().unwrap_or("(unknown)"));
-            let result = JobResult::failed(codes::INTERRUPTED, &message);
-            // Claim the report first: of several replicas, the one whose write lands reports.
-            record.state = JobState::Interrupted;
-            record.error_code = Some(codes::INTERRUPTED.to_owned());
+            let worker = record.worker.take();
+            let result = if status.as_deref() == Some("Activating") {
+                JobResult::failed(
+                    codes::INTERRUPTED,
+                    format!(
+                        "The worker {} stopped during step {step}; retry from Salesforce",
+                        worker.as_deref().unwrap_or("(unknown)")
+                    ),
+                )
+            } else {
+                JobResult::Skipped {
+                    reason: format!(
+                        "The job's worker stopped; Activation_Status__c is {status:?}, not Activating"
+                    ),
+                }
+            };
+            record.state = match result {
+                JobResult::Skipped { .. } => JobState::Skipped,
+                _ => JobState::Interrupted,
+            };
+            record.error_code = result.error_code().map(str::to_owned);
+            record.error_message = match &result {
+                JobResult::Failed { message, .. } => Some(message.clone()),
+                JobResult::Skipped { reason } => Some(reason.clone()),
+                JobResult::Activated { .. } => None,
+            };
             record.lease_until_ms = None;
-            let previous_worker = record.worker.take();
-            let sequence = match self.journal.replace(&mut record, revision).await {
-                Ok(next) => next,
-                Err(_) => return false,
+            record.finished_at = Some(journal::now_rfc3339());
+            // The compare-and-swap at the revision seen stale: of several replicas, and against
+            // a worker that wakes up, exactly one write lands.
+            let closed = match self.journal.replace(&mut record, revision).await {
+                Ok(closed) => closed,
+                Err(err) => {
+                    tracing::info!(error = %err, "Abandoned job changed meanwhile; not reporting it.");
+                    return false;
+                }
             };
             let span = tracing::Span::current();
-            platform::telemetry::record_error(&span, codes::INTERRUPTED, &message);
-            if let Some(update) = publisher::update_body(&request, &result, sequence) {
-                if let Err(err) = self.publisher.order_update(&update, &span).await {
-                    tracing::error!(error = %err, "Could not publish the INTERRUPTED update.");
+            if let JobResult::Failed { code, message } = &result {
+                platform::telemetry::record_error(&span, code, message);
+            }
+            if let Some(report) = Report::of(&record, closed) {
+                if let Err(err) = self.runner.publisher.report(&report, &span).await {
+                    tracing::error!(error = %err, "Could not publish the abandoned job's report; the next scan publishes it.");
                 }
             }
-            let outcome = publisher::outcome_body(&request, &result, &step, record.whmcs_order_id, time::OffsetDateTime::now_utc());
-            if let Err(err) = self.publisher.outcome(&outcome, &span).await {
-                tracing::error!(error = %err, "Could not publish the INTERRUPTED outcome.");
-            }
-            self.metrics.interrupted.get_or_create(&ReasonLabel { reason: how.to_owned() }).inc();
-            self.metrics.attempt("failed", Some(codes::INTERRUPTED));
+            self.runner
+                .metrics
+                .interrupted
+                .get_or_create(&ReasonLabel { reason: "lease_expired".to_owned() })
+                .inc();
+            self.runner.metrics.attempt(result.outcome().as_str(), result.error_code());
             tracing::error!(
-                error_code = codes::INTERRUPTED,
+                error_code = result.error_code(),
                 step = %step,
-                worker = ?previous_worker,
-                "Job interrupted: its worker disappeared. Order marked Failed; retry from Salesforce."
+                worker = ?worker,
+                "Job abandoned by its worker; closed by recovery."
             );
             true
         }
-        .instrument(span)
+        .instrument(span.clone())
         .await
-    }
-
-    async fn listen_for_advisories(&self, cancel: CancellationToken) {
-        let subject = format!(
-            "$JS.EVENT.ADVISORY.CONSUMER.MAX_DELIVERIES.{}.{}",
-            self.requests_stream, self.consumer
-        );
-        let mut subscription = match self
-            .nats
-            .queue_subscribe(subject.clone(), "provisioner-recovery".to_owned())
-            .await
-        {
-            Ok(sub) => sub,
-            Err(err) => {
-                tracing::error!(error = %err, %subject, "Cannot subscribe to max-deliveries advisories.");
-                return;
-            }
-        };
-        loop {
-            let message = tokio::select! {
-                () = cancel.cancelled() => break,
-                message = subscription.next() => match message { Some(m) => m, None => break },
-            };
-            let Ok(advisory) = serde_json::from_slice::<MaxDeliveriesAdvisory>(&message.payload)
-            else {
-                tracing::warn!("Unreadable max-deliveries advisory.");
-                continue;
-            };
-            self.on_undelivered(advisory).await;
-        }
-    }
-
-    /// A message was delivered and never acknowledged: its worker died before claiming it.
-    async fn on_undelivered(&self, advisory: MaxDeliveriesAdvisory) {
-        let stored = match self.js.get_stream(&advisory.stream).await {
-            Ok(stream) => stream.get_raw_message(advisory.stream_seq).await,
-            Err(err) => {
-                tracing::error!(error = %err, "Cannot read the stream named by a max-deliveries advisory.");
-                return;
-            }
-        };
-        let Ok(stored) = stored else {
-            tracing::error!(
-                stream_sequence = advisory.stream_seq,
-                "Message named by a max-deliveries advisory is gone."
-            );
-            return;
-        };
-        let request = match crate::job::validate(&stored.payload) {
-            Ok(request) => request,
-            Err(reason) => {
-                let dead_lettered = self
-                    .deadletter
-                    .stored(
-                        &stored.payload,
-                        Some(advisory.stream),
-                        Some(advisory.stream_seq),
-                        stored.subject.as_str(),
-                        None,
-                        "invalid_request",
-                        &reason,
-                    )
-                    .await;
-                if let Err(err) = dead_lettered {
-                    tracing::error!(error = %err, "Could not publish the dead letter.");
-                }
-                return;
-            }
-        };
-        let traceparent = stored
-            .headers
-            .get(messages::headers::TRACEPARENT)
-            .map(|v| v.as_str().to_owned());
-        match self
-            .journal
-            .claim(&request, &self.worker_id, traceparent)
-            .await
-        {
-            Ok(Claim::Claimed {
-                record, revision, ..
-            }) => {
-                self.interrupt(*record, revision, "max_deliveries").await;
-            }
-            Ok(Claim::NotClaimed(_)) => {
-                tracing::debug!(order_id = %request.order_id, "Undelivered message was handled elsewhere.");
-            }
-            Err(err) => {
-                tracing::error!(error = %err, "Cannot record an undelivered message in the journal.")
-            }
-        }
     }
 }

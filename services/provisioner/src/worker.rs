@@ -32,15 +32,17 @@ pub fn consumer_config(name: &str, ack_wait: Duration, max_ack_pending: i64) -> 
     }
 }
 
+/// Pulls until `cancel`, then waits up to `shutdown_grace` for running jobs before cancelling
+/// `hard_stop`, which makes the rest record themselves interrupted.
 pub async fn run(
     consumer: PullConsumer,
     runner: Arc<JobRunner>,
     concurrency: usize,
     shutdown_grace: Duration,
     cancel: CancellationToken,
+    hard_stop: CancellationToken,
 ) {
     let slots = Arc::new(Semaphore::new(concurrency));
-    let hard_stop = CancellationToken::new();
     let mut jobs = JoinSet::new();
     let mut failures =
         platform::backoff::Backoff::new(Duration::from_millis(200), Duration::from_secs(5));
@@ -94,7 +96,7 @@ pub async fn run(
             let runner = runner.clone();
             let stop = hard_stop.clone();
             jobs.spawn(async move {
-                runner.handle(message, stop).await;
+                Box::pin(runner.handle(crate::job::Delivery::delivered(message), stop)).await;
                 drop(slot);
             });
             while jobs.try_join_next().is_some() {}

@@ -161,35 +161,6 @@ async fn provisioner_killed_during_accept_order_ends_interrupted_with_one_whmcs_
 }
 
 #[tokio::test]
-async fn delivered_but_never_claimed_message_is_reported_interrupted() {
-    let h = Harness::start().await;
-    h.start_provisioner(&[]).await.stop().await;
-    let seeded = h.seed_order();
-    let mut outcomes = h.outcomes(&seeded.order_id).await;
-    h.publish(&h.request(&seeded.order_id)).await;
-    // A worker takes the message and dies before claiming it.
-    let js = async_nats::jetstream::new(h.nats.client().await);
-    let consumer: async_nats::jetstream::consumer::PullConsumer = js
-        .get_stream("PROVISIONING_REQUESTS")
-        .await
-        .unwrap()
-        .get_consumer("provisioner")
-        .await
-        .unwrap();
-    let mut batch = consumer.fetch().max_messages(1).messages().await.unwrap();
-    let taken = batch.next().await.unwrap().unwrap();
-    assert!(taken.subject.ends_with(&seeded.order_id));
-    drop(batch);
-
-    let provisioner = h.start_provisioner(&[]).await;
-    let outcome = outcomes.next().await;
-    assert_eq!(outcome.result, OutcomeResult::Failed);
-    assert_eq!(outcome.error_code.as_deref(), Some("INTERRUPTED"));
-    assert_eq!(h.whmcs_calls("AddOrder"), 0);
-    provisioner.stop().await;
-}
-
-#[tokio::test]
 async fn two_replicas_provision_200_orders_exactly_once() {
     let h = Harness::start().await;
     let first = h

@@ -86,7 +86,7 @@ impl Harness {
         let env = platform::config::Env::from_pairs(self.env(extra));
         let settings = ProvisionerSettings::from_env(&env).expect("settings");
         let cancel = CancellationToken::new();
-        let app = App::build(settings, &cancel)
+        let app = Box::pin(App::build(settings, &cancel))
             .await
             .expect("build provisioner");
         let http_addr = app.http_addr();

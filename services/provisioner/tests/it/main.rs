@@ -9,4 +9,5 @@ mod exactly_once;
 mod harness;
 mod metrics;
 mod orchestration;
+mod reliability;
 mod shutdown;

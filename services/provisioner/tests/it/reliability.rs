@@ -1,0 +1,322 @@
+//! Nothing lost, nothing twice, nothing stuck (CONTRACT §5 rules 4–7): regression tests for the
+//! paths that lost, duplicated or stranded an order.
+
+use std::time::Duration;
+
+use async_nats::jetstream::{self, kv};
+use messages::OutcomeResult;
+use whmcs_sim::ActionFaults;
+
+use crate::harness::{Harness, WAIT};
+
+const JOURNAL: &str = messages::subjects::buckets::JOBS;
+
+async fn journal(h: &Harness) -> kv::Store {
+    jetstream::new(h.nats.client().await)
+        .get_key_value(JOURNAL)
+        .await
+        .expect("journal bucket")
+}
+
+/// The journal entry of an order, as JSON, with its revision.
+async fn entry(h: &Harness, order_id: &str) -> Option<(serde_json::Value, u64)> {
+    let entry = journal(h)
+        .await
+        .entry(format!("order.{order_id}"))
+        .await
+        .ok()??;
+    Some((serde_json::from_slice(&entry.value).ok()?, entry.revision))
+}
+
+/// The value of the sample `series` (name and labels) in Prometheus text.
+fn sample(text: &str, series: &str) -> Option<f64> {
+    text.lines()
+        .find(|line| line.starts_with(series) && line[series.len()..].starts_with(' '))
+        .and_then(|line| line[series.len()..].trim().parse().ok())
+}
+
+#[tokio::test]
+async fn the_journal_entry_is_closed_before_the_outcome_so_an_immediate_retry_runs() {
+    let h = Harness::start().await;
+    let provisioner = h.start_provisioner(&[]).await;
+    let seeded = h.seed_order();
+    // The first attempt fails fast: WHMCS refuses AddOrder.
+    h.whmcs
+        .state()
+        .set_faults("AddOrder", ActionFaults::error("Invalid Payment Method", 1));
+    let mut outcomes = h.outcomes(&seeded.order_id).await;
+    h.publish(&h.request(&seeded.order_id)).await;
+    let failed = outcomes.next().await;
+    assert_eq!(failed.result, OutcomeResult::Failed, "{failed:?}");
+    // The instant the outcome is out, the job is finished in the journal.
+    let (record, _) = entry(&h, &seeded.order_id).await.expect("entry");
+    assert_eq!(record["state"], "failed", "{record}");
+
+    // The operator's retry, at once: it must run, not be skipped as "a job is running".
+    h.activate(&seeded.order_id);
+    h.publish(&h.request(&seeded.order_id)).await;
+    let retried = outcomes.next().await;
+    assert_eq!(retried.result, OutcomeResult::Activated, "{retried:?}");
+    assert_eq!(h.whmcs_orders(seeded.whmcs_client).len(), 1);
+    provisioner.stop().await;
+}
+
+#[tokio::test]
+async fn a_retry_spelled_with_the_15_character_id_reuses_the_whmcs_order() {
+    let h = Harness::start().await;
+    let provisioner = h.start_provisioner(&[]).await;
+    let seeded = h.seed_order();
+    assert_eq!(seeded.order_id.len(), 18);
+    let short = seeded.order_id[..15].to_owned();
+    // WHMCS creates the order, then answers 500: the outcome is unknown to the first attempt.
+    h.whmcs
+        .state()
+        .set_faults("AddOrder", ActionFaults::fail_after_commit_status(500, 1));
+    let mut outcomes = h.outcomes(&seeded.order_id).await;
+    h.publish(&h.request(&seeded.order_id)).await;
+    assert_eq!(outcomes.next().await.result, OutcomeResult::Failed);
+
+    h.activate(&seeded.order_id);
+    let retry = h.request(&short);
+    h.publish(&retry).await;
+    let retried = outcomes.next().await;
+    assert_eq!(retried.result, OutcomeResult::Activated, "{retried:?}");
+    assert_eq!(
+        retried.order_id, seeded.order_id,
+        "outcomes name the 18-character id"
+    );
+    assert_eq!(
+        h.whmcs_calls("AddOrder"),
+        1,
+        "AddOrder was not called again"
+    );
+    assert_eq!(h.whmcs_orders(seeded.whmcs_client).len(), 1);
+    assert!(
+        entry(&h, &short).await.is_none(),
+        "one journal key per Order"
+    );
+    provisioner.stop().await;
+}
+
+#[tokio::test]
+async fn a_journal_outage_at_claim_time_delays_the_order_but_does_not_interrupt_it() {
+    let h = Harness::start().await;
+    let provisioner = h.start_provisioner(&[]).await;
+    let js = jetstream::new(h.nats.client().await);
+    let bucket_stream = format!("KV_{JOURNAL}");
+    let config = js
+        .get_stream(&bucket_stream)
+        .await
+        .unwrap()
+        .info()
+        .await
+        .unwrap()
+        .config
+        .clone();
+    js.delete_stream(&bucket_stream).await.unwrap();
+
+    let seeded = h.seed_order();
+    let mut outcomes = h.outcomes(&seeded.order_id).await;
+    h.publish(&h.request(&seeded.order_id)).await;
+    testkit::wait::until("a failed claim", WAIT, || async {
+        let text = provisioner.metrics().await;
+        (sample(&text, "provisioner_claim_failures_total{reason=\"store\"}")? >= 2.0).then_some(())
+    })
+    .await;
+    js.create_stream(config).await.unwrap();
+
+    let outcome = outcomes.next().await;
+    assert_eq!(outcome.result, OutcomeResult::Activated, "{outcome:?}");
+    assert_eq!(h.whmcs_calls("AddOrder"), 1);
+    provisioner.stop().await;
+}
+
+#[tokio::test]
+async fn a_message_delivered_and_dropped_while_no_replica_listened_is_still_run() {
+    let h = Harness::start().await;
+    h.start_provisioner(&[]).await.stop().await;
+    let seeded = h.seed_order();
+    let mut outcomes = h.outcomes(&seeded.order_id).await;
+    h.publish(&h.request(&seeded.order_id)).await;
+    // A worker takes the message and dies before claiming it.
+    let client = h.nats.client().await;
+    let mut advisories = client
+        .subscribe("$JS.EVENT.ADVISORY.CONSUMER.MAX_DELIVERIES.PROVISIONING_REQUESTS.provisioner")
+        .await
+        .unwrap();
+    client.flush().await.unwrap();
+    let js = jetstream::new(client.clone());
+    let consumer: jetstream::consumer::PullConsumer = js
+        .get_stream("PROVISIONING_REQUESTS")
+        .await
+        .unwrap()
+        .get_consumer("provisioner")
+        .await
+        .unwrap();
+    {
+        use futures::StreamExt;
+        let mut batch = consumer.fetch().max_messages(1).messages().await.unwrap();
+        let taken = batch.next().await.unwrap().unwrap();
+        assert!(taken.subject.ends_with(&seeded.order_id));
+    }
+    // Every replica is down past the ack wait: the max-deliveries advisory reaches nobody.
+    // (nats-server 2.9 sends it only when a pull request makes the consumer look at its
+    // expired deliveries, so the test keeps one open, as an idle replica would.)
+    let deadline = tokio::time::Instant::now() + WAIT;
+    loop {
+        use futures::StreamExt;
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "no max-deliveries advisory"
+        );
+        let mut probe = consumer
+            .fetch()
+            .max_messages(1)
+            .expires(Duration::from_millis(500))
+            .messages()
+            .await
+            .unwrap();
+        assert!(
+            probe.next().await.is_none(),
+            "max_deliver = 1: never redelivered"
+        );
+        if let Ok(Some(_)) =
+            tokio::time::timeout(Duration::from_millis(100), advisories.next()).await
+        {
+            break;
+        }
+    }
+
+    let provisioner = h.start_provisioner(&[]).await;
+    let outcome = outcomes.next().await;
+    assert_eq!(outcome.result, OutcomeResult::Activated, "{outcome:?}");
+    assert_eq!(
+        h.whmcs_calls("AddOrder"),
+        1,
+        "a real attempt, not INTERRUPTED"
+    );
+    assert_eq!(h.outcomes_for(&seeded.order_id).await.len(), 1);
+    provisioner.stop().await;
+}
+
+#[tokio::test]
+async fn a_job_whose_entry_was_taken_over_never_calls_add_order() {
+    let h = Harness::start().await;
+    let provisioner = h.start_provisioner(&[]).await;
+    let seeded = h.seed_order();
+    h.whmcs.state().set_faults(
+        "GetPayMethods",
+        ActionFaults::latency(Duration::from_secs(2)),
+    );
+    let mut outcomes = h.outcomes(&seeded.order_id).await;
+    let request = h.request(&seeded.order_id);
+    h.publish(&request).await;
+    let (mut record, revision) = testkit::wait::until("the job's claim", WAIT, || async {
+        let (record, revision) = entry(&h, &seeded.order_id).await?;
+        (record["state"] == "running").then_some((record, revision))
+    })
+    .await;
+    // Another replica takes the entry over (as recovery does), while the job is still reading.
+    record["state"] = "interrupted".into();
+    record["worker"] = serde_json::Value::Null;
+    journal(&h)
+        .await
+        .update(
+            format!("order.{}", seeded.order_id),
+            serde_json::to_vec(&record).unwrap().into(),
+            revision,
+        )
+        .await
+        .unwrap();
+
+    testkit::wait::until("the job to notice", WAIT, || async {
+        let text = provisioner.metrics().await;
+        (sample(&text, "provisioner_jobs_lost_total{reason=\"taken_over\"}")? >= 1.0).then_some(())
+    })
+    .await;
+    assert_eq!(
+        h.whmcs_calls("AddOrder"),
+        0,
+        "no side effect after losing the entry"
+    );
+    // Whoever took the entry over reports it; the job that lost it never reports Activated.
+    let outcome = outcomes.next().await;
+    assert_eq!(outcome.result, OutcomeResult::Failed, "{outcome:?}");
+    assert_eq!(outcome.error_code.as_deref(), Some("INTERRUPTED"));
+    assert_eq!(h.outcomes_for(&seeded.order_id).await.len(), 1);
+    provisioner.stop().await;
+}
+
+#[tokio::test]
+async fn an_abandoned_job_for_an_order_already_activated_is_skipped_not_failed() {
+    let h = Harness::start().await;
+    let first = h.start_provisioner(&[]).await;
+    let seeded = h.seed_order();
+    let mut outcomes = h.outcomes(&seeded.order_id).await;
+    h.publish(&h.request(&seeded.order_id)).await;
+    assert_eq!(outcomes.next().await.result, OutcomeResult::Activated);
+    first.stop().await;
+    // sf-writer's work, done here: the Order is Activated in Salesforce.
+    h.sf.state()
+        .set_order_field(
+            &seeded.order_id,
+            "Activation_Status__c",
+            serde_json::json!("Activated"),
+        )
+        .unwrap();
+
+    // A duplicate event (new event id and idempotency key) whose worker dies mid-job.
+    let mut faults = h.sf.state().faults();
+    faults.rest_latency = Duration::from_secs(30);
+    h.sf.state().set_faults(faults);
+    let mut child = h.spawn_provisioner("doomed-worker", &[]);
+    let duplicate = h.request(&seeded.order_id);
+    h.publish(&duplicate).await;
+    testkit::wait::until("the duplicate's claim", WAIT, || async {
+        let (record, _) = entry(&h, &seeded.order_id).await?;
+        (record["event_id"] == duplicate.event_id.as_str() && record["state"] == "running")
+            .then_some(())
+    })
+    .await;
+    child.kill();
+    h.sf.state().set_faults(sf_sim::faults::Faults::default());
+
+    let survivor = h.start_provisioner(&[]).await;
+    let outcome = outcomes.next().await;
+    assert_eq!(outcome.event_id, duplicate.event_id);
+    assert_eq!(outcome.result, OutcomeResult::Skipped, "{outcome:?}");
+    let updates = h.updates_for(&seeded.order_id).await;
+    assert_eq!(
+        updates.len(),
+        1,
+        "no Failed update over Activated: {updates:?}"
+    );
+    assert_eq!(updates[0].fields["Activation_Status__c"], "Activated");
+    survivor.stop().await;
+}
+
+#[tokio::test]
+async fn an_unreadable_journal_entry_is_set_aside_and_the_order_still_runs_once() {
+    let h = Harness::start().await;
+    let provisioner = h.start_provisioner(&[]).await;
+    let seeded = h.seed_order();
+    journal(&h)
+        .await
+        .put(format!("order.{}", seeded.order_id), "{not json".into())
+        .await
+        .unwrap();
+    let mut outcomes = h.outcomes(&seeded.order_id).await;
+    h.publish(&h.request(&seeded.order_id)).await;
+    let outcome = outcomes.next().await;
+    assert_eq!(outcome.result, OutcomeResult::Activated, "{outcome:?}");
+    assert_eq!(h.whmcs_calls("AddOrder"), 1);
+    let dead: Vec<messages::DeadLetterV1> = h
+        .stored(
+            "PROVISIONING_DEADLETTER",
+            "provisioning.deadletter.provisioner",
+        )
+        .await;
+    assert_eq!(dead.len(), 1, "{dead:?}");
+    assert_eq!(dead[0].reason_code, "journal_entry_unreadable");
+    provisioner.stop().await;
+}
