@@ -1,7 +1,8 @@
 //! Fault injection: failures a real org produces rarely and on nobody's schedule.
 //!
 //! JSON form (admin API `PUT /admin/faults`), every field optional:
-//! `{"pubsub_abort_after_events": 3, "pubsub_duplicate_deliveries": false, "pubsub_stall": false,
+//! `{"pubsub_abort_after_events": 3, "pubsub_unauthenticated_after_events": 1,
+//!   "pubsub_duplicate_deliveries": false, "pubsub_stall": false,
 //!   "keepalive_interval_ms": 200, "rest_status": {"status": 503, "count": 2},
 //!   "rest_latency_ms": 0, "token_status": {"status": 500, "count": 1},
 //!   "rest_slow_records": {"ids": ["801..."], "latency_ms": 1000}}`
@@ -17,6 +18,12 @@ pub struct Faults {
     /// N-th ends with `UNAVAILABLE` and error-code `service.unavailable`. One-shot: cleared
     /// when it fires. `Some(0)` ends the next stream that is asked for events.
     pub pubsub_abort_after_events: Option<u32>,
+    /// After N more events delivered, every access token is revoked (as a session that expires
+    /// or is revoked by an admin) and the stream that delivered the N-th ends with
+    /// `UNAUTHENTICATED` and error-code `service.auth.error`: a reconnect with the old token is
+    /// refused. One-shot, like `pubsub_abort_after_events` (each counts the events delivered
+    /// while it is set).
+    pub pubsub_unauthenticated_after_events: Option<u32>,
     /// Every event is delivered twice in a row (each copy counts against the requested amount),
     /// as at-least-once delivery allows.
     pub pubsub_duplicate_deliveries: bool,
@@ -160,6 +167,7 @@ mod tests {
     fn json_round_trip() {
         let faults = Faults {
             pubsub_abort_after_events: Some(2),
+            pubsub_unauthenticated_after_events: Some(1),
             keepalive_interval: Some(Duration::from_millis(200)),
             rest_status: Some((503, 2)),
             rest_latency: Duration::from_millis(5),

@@ -109,6 +109,7 @@ impl PubSubService {
                 rpc_id,
                 "Pub/Sub call refused: authentication metadata missing or invalid."
             );
+            self.inner.stat(|s| s.pubsub_auth_refusals += 1);
             Err(unauthenticated(rpc_id))
         }
     }
@@ -500,6 +501,8 @@ impl Subscription {
         }
         let (allowed, abort) = self.inner.take_abort_budget(picks.len());
         picks.truncate(allowed);
+        let (allowed, revoke) = self.inner.take_unauthenticated_budget(picks.len());
+        picks.truncate(allowed);
         if let Some((_, index, pending)) = picks.last() {
             self.next_index = *index;
             self.duplicate_pending = *pending;
@@ -523,6 +526,11 @@ impl Subscription {
                 return Ok(Sent::Closed);
             }
             self.inner.stat(|s| s.events_delivered += delivered);
+        }
+        if revoke {
+            // The events above went out first, as Salesforce ends a stream after what it sent.
+            self.inner.revoke_tokens();
+            return Err(unauthenticated(&self.rpc_id));
         }
         if abort {
             return Err(unavailable(&self.rpc_id));

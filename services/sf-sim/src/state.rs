@@ -62,6 +62,9 @@ pub struct SimStats {
     pub active_streams: u64,
     pub token_requests: u64,
     pub token_failures: u64,
+    /// Pub/Sub calls (Subscribe, GetSchema, GetTopic, Publish) refused with UNAUTHENTICATED
+    /// because their access token was missing, unknown, expired or revoked.
+    pub pubsub_auth_refusals: u64,
     pub rest_requests: u64,
     pub rest_requests_by_route: BTreeMap<String, u64>,
     pub get_schema_calls: u64,
@@ -178,6 +181,26 @@ pub(crate) fn random_token(len: usize) -> String {
         .collect()
 }
 
+/// Takes `wanted` events from a one-shot "after N events" budget: how many may be delivered, and
+/// whether the budget ran out with them (the fault fires and is cleared).
+fn take_budget(slot: &mut Option<u32>, wanted: usize) -> (usize, bool) {
+    match *slot {
+        None => (wanted, false),
+        Some(left) => {
+            let left = usize::try_from(left).unwrap_or(usize::MAX);
+            let allowed = wanted.min(left);
+            let remaining = left - allowed;
+            if remaining == 0 {
+                *slot = None;
+                (allowed, true)
+            } else {
+                *slot = Some(u32::try_from(remaining).unwrap_or(u32::MAX));
+                (allowed, false)
+            }
+        }
+    }
+}
+
 impl Inner {
     pub fn new(
         config: SimConfig,
@@ -224,23 +247,20 @@ impl Inner {
     /// Takes one unit of the "abort after N events" budget for `wanted` events: returns how many
     /// may be delivered and whether the stream must end after them.
     pub fn take_abort_budget(&self, wanted: usize) -> (usize, bool) {
-        let mut faults = lock(&self.faults);
-        match faults.pubsub_abort_after_events {
-            None => (wanted, false),
-            Some(left) => {
-                let left = usize::try_from(left).unwrap_or(usize::MAX);
-                let allowed = wanted.min(left);
-                let remaining = left - allowed;
-                if remaining == 0 {
-                    faults.pubsub_abort_after_events = None;
-                    (allowed, true)
-                } else {
-                    faults.pubsub_abort_after_events =
-                        Some(u32::try_from(remaining).unwrap_or(u32::MAX));
-                    (allowed, false)
-                }
-            }
-        }
+        take_budget(&mut lock(&self.faults).pubsub_abort_after_events, wanted)
+    }
+
+    /// The same for "UNAUTHENTICATED after N events" (the session revoked mid-stream).
+    pub fn take_unauthenticated_budget(&self, wanted: usize) -> (usize, bool) {
+        take_budget(
+            &mut lock(&self.faults).pubsub_unauthenticated_after_events,
+            wanted,
+        )
+    }
+
+    /// Revokes every access token, as an expired or revoked session does.
+    pub fn revoke_tokens(&self) {
+        self.store().tokens.clear();
     }
 
     /// The injected status (one use taken) and latency for a REST call to `path`.
@@ -580,7 +600,7 @@ impl SimHandle {
 
     /// Invalidates every access token issued so far.
     pub fn expire_tokens(&self) {
-        self.inner.store().tokens.clear();
+        self.inner.revoke_tokens();
     }
 
     /// A valid access token without the OAuth round trip, for tests of other paths.
