@@ -71,6 +71,23 @@ impl AuthError {
     }
 }
 
+/// The cached token and the newest generation handed out. The generation outlives an invalidated
+/// token, so generations only grow and a stale report can always be told from a fresh token.
+#[derive(Debug, Default)]
+struct Slot {
+    token: Option<Arc<Token>>,
+    generation: u64,
+}
+
+impl Slot {
+    fn store(&mut self, token: Token) -> Arc<Token> {
+        let token = Arc::new(token);
+        self.generation = self.generation.max(token.generation);
+        self.token = Some(token.clone());
+        token
+    }
+}
+
 #[derive(Serialize)]
 struct Claims<'a> {
     iss: &'a str,
@@ -94,13 +111,14 @@ struct TokenErrorResponse {
 }
 
 /// Hands out a cached access token, fetching a new one when there is none, when it is older than
-/// `SF_TOKEN_MAX_AGE_SECS`, or when a caller reports it rejected ([`TokenProvider::refresh`]).
-/// Concurrent callers share one fetch.
+/// `SF_TOKEN_MAX_AGE_SECS`, or when a caller reports it rejected ([`TokenProvider::refresh`] to
+/// fetch at once, [`TokenProvider::invalidate`] to fetch on the next use). Concurrent callers
+/// share one fetch.
 #[derive(Debug)]
 pub struct TokenProvider {
     settings: SalesforceSettings,
     http: reqwest::Client,
-    current: Mutex<Option<Arc<Token>>>,
+    current: Mutex<Slot>,
     fetches: std::sync::atomic::AtomicU64,
     metrics: std::sync::OnceLock<platform::metrics::ApiMetrics>,
 }
@@ -110,7 +128,7 @@ impl TokenProvider {
         Arc::new(Self {
             settings,
             http,
-            current: Mutex::new(None),
+            current: Mutex::new(Slot::default()),
             fetches: Default::default(),
             metrics: std::sync::OnceLock::new(),
         })
@@ -133,21 +151,19 @@ impl TokenProvider {
     /// A valid token, from cache when it is fresh enough.
     pub async fn token(&self) -> Result<Arc<Token>, AuthError> {
         let mut current = self.current.lock().await;
-        if let Some(token) = current.as_ref() {
+        if let Some(token) = current.token.as_ref() {
             if token.issued_at.elapsed() < self.settings.token_max_age {
                 return Ok(token.clone());
             }
         }
-        let next_generation = current.as_ref().map_or(1, |t| t.generation + 1);
-        let token = Arc::new(self.fetch(next_generation).await?);
-        *current = Some(token.clone());
-        Ok(token)
+        let token = self.fetch(current.generation + 1).await?;
+        Ok(current.store(token))
     }
 
     /// Salesforce rejected `stale`: replace it, unless another caller already did.
     pub async fn refresh(&self, stale: &Token) -> Result<Arc<Token>, AuthError> {
         let mut current = self.current.lock().await;
-        if let Some(token) = current.as_ref() {
+        if let Some(token) = current.token.as_ref() {
             if token.generation > stale.generation {
                 return Ok(token.clone());
             }
@@ -156,9 +172,27 @@ impl TokenProvider {
             generation = stale.generation,
             "Salesforce rejected the access token; requesting a new one."
         );
-        let token = Arc::new(self.fetch(stale.generation + 1).await?);
-        *current = Some(token.clone());
-        Ok(token)
+        let next = current.generation.max(stale.generation) + 1;
+        let token = self.fetch(next).await?;
+        Ok(current.store(token))
+    }
+
+    /// Salesforce rejected `stale` where no new token is needed right away (a stream that just
+    /// ended): forget it, so the next [`TokenProvider::token`] signs a new assertion instead of
+    /// handing out a session Salesforce no longer accepts. A newer token is left alone.
+    pub async fn invalidate(&self, stale: &Token) {
+        let mut current = self.current.lock().await;
+        if current
+            .token
+            .as_ref()
+            .is_some_and(|token| token.generation <= stale.generation)
+        {
+            tracing::info!(
+                generation = stale.generation,
+                "Salesforce rejected the access token; the next call fetches a new one."
+            );
+            current.token = None;
+        }
     }
 
     fn assertion(&self) -> Result<String, AuthError> {

@@ -290,6 +290,7 @@ impl PubSubClient {
                 sender,
                 inbound: response.into_inner(),
                 token,
+                tokens: self.tokens.clone(),
             }),
             Err(err) => {
                 if err.is_auth_rejected() {
@@ -310,6 +311,7 @@ pub struct Subscription {
     inbound: tonic::Streaming<FetchResponse>,
     /// The token the stream was opened with, to report if Salesforce rejects it mid-stream.
     token: Arc<Token>,
+    tokens: Arc<TokenProvider>,
 }
 
 impl Subscription {
@@ -327,11 +329,22 @@ impl Subscription {
 
     /// The next response (events, or an empty keepalive); `None` when the server ended the
     /// stream cleanly.
+    ///
+    /// A stream Salesforce ends with `UNAUTHENTICATED` (the session expired or was revoked while
+    /// the stream was open) invalidates the stream's token before the error is returned: the
+    /// caller's next `subscribe` then signs a new assertion, instead of presenting the dead
+    /// session once more and being refused.
     pub async fn next(&mut self) -> Result<Option<FetchResponse>, PubSubError> {
-        self.inbound
-            .message()
-            .await
-            .map_err(PubSubError::from_status)
+        match self.inbound.message().await {
+            Ok(response) => Ok(response),
+            Err(status) => {
+                let err = PubSubError::from_status(status);
+                if err.is_auth_rejected() {
+                    self.tokens.invalidate(&self.token).await;
+                }
+                Err(err)
+            }
+        }
     }
 
     pub fn token(&self) -> &Arc<Token> {
