@@ -20,6 +20,10 @@ pub enum PoisonReason {
     OrderIdInvalid { value: String, detail: String },
     #[error("field {field} has the wrong type: {detail}")]
     FieldType { field: &'static str, detail: String },
+    /// JetStream refused the message for good (too large for the stream, say): publishing it
+    /// again can never succeed. `detail` is the server's description.
+    #[error("JetStream refused the message for good: {detail}")]
+    PublishRefused { detail: String },
 }
 
 impl PoisonReason {
@@ -31,6 +35,7 @@ impl PoisonReason {
             Self::OrderIdMissing => "order_id_missing",
             Self::OrderIdInvalid { .. } => "order_id_invalid",
             Self::FieldType { .. } => "field_type",
+            Self::PublishRefused { .. } => "publish_refused",
         }
     }
 }
@@ -66,10 +71,15 @@ pub fn to_requested(
     envelope: &EventEnvelope<'_>,
     record: &Map<String, Value>,
 ) -> Result<ProvisioningRequestedV1, PoisonReason> {
-    let order_id = optional_string(record, "OrderId__c")?.ok_or(PoisonReason::OrderIdMissing)?;
-    messages::salesforce_id::validate(&order_id).map_err(|e| PoisonReason::OrderIdInvalid {
-        value: order_id.clone(),
-        detail: e.to_string(),
+    let raw_order_id =
+        optional_string(record, "OrderId__c")?.ok_or(PoisonReason::OrderIdMissing)?;
+    // Both spellings of one Order must be one order downstream (subject, journal key, marker):
+    // the 18-character form is the only one that leaves the bridge (CONTRACT §4).
+    let order_id = messages::salesforce_id::canonical(&raw_order_id).map_err(|e| {
+        PoisonReason::OrderIdInvalid {
+            value: raw_order_id.clone(),
+            detail: e.to_string(),
+        }
     })?;
     let version = match record.get("Version__c") {
         None | Some(Value::Null) => None,
@@ -144,6 +154,24 @@ mod tests {
         assert_eq!(body.replay_id, "AAAAAAAPQkA=");
         assert_eq!(body.created_at.as_deref(), Some("2023-11-14T22:13:20Z"));
         assert_eq!(body.schema, "provisioning.requested.v1");
+    }
+
+    #[test]
+    fn order_ids_leave_in_their_18_character_form() {
+        for given in [
+            "001A000000lNcZA",
+            "001A000000lNcZAIA0",
+            "001A000000lNcZAia0",
+        ] {
+            let rec = record(json!({ "OrderId__c": given }));
+            let body = to_requested(&envelope(), &rec).unwrap();
+            assert_eq!(body.order_id, "001A000000lNcZAIA0", "from {given}");
+        }
+        let bad_checksum = record(json!({"OrderId__c": "001A000000lNcZAAAA"}));
+        assert_eq!(
+            to_requested(&envelope(), &bad_checksum).unwrap_err().code(),
+            "order_id_invalid"
+        );
     }
 
     #[test]

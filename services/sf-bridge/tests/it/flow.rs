@@ -304,3 +304,29 @@ async fn disabled_bridge_stays_healthy_and_says_so() {
     assert_eq!(h.sim.state().stats().subscribe_calls, 0);
     bridge.stop().await;
 }
+
+#[tokio::test]
+async fn fifteen_character_order_ids_are_published_in_their_18_character_form() {
+    let h = Harness::start().await;
+    let bridge = h.start_bridge(&[]).await;
+    bridge.wait_for_state("subscribed", WAIT).await;
+    let order = h.seed_orders(1).remove(0);
+    let canonical = messages::salesforce_id::canonical(&order).unwrap();
+    let short = &canonical[..15];
+    h.sim
+        .state()
+        .publish_event(EventSpec {
+            order_id: Some(short.to_owned()),
+            ..Default::default()
+        })
+        .unwrap();
+    h.wait_for_stored(STREAM, 1, WAIT).await;
+    let message = h.stored(STREAM).await.remove(0);
+    assert_eq!(
+        message.subject.as_str(),
+        format!("provisioning.requested.{canonical}")
+    );
+    let body: serde_json::Value = serde_json::from_slice(&message.payload).unwrap();
+    assert_eq!(body["order_id"], canonical.as_str());
+    bridge.stop().await;
+}
