@@ -12,8 +12,13 @@
 //!   earlier one* (the queue is ordered) is written, at most every `cursor_flush_interval` and
 //!   whenever the window empties. With nothing in flight, a keepalive's `latest_replay_id` is
 //!   written, so an idle channel's cursor keeps up with Salesforce.
-//! - **Failures.** A publish that fails ends the session: the cursor stays before the failed
-//!   event, the next session replays from there, and the stream de-duplicates what was stored.
+//! - **Failures.** A publish that fails transiently (ack timeout, no responders while the stream
+//!   elects a leader, NATS disconnected) ends the session, and from then on nothing moves the
+//!   cursor in that session, not even acks of later events that did succeed ([`CursorProgress`]):
+//!   the next session replays from before the failed event and the stream de-duplicates what was
+//!   stored. A publish JetStream refuses for good (the message exceeds the stream's
+//!   `max_msg_size`, say) can never succeed: the event is dead-lettered with the server's reason
+//!   instead, and the cursor moves past it like past any other dead letter.
 
 use std::pin::Pin;
 use std::sync::atomic::Ordering;
@@ -21,6 +26,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use async_nats::jetstream;
+use async_nats::jetstream::context::{PublishError, PublishErrorKind};
 use async_nats::jetstream::message::PublishMessage as Publish;
 use base64::Engine;
 use futures::stream::FuturesOrdered;
@@ -33,7 +39,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
 use crate::config::{BridgeSettings, InitialReplay};
-use crate::cursor::{CursorError, CursorStore};
+use crate::cursor::{CursorError, CursorProgress, CursorRead, CursorStore, Position};
 use crate::event::{self, EventEnvelope, PoisonReason};
 use crate::metrics::BridgeMetrics;
 use crate::status::{BridgeStatus, SubscriptionState};
@@ -44,8 +50,8 @@ const SERVICE: &str = "sf-bridge";
 pub enum SessionError {
     #[error(transparent)]
     PubSub(#[from] PubSubError),
-    #[error("JetStream did not acknowledge a publish: {0}")]
-    Publish(String),
+    #[error("a publish to JetStream failed")]
+    Publish(#[source] PublishFailure),
     #[error(transparent)]
     Cursor(#[from] CursorError),
     #[error("NATS is not connected")]
@@ -62,6 +68,42 @@ impl SessionError {
             Self::Cursor(_) => "cursor_store",
             Self::NatsDown => "nats_down",
         }
+    }
+}
+
+/// Why a message did not reach JetStream.
+#[derive(Debug, thiserror::Error)]
+pub enum PublishFailure {
+    #[error("JetStream did not store the message")]
+    Nats(#[source] PublishError),
+    #[error("cannot encode the message body")]
+    Encode(#[source] serde_json::Error),
+}
+
+/// JetStream error codes that refuse a message for what it *is*, so that publishing it again
+/// can never succeed: it must be dead-lettered. Everything else (no responders or a timeout
+/// while a stream elects its leader, a full stream or account, a sealed stream, NATS down) is a
+/// state of the system that passes or that an operator fixes, and the event waits for it.
+/// The bridge sets no expectations (last sequence, last msg id, TTL, counters, batches), so the
+/// codes those produce cannot occur.
+const PERMANENT_REFUSALS: [jetstream::ErrorCode; 2] = [
+    // "message size exceeds maximum allowed": larger than the stream's max_msg_size.
+    jetstream::ErrorCode::STREAM_MESSAGE_EXCEEDS_MAXIMUM,
+    // "header size exceeds maximum allowed of 64k".
+    jetstream::ErrorCode::STREAM_HEADER_EXCEEDS_MAXIMUM,
+];
+
+/// The server's description when `err` refuses the message for good, `None` when a later
+/// attempt may succeed.
+fn permanent_refusal(err: &PublishError) -> Option<String> {
+    match err.kind() {
+        // Larger than the server's max_payload: checked by the client before sending.
+        PublishErrorKind::MaxPayloadExceeded => Some(err.to_string()),
+        PublishErrorKind::Other => std::error::Error::source(err)
+            .and_then(|source| source.downcast_ref::<jetstream::Error>())
+            .filter(|api| PERMANENT_REFUSALS.contains(&api.error_code()))
+            .map(ToString::to_string),
+        _ => None,
     }
 }
 
@@ -85,20 +127,38 @@ struct InFlight {
 }
 
 enum InFlightKind {
-    Requested { created_ms: Option<i64> },
-    DeadLetter { reason: &'static str },
+    /// The event as Salesforce sent it is kept until the ack, so that a refusal can still
+    /// dead-letter the original bytes.
+    Requested {
+        created_ms: Option<i64>,
+        original: Box<Original>,
+    },
+    DeadLetter {
+        reason: &'static str,
+    },
 }
 
-type AckFuture = Pin<
-    Box<dyn Future<Output = (InFlight, Result<jetstream::publish::PublishAck, String>)> + Send>,
->;
+/// What a dead letter is made of, besides the reason.
+struct Original {
+    event: pubsub_proto::ProducerEvent,
+    received_at: String,
+}
 
-/// The newest replay id whose ack arrived in order, and what is already stored.
-#[derive(Default)]
-struct CursorProgress {
-    acked: Option<(Vec<u8>, Option<String>)>,
-    saved: Option<Vec<u8>>,
-    last_write: Option<Instant>,
+/// The ack of one in-flight message. A refused requested event resolves to its dead letter's ack.
+struct Acked {
+    entry: InFlight,
+    result: Result<jetstream::publish::PublishAck, PublishFailure>,
+}
+
+type AckFuture = Pin<Box<dyn Future<Output = Acked> + Send>>;
+
+/// Publishes dead letters. Cheap to clone, so that an ack future can set its event aside itself:
+/// the dead letter's ack then takes the event's place in the ordered queue, and the cursor moves
+/// past the event only once its dead letter is stored.
+#[derive(Clone)]
+struct DeadLetters {
+    js: jetstream::Context,
+    channel: String,
 }
 
 pub struct Ingest {
@@ -106,6 +166,7 @@ pub struct Ingest {
     client: Arc<PubSubClient>,
     nats: async_nats::Client,
     js: jetstream::Context,
+    dead_letters: DeadLetters,
     cursor: CursorStore,
     status: Arc<BridgeStatus>,
     metrics: BridgeMetrics,
@@ -123,11 +184,16 @@ impl Ingest {
         health: Arc<platform::http::Health>,
     ) -> Self {
         let js = jetstream::new(nats.clone());
+        let dead_letters = DeadLetters {
+            js: js.clone(),
+            channel: settings.channel.clone(),
+        };
         Self {
             settings,
             client,
             nats,
             js,
+            dead_letters,
             cursor,
             status,
             metrics,
@@ -185,6 +251,13 @@ impl Ingest {
                             tracing::warn!(error = %err, "JetStream unavailable; Subscribe session ended, resuming from the stored cursor.");
                             Some(backoff.next_delay())
                         }
+                        SessionError::PubSub(e) if e.is_auth_rejected() => {
+                            // The client dropped the rejected token (PubSubClient), so the next
+                            // Subscribe signs a new assertion instead of retrying a dead session.
+                            self.health.set_down("salesforce", e.to_string());
+                            tracing::warn!(error = %err, "Salesforce rejected the access token; re-subscribing with a new one.");
+                            Some(backoff.next_delay())
+                        }
                         SessionError::PubSub(e) => {
                             self.health.set_down("salesforce", e.to_string());
                             tracing::warn!(error = %err, transient = e.is_transient(), "Subscribe session failed.");
@@ -207,23 +280,26 @@ impl Ingest {
         }
     }
 
-    fn replay_start(
-        &self,
-        stored: Option<&crate::cursor::StoredCursor>,
-        fallback_to_earliest: bool,
-    ) -> ReplayStart {
+    fn replay_start(&self, stored: &CursorRead, fallback_to_earliest: bool) -> ReplayStart {
         if fallback_to_earliest {
             return ReplayStart::Earliest;
         }
-        match stored.map(crate::cursor::StoredCursor::replay_id_bytes) {
-            Some(Ok(bytes)) if !bytes.is_empty() => ReplayStart::After(bytes),
-            Some(_) => {
+        match stored {
+            CursorRead::Valid { replay_id, .. } => ReplayStart::After(replay_id.clone()),
+            CursorRead::Unreadable(err) => {
+                // Something was stored, so the bridge has run before and SF_EVENTS_REPLAY=LATEST
+                // would skip whatever arrived since. EARLIEST is the only safe start; what was
+                // already stored is recognised by the stream (Nats-Msg-Id).
                 tracing::error!(
-                    "Stored replay cursor is not valid base64; starting from SF_EVENTS_REPLAY."
+                    key = %self.cursor.key(),
+                    error = %err,
+                    source = ?std::error::Error::source(err).map(ToString::to_string),
+                    "Stored replay cursor is unreadable; starting from EARLIEST (replayed events are de-duplicated)."
                 );
-                self.initial_start()
+                self.metrics.cursor_unreadable.inc();
+                ReplayStart::Earliest
             }
-            None => self.initial_start(),
+            CursorRead::Absent => self.initial_start(),
         }
     }
 
@@ -243,13 +319,15 @@ impl Ingest {
         if !platform::nats::is_connected(&self.nats) {
             return Err(SessionError::NatsDown);
         }
-        let stored = self.cursor.load().await?;
-        let mut progress = CursorProgress::default();
-        if let Some(cursor) = &stored {
-            self.status.set_cursor(cursor.view());
-            progress.saved = cursor.replay_id_bytes().ok();
-        }
-        let start = self.replay_start(stored.as_ref(), fallback_to_earliest);
+        let stored = self.cursor.read().await?;
+        let mut progress = match &stored {
+            CursorRead::Valid { cursor, replay_id } => {
+                self.status.set_cursor(cursor.view());
+                CursorProgress::new(Some(replay_id.clone()))
+            }
+            CursorRead::Absent | CursorRead::Unreadable(_) => CursorProgress::new(None),
+        };
+        let start = self.replay_start(&stored, fallback_to_earliest);
         let batch = self.settings.batch;
         tracing::info!(channel = %self.settings.channel, ?start, batch, "Opening Subscribe stream.");
         let mut subscription = self
@@ -265,11 +343,11 @@ impl Ingest {
             tokio::select! {
                 biased;
                 () = stop.cancelled() => break Ok(SessionEnd::Stopped),
-                Some((entry, ack)) = in_flight.next(), if !in_flight.is_empty() => {
-                    if let Err(err) = self.on_ack(entry, ack, &mut progress) {
+                Some(acked) = in_flight.next(), if !in_flight.is_empty() => {
+                    if let Err(err) = self.on_ack(acked, &mut progress) {
                         break Err(err);
                     }
-                    if in_flight.is_empty() || self.flush_due(&progress) {
+                    if in_flight.is_empty() || progress.flush_due(self.settings.cursor_flush_interval) {
                         self.flush_cursor(&mut progress).await?;
                     }
                 }
@@ -290,10 +368,7 @@ impl Ingest {
                     outstanding = outstanding.saturating_sub(delivered);
                     if response.events.is_empty() {
                         self.metrics.keepalives.inc();
-                        if in_flight.is_empty() && progress.acked.is_none() && !response.latest_replay_id.is_empty()
-                            && progress.saved.as_deref() != Some(response.latest_replay_id.as_slice())
-                        {
-                            progress.acked = Some((response.latest_replay_id.clone(), None));
+                        if progress.advance_to_keepalive(&response.latest_replay_id, in_flight.is_empty()) {
                             self.flush_cursor(&mut progress).await?;
                         }
                     }
@@ -333,40 +408,46 @@ impl Ingest {
         result
     }
 
-    fn flush_due(&self, progress: &CursorProgress) -> bool {
-        progress
-            .last_write
-            .is_none_or(|at| at.elapsed() >= self.settings.cursor_flush_interval)
-    }
-
+    /// Settles what is in flight (up to 10 s). After a failed ack nothing moves the cursor any
+    /// more ([`CursorProgress`]), but the later acks are still awaited: their events are stored
+    /// (and counted), and a refused event's dead letter is still written.
     async fn drain(
         &self,
         in_flight: &mut FuturesOrdered<AckFuture>,
         progress: &mut CursorProgress,
     ) {
         let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
-        while let Ok(Some((entry, ack))) = tokio::time::timeout_at(deadline, in_flight.next()).await
-        {
-            if self.on_ack(entry, ack, progress).is_err() {
-                // Nothing after a failed publish may move the cursor.
-                break;
-            }
+        while let Ok(Some(acked)) = tokio::time::timeout_at(deadline, in_flight.next()).await {
+            // A failure is logged by on_ack and halts the cursor; the session is ending anyway.
+            let _ = self.on_ack(acked, progress);
+        }
+        if !in_flight.is_empty() {
+            tracing::warn!(
+                unsettled = in_flight.len(),
+                "Publishes still unacknowledged after 10 s; the cursor stays before them."
+            );
         }
     }
 
-    fn on_ack(
-        &self,
-        entry: InFlight,
-        ack: Result<jetstream::publish::PublishAck, String>,
-        progress: &mut CursorProgress,
-    ) -> Result<(), SessionError> {
+    fn on_ack(&self, acked: Acked, progress: &mut CursorProgress) -> Result<(), SessionError> {
+        let Acked { entry, result } = acked;
         let _entered = entry.span.enter();
-        let ack = ack.map_err(|e| {
-            tracing::warn!(error = %e, "Publish to JetStream failed.");
-            SessionError::Publish(e)
-        })?;
+        let ack = match result {
+            Ok(ack) => ack,
+            Err(err) => {
+                progress.on_ack_failed();
+                tracing::warn!(
+                    error = %err,
+                    source = ?std::error::Error::source(&err).map(ToString::to_string),
+                    event_id = entry.event_id.as_deref(),
+                    order_id = entry.order_id.as_deref(),
+                    "Publish to JetStream failed; the cursor stays before this event and the next session replays it."
+                );
+                return Err(SessionError::Publish(err));
+            }
+        };
         match entry.kind {
-            InFlightKind::Requested { created_ms } => {
+            InFlightKind::Requested { created_ms, .. } => {
                 if ack.duplicate {
                     self.metrics.events_duplicate.inc();
                     tracing::info!(
@@ -409,18 +490,24 @@ impl Ingest {
                 );
             }
         }
-        progress.acked = Some((entry.replay_id, entry.event_id));
+        if !progress.on_ack_ok(Position {
+            replay_id: entry.replay_id,
+            event_id: entry.event_id,
+        }) {
+            tracing::debug!("Acknowledged after an earlier publish failed; the cursor stays before the failed event.");
+        }
         Ok(())
     }
 
     async fn flush_cursor(&self, progress: &mut CursorProgress) -> Result<(), SessionError> {
-        let Some((replay_id, event_id)) = progress.acked.take() else {
+        let Some(position) = progress.take_unsaved() else {
             return Ok(());
         };
-        if progress.saved.as_deref() == Some(replay_id.as_slice()) {
-            return Ok(());
-        }
-        match self.cursor.save(&replay_id, event_id.as_deref()).await {
+        match self
+            .cursor
+            .save(&position.replay_id, position.event_id.as_deref())
+            .await
+        {
             Ok(stored) => {
                 self.metrics.cursor_writes.inc();
                 self.metrics
@@ -428,13 +515,12 @@ impl Ingest {
                     .set(time::OffsetDateTime::now_utc().unix_timestamp() as f64);
                 self.metrics.cursor_age.touch();
                 self.status.set_cursor(stored.view());
-                progress.saved = Some(replay_id);
-                progress.last_write = Some(Instant::now());
+                progress.written(position, Instant::now());
                 Ok(())
             }
             Err(err) => {
                 // Keep it for the next attempt; events stay de-duplicated if we crash first.
-                progress.acked = Some((replay_id, event_id));
+                progress.write_failed(position);
                 Err(err.into())
             }
         }
@@ -463,13 +549,15 @@ impl Ingest {
             let created_ms = event::created_epoch_ms(&record);
             event::to_requested(&envelope, &record).map(|body| (body, created_ms))
         });
-        match outcome {
-            Ok((body, created_ms)) => self.publish_requested(body, replay_id, created_ms).await,
-            Err(reason) => {
-                self.publish_dead_letter(&event, replay_id, &reason, &received_at)
+        let original = Box::new(Original { event, received_at });
+        let sent = match outcome {
+            Ok((body, created_ms)) => {
+                self.publish_requested(body, replay_id, created_ms, original)
                     .await
             }
-        }
+            Err(reason) => self.dead_letters.send(&original, replay_id, &reason).await,
+        };
+        sent.map_err(SessionError::Publish)
     }
 
     async fn decode(
@@ -512,7 +600,8 @@ impl Ingest {
         body: messages::ProvisioningRequestedV1,
         replay_id: Vec<u8>,
         created_ms: Option<i64>,
-    ) -> Result<AckFuture, SessionError> {
+        original: Box<Original>,
+    ) -> Result<AckFuture, PublishFailure> {
         let subject = messages::subjects::provisioning_requested(&body.order_id);
         let span = tracing::info_span!(
             target: platform::telemetry::TRACE_ONLY,
@@ -550,8 +639,7 @@ impl Ingest {
             messages::ProvisioningRequestedV1::SCHEMA,
         );
         platform::telemetry::inject_trace_context(&span, &mut headers);
-        let payload =
-            serde_json::to_vec(&body).map_err(|e| SessionError::Publish(e.to_string()))?;
+        let payload = serde_json::to_vec(&body).map_err(PublishFailure::Encode)?;
         let publish = Publish::build()
             .payload(payload.into())
             .headers(headers)
@@ -561,19 +649,54 @@ impl Ingest {
             event_id: Some(body.event_id.clone()),
             order_id: Some(body.order_id.clone()),
             correlation_id: body.correlation_id.clone(),
-            kind: InFlightKind::Requested { created_ms },
+            kind: InFlightKind::Requested {
+                created_ms,
+                original,
+            },
             span: span.clone(),
         };
-        self.send(subject, publish, entry).instrument(span).await
+        let ack = send(&self.js, subject, publish, entry)
+            .instrument(span)
+            .await?;
+        let dead_letters = self.dead_letters.clone();
+        Ok(Box::pin(async move {
+            let acked = ack.await;
+            let detail = match &acked.result {
+                Err(PublishFailure::Nats(err)) => permanent_refusal(err),
+                _ => None,
+            };
+            match (detail, acked.entry.kind) {
+                (Some(detail), InFlightKind::Requested { original, .. }) => {
+                    // Publishing it again can never succeed: set it aside, so that it is
+                    // accounted for and the stream moves on (CONTRACT §5 rule 5).
+                    let reason = PoisonReason::PublishRefused { detail };
+                    match dead_letters
+                        .send(&original, acked.entry.replay_id, &reason)
+                        .await
+                    {
+                        Ok(dead_letter_ack) => dead_letter_ack.await,
+                        Err(err) => Acked {
+                            entry: dead_letters.entry(&original, Vec::new(), &reason),
+                            result: Err(err),
+                        },
+                    }
+                }
+                (_, kind) => Acked {
+                    entry: InFlight {
+                        kind,
+                        ..acked.entry
+                    },
+                    result: acked.result,
+                },
+            }
+        }))
     }
+}
 
-    async fn publish_dead_letter(
-        &self,
-        event: &pubsub_proto::ProducerEvent,
-        replay_id: Vec<u8>,
-        reason: &PoisonReason,
-        received_at: &str,
-    ) -> Result<AckFuture, SessionError> {
+impl DeadLetters {
+    /// The in-flight record of a dead letter (replay id, ids for logs, span).
+    fn entry(&self, original: &Original, replay_id: Vec<u8>, reason: &PoisonReason) -> InFlight {
+        let event = &original.event;
         let b64 = base64::engine::general_purpose::STANDARD;
         let replay_b64 = b64.encode(&replay_id);
         let correlation_id = uuid::Uuid::new_v4().to_string();
@@ -594,14 +717,39 @@ impl Ingest {
         );
         platform::telemetry::join_order(&span, None, None, Some(&correlation_id));
         platform::telemetry::record_error(&span, reason.code(), &reason.to_string());
+        InFlight {
+            replay_id,
+            event_id: (!event.id.is_empty()).then(|| event.id.clone()),
+            order_id: None,
+            correlation_id,
+            kind: InFlightKind::DeadLetter {
+                reason: reason.code(),
+            },
+            span,
+        }
+    }
+
+    /// Publishes the dead letter of `original` (its bytes in base64, the reason, where it came
+    /// from) on `provisioning.deadletter.sf-bridge`.
+    async fn send(
+        &self,
+        original: &Original,
+        replay_id: Vec<u8>,
+        reason: &PoisonReason,
+    ) -> Result<AckFuture, PublishFailure> {
+        let event = &original.event;
+        let b64 = base64::engine::general_purpose::STANDARD;
+        let replay_b64 = b64.encode(&replay_id);
+        let entry = self.entry(original, replay_id, reason);
+        let span = entry.span.clone();
         span.in_scope(|| {
             tracing::error!(
                 reason = reason.code(),
                 detail = %reason,
-                channel = %self.settings.channel,
+                channel = %self.channel,
                 event_id = %event.id,
                 replay_id = %replay_b64,
-                correlation_id = %correlation_id,
+                correlation_id = %entry.correlation_id,
                 "Platform Event cannot be provisioned; setting it aside."
             );
         });
@@ -612,19 +760,19 @@ impl Ingest {
             reason_code: reason.code().to_owned(),
             payload_base64: b64.encode(&event.payload),
             origin: DeadLetterOrigin {
-                channel: Some(self.settings.channel.clone()),
+                channel: Some(self.channel.clone()),
                 replay_id: Some(replay_b64.clone()),
                 event_id: (!event.id.is_empty()).then(|| event.id.clone()),
                 schema_id: (!event.schema_id.is_empty()).then(|| event.schema_id.clone()),
                 ..Default::default()
             },
-            dead_lettered_at: received_at.to_owned(),
+            dead_lettered_at: original.received_at.clone(),
         };
         let mut headers = async_nats::HeaderMap::new();
         platform::nats::insert_header(
             &mut headers,
             messages::headers::CORRELATION_ID,
-            &correlation_id,
+            &entry.correlation_id,
         );
         platform::nats::insert_header(
             &mut headers,
@@ -632,43 +780,88 @@ impl Ingest {
             DeadLetterV1::SCHEMA,
         );
         platform::telemetry::inject_trace_context(&span, &mut headers);
-        // The replay id identifies the delivery even when the event id is unusable.
+        // The replay id identifies the delivery even when the event id is unusable; it also
+        // makes a replayed dead letter a duplicate the stream recognises.
         let message_id = format!("{SERVICE}:{replay_b64}");
-        let payload =
-            serde_json::to_vec(&body).map_err(|e| SessionError::Publish(e.to_string()))?;
+        let payload = serde_json::to_vec(&body).map_err(PublishFailure::Encode)?;
         let publish = Publish::build()
             .payload(payload.into())
             .headers(headers)
             .message_id(message_id.as_str());
-        let entry = InFlight {
-            replay_id,
-            event_id: (!event.id.is_empty()).then(|| event.id.clone()),
-            order_id: None,
-            correlation_id: correlation_id.clone(),
-            kind: InFlightKind::DeadLetter {
-                reason: reason.code(),
-            },
-            span: span.clone(),
-        };
-        self.send(messages::subjects::deadletter(SERVICE), publish, entry)
-            .instrument(span)
-            .await
+        send(
+            &self.js,
+            messages::subjects::deadletter(SERVICE),
+            publish,
+            entry,
+        )
+        .instrument(span)
+        .await
+    }
+}
+
+/// Hands a message to JetStream and returns the future of its ack. A message refused for good
+/// before it is even sent (larger than the server's max_payload) resolves at once to that
+/// refusal, so it is handled in order like a refusal by the stream; a transient failure to send
+/// ends the session here.
+async fn send(
+    js: &jetstream::Context,
+    subject: String,
+    publish: Publish,
+    entry: InFlight,
+) -> Result<AckFuture, PublishFailure> {
+    match js.send_publish(subject, publish).await {
+        Ok(ack) => Ok(Box::pin(async move {
+            let result = ack.await.map_err(PublishFailure::Nats);
+            Acked { entry, result }
+        })),
+        Err(err) if permanent_refusal(&err).is_some() => {
+            let result = Err(PublishFailure::Nats(err));
+            Ok(Box::pin(std::future::ready(Acked { entry, result })))
+        }
+        Err(err) => Err(PublishFailure::Nats(err)),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn api_error(err_code: u64, description: &str) -> PublishError {
+        let api: jetstream::Error = serde_json::from_value(serde_json::json!({
+            "code": 400, "err_code": err_code, "description": description
+        }))
+        .unwrap();
+        PublishError::with_source(PublishErrorKind::Other, api)
     }
 
-    async fn send(
-        &self,
-        subject: String,
-        publish: Publish,
-        entry: InFlight,
-    ) -> Result<AckFuture, SessionError> {
-        let ack = self
-            .js
-            .send_publish(subject, publish)
-            .await
-            .map_err(|e| SessionError::Publish(e.to_string()))?;
-        Ok(Box::pin(async move {
-            let result = ack.await.map_err(|e| e.to_string());
-            (entry, result)
-        }))
+    #[test]
+    fn refusals_for_what_the_message_is_are_permanent() {
+        let too_big = api_error(10054, "message size exceeds maximum allowed");
+        let detail = permanent_refusal(&too_big).unwrap();
+        assert!(
+            detail.contains("message size exceeds maximum allowed") && detail.contains("10054"),
+            "{detail}"
+        );
+        assert!(permanent_refusal(&api_error(10097, "header size exceeds maximum")).is_some());
+        assert!(
+            permanent_refusal(&PublishError::new(PublishErrorKind::MaxPayloadExceeded)).is_some()
+        );
+    }
+
+    #[test]
+    fn states_of_the_system_are_transient() {
+        for kind in [
+            PublishErrorKind::StreamNotFound,
+            PublishErrorKind::TimedOut,
+            PublishErrorKind::BrokenPipe,
+            PublishErrorKind::MaxAckPending,
+            PublishErrorKind::Other,
+        ] {
+            assert_eq!(permanent_refusal(&PublishError::new(kind)), None);
+        }
+        // Resources exhausted, store failed (maximum messages/bytes), sealed stream.
+        for code in [10047, 10077, 10109, 10158] {
+            assert_eq!(permanent_refusal(&api_error(code, "x")), None, "{code}");
+        }
     }
 }

@@ -22,6 +22,9 @@ pub struct BridgeMetrics {
     pub keepalives: Counter,
     pub reconnects: Family<ReasonLabel, Counter>,
     pub replay_id_fallbacks: Counter,
+    /// Stored cursors that could not be used (not JSON, not base64); each made a session start
+    /// from EARLIEST.
+    pub cursor_unreadable: Counter,
     pub cursor_writes: Counter,
     /// Unix time of the last cursor write; alert when `time() - this` grows while events flow.
     pub cursor_updated_timestamp: Gauge<f64, std::sync::atomic::AtomicU64>,
@@ -44,6 +47,7 @@ impl BridgeMetrics {
             keepalives: Counter::default(),
             reconnects: Family::default(),
             replay_id_fallbacks: Counter::default(),
+            cursor_unreadable: Counter::default(),
             cursor_writes: Counter::default(),
             cursor_updated_timestamp: Gauge::default(),
             cursor_age: platform::metrics::SecondsSince::default(),
@@ -86,6 +90,11 @@ impl BridgeMetrics {
             "replay_id_fallbacks",
             "Stored replay ids Salesforce rejected, replaced by EARLIEST",
             metrics.replay_id_fallbacks.clone(),
+        );
+        sub.register(
+            "cursor_unreadable",
+            "Stored replay cursors that could not be read, replaced by EARLIEST",
+            metrics.cursor_unreadable.clone(),
         );
         sub.register(
             "cursor_writes",

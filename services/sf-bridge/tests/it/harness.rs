@@ -175,6 +175,46 @@ impl Harness {
             .ok()
     }
 
+    /// Creates the requests stream before the bridge starts (the bridge uses an existing stream
+    /// as it finds it), with the bridge's own configuration changed by `change`.
+    pub async fn create_requests_stream(
+        &self,
+        change: impl FnOnce(&mut jetstream::stream::Config),
+    ) -> jetstream::stream::Config {
+        let mut config = platform::streams::requests(
+            STREAM,
+            Duration::from_secs(72 * 3600),
+            Duration::from_secs(7 * 24 * 3600),
+        );
+        change(&mut config);
+        self.js()
+            .await
+            .create_stream(config.clone())
+            .await
+            .expect("create the requests stream");
+        config
+    }
+
+    /// Stores `value` under the cursor key as it is, creating the bucket the way the bridge does.
+    pub async fn put_raw_cursor(&self, value: &[u8]) {
+        let js = self.js().await;
+        let kv = platform::nats::ensure_bucket(
+            &js,
+            jetstream::kv::Config {
+                bucket: CURSOR_BUCKET.to_owned(),
+                description: "sf-bridge replay cursor per Salesforce channel".to_owned(),
+                history: 10,
+                storage: jetstream::stream::StorageType::File,
+                ..Default::default()
+            },
+        )
+        .await
+        .expect("cursor bucket");
+        kv.put(CURSOR_KEY, value.to_vec().into())
+            .await
+            .expect("put cursor");
+    }
+
     /// Seeds an account, a product and `n` orders; returns the order ids.
     pub fn seed_orders(&self, n: usize) -> Vec<String> {
         let state = self.sim.state();
@@ -195,6 +235,23 @@ pub async fn get_json(addr: SocketAddr, path: &str) -> (u16, serde_json::Value) 
         status,
         response.json().await.unwrap_or(serde_json::Value::Null),
     )
+}
+
+/// The value of one sample on `/metrics` (`name` with its labels, as the exposition spells it).
+pub async fn metric(addr: SocketAddr, name: &str) -> Option<f64> {
+    let text = reqwest::get(format!("http://{addr}/metrics"))
+        .await
+        .ok()?
+        .text()
+        .await
+        .ok()?;
+    text.lines().find_map(|line| {
+        line.strip_prefix(name)?
+            .strip_prefix(' ')?
+            .trim()
+            .parse()
+            .ok()
+    })
 }
 
 pub struct RunningBridge {

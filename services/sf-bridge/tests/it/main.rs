@@ -7,4 +7,5 @@
 mod failover;
 mod flow;
 mod harness;
+mod publish_failures;
 mod recovery;

@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use sf_sim::{EventSpec, Faults};
 
-use crate::harness::{wait_for_child_state, Harness, CURSOR_BUCKET, CURSOR_KEY, STREAM};
+use crate::harness::{metric, wait_for_child_state, Harness, CURSOR_BUCKET, CURSOR_KEY, STREAM};
 
 const WAIT: Duration = Duration::from_secs(30);
 
@@ -165,6 +165,89 @@ async fn expired_tokens_are_renewed_and_the_stream_resumes() {
     assert!(stats.subscribe_calls >= 2, "the stream was re-opened");
     bridge.wait_for_state("subscribed", WAIT).await;
     bridge.stop().await;
+}
+
+/// Salesforce ends an open stream with UNAUTHENTICATED and revokes the session (it expired, or
+/// an admin revoked it). The bridge must drop the token and sign a new assertion before it
+/// re-subscribes: a Subscribe with the revoked token would only be refused again.
+#[tokio::test]
+async fn unauthenticated_mid_stream_gets_a_new_token_before_resubscribing() {
+    let h = Harness::start().await;
+    let orders = h.seed_orders(3);
+    let bridge = h.start_bridge(&[]).await;
+    bridge.wait_for_state("subscribed", WAIT).await;
+    // A first event makes the bridge fetch and cache the schema, so that the only calls after
+    // the revocation are the ones this test is about (a GetSchema racing the revocation would
+    // be refused once and retried with a new token, by design).
+    h.sim.state().approve_order(&orders[0]).unwrap();
+    h.wait_for_stored(STREAM, 1, WAIT).await;
+    let before = h.sim.state().stats();
+
+    h.sim.state().set_faults(Faults {
+        pubsub_unauthenticated_after_events: Some(1),
+        ..Default::default()
+    });
+    let first = h.sim.state().approve_order(&orders[1]).unwrap();
+    h.wait_for_stored(STREAM, 2, WAIT).await;
+    let second = h.sim.state().approve_order(&orders[2]).unwrap();
+    h.wait_for_stored(STREAM, 3, WAIT).await;
+    testkit::wait::until("cursor at the second event", WAIT, || async {
+        (h.cursor_replay_id().await.as_deref() == Some(second.replay_id.as_slice())).then_some(())
+    })
+    .await;
+
+    let stats = h.sim.state().stats();
+    assert_eq!(
+        stats.pubsub_auth_refusals, before.pubsub_auth_refusals,
+        "a call was made with the revoked token"
+    );
+    assert!(
+        stats.token_requests > before.token_requests,
+        "a new token was requested"
+    );
+    assert!(
+        stats.subscribe_calls > before.subscribe_calls,
+        "re-subscribed"
+    );
+    let ids = distinct_msg_ids(&h.stored(STREAM).await);
+    assert!(ids.contains(&first.event_id) && ids.contains(&second.event_id));
+    bridge.stop().await;
+}
+
+/// A cursor that cannot be read says the bridge ran before, so LATEST would skip everything
+/// since: the bridge starts from EARLIEST instead (replays are de-duplicated).
+async fn unreadable_cursor_starts_from_earliest(stored: &[u8]) {
+    let h = Harness::start().await;
+    let orders = h.seed_orders(2);
+    h.sim.state().approve_order(&orders[0]).unwrap();
+    let last = h.sim.state().approve_order(&orders[1]).unwrap();
+    h.put_raw_cursor(stored).await;
+
+    let bridge = h.start_bridge(&[("SF_EVENTS_REPLAY", "LATEST")]).await;
+    h.wait_for_stored(STREAM, 2, WAIT).await;
+    testkit::wait::until("a readable cursor at the last event", WAIT, || async {
+        (h.cursor_replay_id().await.as_deref() == Some(last.replay_id.as_slice())).then_some(())
+    })
+    .await;
+    let unreadable = metric(bridge.http_addr, "sf_bridge_cursor_unreadable_total").await;
+    assert!(
+        unreadable.is_some_and(|n| n >= 1.0),
+        "counted: {unreadable:?}"
+    );
+    bridge.stop().await;
+}
+
+#[tokio::test]
+async fn cursor_that_is_not_json_falls_back_to_earliest_not_latest() {
+    unreadable_cursor_starts_from_earliest(b"\x00garbage{").await;
+}
+
+#[tokio::test]
+async fn cursor_whose_replay_id_is_not_base64_falls_back_to_earliest_not_latest() {
+    unreadable_cursor_starts_from_earliest(
+        br#"{"replay_id": "not base64 %%%", "updated_at": "2026-01-01T00:00:00Z"}"#,
+    )
+    .await;
 }
 
 #[tokio::test]
