@@ -757,3 +757,74 @@ pub fn insert_header(headers: &mut async_nats::HeaderMap, name: &'static str, va
         _ => false,
     }
 }
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+
+    use super::*;
+    use async_nats::jetstream::ErrorCode;
+
+    #[test]
+    fn jetstream_replicas_default_to_one_and_stay_within_one_to_five() {
+        let settings =
+            |value: &str| NatsSettings::from_env(&Env::from_pairs([("JETSTREAM_REPLICAS", value)]));
+        assert_eq!(
+            NatsSettings::from_env(&Env::default())
+                .unwrap()
+                .jetstream_replicas,
+            1
+        );
+        assert_eq!(settings("3").unwrap().jetstream_replicas, 3);
+        for bad in ["0", "6", "three"] {
+            let err = settings(bad).unwrap_err();
+            assert_eq!(err.variable, "JETSTREAM_REPLICAS", "{bad}");
+        }
+        assert_eq!(
+            settings("7").unwrap_err().to_string(),
+            "configuration variable JETSTREAM_REPLICAS must be between 1 and 5, not 7"
+        );
+    }
+
+    #[test]
+    fn only_passing_cluster_states_are_transient_jetstream_codes() {
+        for code in [
+            ErrorCode::CLUSTER_NOT_AVAILABLE,
+            ErrorCode::CLUSTER_NOT_LEADER,
+            ErrorCode::JETSTREAM_NOT_ENABLED,
+        ] {
+            assert_eq!(
+                classify_jetstream_code(code),
+                ErrorClass::Transient,
+                "{code:?}"
+            );
+        }
+        for code in [
+            ErrorCode::STREAM_SUBJECT_OVERLAP,
+            ErrorCode::STREAM_INVALID_CONFIG,
+            ErrorCode::STREAM_NAME_EXIST,
+            ErrorCode::STREAM_REPLICAS_NOT_SUPPORTED,
+            ErrorCode::JETSTREAM_NOT_ENABLED_FOR_ACCOUNT,
+            ErrorCode::MAXIMUM_STREAMS_LIMIT,
+        ] {
+            assert_eq!(
+                classify_jetstream_code(code),
+                ErrorClass::Permanent,
+                "{code:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn an_unreadable_credentials_file_is_permanent() {
+        let err = NatsError::Credentials {
+            path: "/x.creds".to_owned(),
+            source: std::io::Error::other("denied"),
+        };
+        assert!(!err.is_transient());
+        assert_eq!(
+            crate::error::Chain(&err).to_string(),
+            "cannot read NATS credentials file /x.creds: denied"
+        );
+    }
+}

@@ -102,7 +102,8 @@ async fn replicas_a_single_server_cannot_hold_are_a_permanent_error() {
         .await
         .expect_err("R3 on a single server");
     assert_eq!(err.class(), ErrorClass::Permanent, "{err:?}");
-    assert!(err.jetstream_code().is_some(), "{err:?}");
+    // "replicas > 1 not supported in non-clustered mode"
+    assert_eq!(err.jetstream_code(), Some(10074), "{err:?}");
 }
 
 /// A stream whose subjects overlap an existing stream's (10065) is a permanent error that keeps
