@@ -42,8 +42,10 @@ const RESULTS: [&str; 3] = ["activated", "failed", "skipped"];
 impl Ctl {
     pub async fn order(&self, order_id: &str) -> Result<OrderReport, CtlError> {
         let order_id = order_id.trim();
-        messages::salesforce_id::validate(order_id)
+        // Either spelling of the Order finds it: everything is keyed by the 18-character form.
+        let canonical = messages::salesforce_id::canonical(order_id)
             .map_err(|e| CtlError::InvalidOrderId(order_id.to_owned(), e.to_string()))?;
+        let order_id = canonical.as_str();
 
         let key = format!("order.{order_id}");
         let journal = match self.bucket(&self.names.journal_bucket).await? {

@@ -326,6 +326,14 @@ async fn order_shows_journal_last_outcome_and_trace_link() {
     assert!(text.contains("whmcs_order_id     501"), "{text}");
     assert!(text.contains(&format!("jaeger http://jaeger.example:16686/trace/{TRACE}")));
 
+    // The 15-character spelling of the same Order finds the same story.
+    let short = p.ctl.order(&ORDER[..15]).await.unwrap();
+    assert_eq!(short.order_id, ORDER);
+    assert_eq!(
+        short.journal.as_ref().unwrap().record["whmcs_order_id"],
+        501
+    );
+
     // An order the pipeline never saw, and one that is not an id at all.
     let unknown = p.ctl.order(OTHER_ORDER).await.unwrap();
     assert!(unknown.journal.is_none() && unknown.outcome.is_none() && unknown.trace_id.is_none());

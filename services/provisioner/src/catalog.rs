@@ -12,9 +12,13 @@ use whmcs::{WhmcsClient, WhmcsError};
 
 const FRESH_FOR: Duration = Duration::from_secs(60);
 
+/// Most products remembered at once. Product ids come from Salesforce data, so an org with a
+/// runaway catalogue (or a bad import) must not grow the cache without bound.
+const MAX_ENTRIES: usize = 10_000;
+
 #[derive(Debug, Default)]
 pub struct Catalog {
-    products: Mutex<HashMap<u64, (Instant, Option<Product>)>>,
+    products: Mutex<Cache>,
 }
 
 impl Catalog {
@@ -50,11 +54,52 @@ impl Catalog {
             .await?;
         let mut cache = self.products.lock().await;
         let now = Instant::now();
+        make_room(&mut cache, missing.len(), MAX_ENTRIES);
         for pid in missing {
             let product = fetched.iter().find(|p| p.pid == pid).cloned();
             cache.insert(pid, (now, product.clone()));
             found.insert(pid, product);
         }
         Ok(found)
+    }
+}
+
+type Cache = HashMap<u64, (Instant, Option<Product>)>;
+
+/// Makes room for `incoming` entries within `max`: stale entries go first; if everything is
+/// fresh and there is still no room, the cache starts over rather than grow.
+fn make_room(cache: &mut Cache, incoming: usize, max: usize) {
+    if cache.len() + incoming > max {
+        cache.retain(|_, (at, _)| at.elapsed() < FRESH_FOR);
+    }
+    if cache.len() + incoming > max {
+        cache.clear();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_cache_never_grows_past_its_bound() {
+        let mut cache = Cache::new();
+        let stale = Instant::now().checked_sub(FRESH_FOR * 2);
+        for pid in 0..8u64 {
+            let at = if pid < 4 {
+                stale.unwrap_or_else(Instant::now)
+            } else {
+                Instant::now()
+            };
+            cache.insert(pid, (at, None));
+        }
+        make_room(&mut cache, 2, 10);
+        assert_eq!(cache.len(), 8, "room enough: nothing dropped");
+        make_room(&mut cache, 4, 10);
+        if stale.is_some() {
+            assert_eq!(cache.len(), 4, "stale entries dropped first");
+        }
+        make_room(&mut cache, 10, 10);
+        assert!(cache.is_empty(), "no room even when fresh: start over");
     }
 }

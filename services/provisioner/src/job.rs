@@ -414,6 +414,13 @@ impl JobRunner {
             // Its first delivery already reported under the same message id.
             return;
         }
+        if let Err(err) = self
+            .journal
+            .record_skipped(&request.event_id, &request.order_id)
+            .await
+        {
+            tracing::warn!(error = %err, "Could not record the skipped event in the journal; its outcome is its only record.");
+        }
         let result = JobResult::Skipped {
             reason: reason.message(),
         };

@@ -192,7 +192,7 @@ impl Recovery {
     /// One pass; returns how many delivered messages are still open.
     pub async fn scan(&self, hard_stop: &CancellationToken) -> Result<usize, ReconcileError> {
         let stream_error = |e: &dyn std::fmt::Display| ReconcileError::Stream(e.to_string());
-        let mut stream = self
+        let stream = self
             .js
             .get_stream(&self.requests_stream)
             .await
@@ -201,12 +201,7 @@ impl Recovery {
             .consumer_info(&self.consumer)
             .await
             .map_err(|e| stream_error(&e))?;
-        let first = stream
-            .info()
-            .await
-            .map_err(|e| stream_error(&e))?
-            .state
-            .first_sequence;
+        let first = stream.cached_info().state.first_sequence;
         let delivered = consumer.delivered.stream_sequence;
         let (mark, revision) = match self.watermark().await? {
             Some((mark, revision)) => (mark, Some(revision)),
@@ -298,15 +293,17 @@ impl Recovery {
                 return Ok(MessageState::Done);
             }
         }
-        // Not claimed under the entry: skipped (an outcome exists), or never handled.
-        if publisher::find_outcome(
-            &self.js,
-            &self.outcomes_stream,
-            &request.order_id,
-            &request.event_id,
-        )
-        .await
-        .is_some()
+        // Not claimed under the entry: skipped (recorded, and an outcome exists), or never
+        // handled.
+        if self.journal.was_skipped(&request.event_id).await?
+            || publisher::find_outcome(
+                &self.js,
+                &self.outcomes_stream,
+                &request.order_id,
+                &request.event_id,
+            )
+            .await
+            .is_some()
         {
             return Ok(MessageState::Done);
         }
