@@ -33,6 +33,7 @@ use futures::stream::FuturesOrdered;
 use futures::{Future, StreamExt};
 use messages::{DeadLetterOrigin, DeadLetterV1};
 use platform::backoff::Backoff;
+use platform::error::Chain;
 use pubsub_proto::ConsumerEvent;
 use salesforce::pubsub::{PubSubClient, PubSubError, ReplayStart};
 use tokio_util::sync::CancellationToken;
@@ -233,12 +234,12 @@ impl Ingest {
                 }
                 Err(err) => {
                     self.metrics.reconnect(err.reason());
-                    self.status.set_last_error(Some(err.to_string()));
+                    self.status.set_last_error(Some(Chain(&err).to_string()));
                     match &err {
                         SessionError::PubSub(e) if e.is_invalid_replay_id() => {
                             tracing::error!(
                                 channel = %self.settings.channel,
-                                error = %err,
+                                error = %Chain(&err),
                                 "Salesforce rejected the stored replay id; falling back to EARLIEST (replayed events are de-duplicated)."
                             );
                             self.metrics.replay_id_fallbacks.inc();
@@ -248,19 +249,19 @@ impl Ingest {
                         SessionError::NatsDown
                         | SessionError::Publish(_)
                         | SessionError::Cursor(_) => {
-                            tracing::warn!(error = %err, "JetStream unavailable; Subscribe session ended, resuming from the stored cursor.");
+                            tracing::warn!(error = %Chain(&err), "JetStream unavailable; Subscribe session ended, resuming from the stored cursor.");
                             Some(backoff.next_delay())
                         }
                         SessionError::PubSub(e) if e.is_auth_rejected() => {
                             // The client dropped the rejected token (PubSubClient), so the next
                             // Subscribe signs a new assertion instead of retrying a dead session.
                             self.health.set_down("salesforce", e.to_string());
-                            tracing::warn!(error = %err, "Salesforce rejected the access token; re-subscribing with a new one.");
+                            tracing::warn!(error = %Chain(&err), "Salesforce rejected the access token; re-subscribing with a new one.");
                             Some(backoff.next_delay())
                         }
                         SessionError::PubSub(e) => {
                             self.health.set_down("salesforce", e.to_string());
-                            tracing::warn!(error = %err, transient = e.is_transient(), "Subscribe session failed.");
+                            tracing::warn!(error = %Chain(&err), transient = e.is_transient(), "Subscribe session failed.");
                             Some(backoff.next_delay())
                         }
                     }
@@ -292,8 +293,7 @@ impl Ingest {
                 // already stored is recognised by the stream (Nats-Msg-Id).
                 tracing::error!(
                     key = %self.cursor.key(),
-                    error = %err,
-                    source = ?std::error::Error::source(err).map(ToString::to_string),
+                    error = %Chain(err),
                     "Stored replay cursor is unreadable; starting from EARLIEST (replayed events are de-duplicated)."
                 );
                 self.metrics.cursor_unreadable.inc();
@@ -403,7 +403,7 @@ impl Ingest {
         self.drain(&mut in_flight, &mut progress).await;
         self.metrics.in_flight.set(0);
         if let Err(err) = self.flush_cursor(&mut progress).await {
-            tracing::warn!(error = %err, "Could not store the cursor at the end of the session.");
+            tracing::warn!(error = %Chain(&err), "Could not store the cursor at the end of the session.");
         }
         result
     }
@@ -435,14 +435,19 @@ impl Ingest {
         let ack = match result {
             Ok(ack) => ack,
             Err(err) => {
+                if progress.is_halted() {
+                    // The session is already settling after an earlier failure (NATS gone, say,
+                    // failing every ack in flight): one warning is enough.
+                    tracing::debug!(error = %Chain(&err), event_id = entry.event_id.as_deref(), "Publish after the failed one failed too.");
+                } else {
+                    tracing::warn!(
+                        error = %Chain(&err),
+                        event_id = entry.event_id.as_deref(),
+                        order_id = entry.order_id.as_deref(),
+                        "Publish to JetStream failed; the cursor stays before this event and the next session replays it."
+                    );
+                }
                 progress.on_ack_failed();
-                tracing::warn!(
-                    error = %err,
-                    source = ?std::error::Error::source(&err).map(ToString::to_string),
-                    event_id = entry.event_id.as_deref(),
-                    order_id = entry.order_id.as_deref(),
-                    "Publish to JetStream failed; the cursor stays before this event and the next session replays it."
-                );
                 return Err(SessionError::Publish(err));
             }
         };
