@@ -75,6 +75,8 @@ struct Observations {
     running: HashMap<String, (u64, Instant)>,
     /// Messages found done that the watermark has not passed yet (an older one is open).
     done: HashSet<u64>,
+    /// Orders seen running during the current scan.
+    seen_running: HashSet<String>,
 }
 
 pub struct Recovery {
@@ -214,6 +216,7 @@ impl Recovery {
         let mut done_through = from.saturating_sub(1).max(mark);
         let mut open = 0;
         let mut prefix_done = true;
+        self.observations.lock().await.seen_running.clear();
         for sequence in from..=to {
             if self.observations.lock().await.done.contains(&sequence) {
                 if prefix_done {
@@ -246,6 +249,12 @@ impl Recovery {
                     open += 1;
                 }
             }
+        }
+        {
+            // Forget running entries this scan no longer saw (their jobs ended).
+            let mut observations = self.observations.lock().await;
+            let seen = std::mem::take(&mut observations.seen_running);
+            observations.running.retain(|order, _| seen.contains(order));
         }
         if done_through > mark {
             self.advance(done_through, revision).await;
@@ -375,6 +384,7 @@ impl Recovery {
     async fn check_running(&self, record: &JobRecord, revision: u64) {
         let stale = {
             let mut observations = self.observations.lock().await;
+            observations.seen_running.insert(record.order_id.clone());
             let seen = observations
                 .running
                 .entry(record.order_id.clone())
