@@ -47,6 +47,10 @@ pub struct Faults {
     /// fast ones, as a locked or trigger-heavy row is in a real org. Collection requests are
     /// not slowed (their ids are in the body).
     pub rest_slow_records: Option<SlowRecords>,
+    /// Rows per page of a child subquery's result (`None`: 200, as Salesforce usually pages
+    /// them). Larger results come back with `done: false` and a `nextRecordsUrl`
+    /// (see `rest::locator`). Zero is refused: a page must make progress.
+    pub soql_child_page_size: Option<std::num::NonZeroUsize>,
 }
 
 /// Records whose REST calls are slow, and by how much.

@@ -603,6 +603,12 @@ impl SimHandle {
         self.inner.revoke_tokens();
     }
 
+    /// Releases every open query cursor, as Salesforce does after 15 idle minutes: their
+    /// `nextRecordsUrl`s then answer `INVALID_QUERY_LOCATOR`.
+    pub fn expire_query_locators(&self) {
+        self.inner.store().query_locators.release_all();
+    }
+
     /// A valid access token without the OAuth round trip, for tests of other paths.
     pub fn issue_token(&self) -> String {
         self.inner.issue_token()

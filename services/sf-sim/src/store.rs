@@ -74,6 +74,8 @@ pub struct Store {
     pub events: Vec<StoredEvent>,
     pub tokens: HashMap<String, TokenInfo>,
     pub api_usage: u64,
+    /// Open query cursors (`nextRecordsUrl` of paged child results).
+    pub query_locators: crate::rest::locator::QueryLocators,
 }
 
 /// The canonical (18-character) form of a syntactically valid id, whatever case its suffix has.

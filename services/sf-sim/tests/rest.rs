@@ -512,3 +512,185 @@ async fn a_slow_record_delays_only_its_own_calls() {
     );
     sim.shutdown().await;
 }
+
+impl Api {
+    /// A parameterless GET of a `nextRecordsUrl` (a path from the instance root).
+    async fn get_url(&self, sim: &SfSim, url: &str, token: Option<&str>) -> (u16, Value) {
+        let mut request = self.http.get(format!("{}{url}", sim.instance_url()));
+        if let Some(token) = token {
+            request = request.bearer_auth(token);
+        }
+        let response = request.send().await.unwrap();
+        let status = response.status().as_u16();
+        (status, response.json().await.unwrap())
+    }
+}
+
+/// An order with `n` items (quantities 1..=n, so each page's rows can be told apart).
+fn seed_order_with_items(sim: &SfSim, n: u32) -> String {
+    let s = sim.state();
+    let account = s.seed_account("Acme", Some("42"));
+    let product = s.seed_product("Hosting", Some("7"), Some("Monthly"));
+    let items: Vec<(&str, u32)> = (1..=n).map(|q| (product.as_str(), q)).collect();
+    s.seed_order(&account, &items)
+}
+
+fn quantities(records: &Value) -> Vec<f64> {
+    records
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["Quantity"].as_f64().unwrap())
+        .collect()
+}
+
+fn set_child_page_size(sim: &SfSim, size: usize) {
+    sim.state().update_faults(|f| {
+        f.soql_child_page_size = std::num::NonZeroUsize::new(size);
+    });
+}
+
+#[tokio::test]
+async fn child_results_larger_than_a_page_are_paged_through_next_records_url() {
+    let sim = start().await;
+    let order = seed_order_with_items(&sim, 5);
+    set_child_page_size(&sim, 2);
+    let api = Api::new(&sim).await;
+
+    let (status, body) = api.query(&ORDER_QUERY.replace("{id}", &order)).await;
+    assert_eq!(status, 200, "{body}");
+    // The top-level result is whole; only the nested one is paged.
+    assert_eq!(
+        (body["totalSize"].clone(), body["done"].clone()),
+        (json!(1), json!(true))
+    );
+    let items = &body["records"][0]["OrderItems"];
+    assert_eq!(items["totalSize"], 5, "totalSize counts every row");
+    assert_eq!(items["done"], false);
+    assert_eq!(quantities(&items["records"]), [1.0, 2.0]);
+    assert_eq!(items["records"][0]["attributes"]["type"], "OrderItem");
+    let mut next = items["nextRecordsUrl"].as_str().unwrap().to_owned();
+    let segment = next.strip_prefix("/services/data/v62.0/query/").unwrap();
+    let (locator, offset) = segment.rsplit_once('-').unwrap();
+    assert!(locator.starts_with("01g") && locator.len() == 18, "{next}");
+    assert_eq!(offset, "2");
+
+    let mut seen = quantities(&items["records"]);
+    let mut pages = 1;
+    loop {
+        let (status, page) = api.get_url(&sim, &next, Some(&api.token)).await;
+        assert_eq!(status, 200, "{page}");
+        pages += 1;
+        assert_eq!(page["totalSize"], 5);
+        assert_eq!(page["records"][0]["attributes"]["type"], "OrderItem");
+        assert!(page["records"][0]["Product2"]["WH_Product_ID__c"].is_string());
+        seen.extend(quantities(&page["records"]));
+        if page["done"] == true {
+            assert!(page.get("nextRecordsUrl").is_none(), "{page}");
+            break;
+        }
+        next = page["nextRecordsUrl"].as_str().unwrap().to_owned();
+    }
+    assert_eq!(seen, [1.0, 2.0, 3.0, 4.0, 5.0]);
+    assert_eq!(pages, 3);
+    assert_eq!(
+        sim.state().stats().rest_requests_by_route["GET /query/{locator}"],
+        2
+    );
+    sim.shutdown().await;
+}
+
+#[tokio::test]
+async fn child_results_within_the_default_page_are_whole() {
+    let sim = start().await;
+    let order = seed_order_with_items(&sim, 5);
+    let api = Api::new(&sim).await;
+    let (_, body) = api.query(&ORDER_QUERY.replace("{id}", &order)).await;
+    let items = &body["records"][0]["OrderItems"];
+    assert_eq!(items["done"], true);
+    assert!(items.get("nextRecordsUrl").is_none());
+    assert_eq!(quantities(&items["records"]), [1.0, 2.0, 3.0, 4.0, 5.0]);
+    sim.shutdown().await;
+}
+
+#[tokio::test]
+async fn unknown_and_released_locators_answer_invalid_query_locator() {
+    let sim = start().await;
+    let order = seed_order_with_items(&sim, 3);
+    set_child_page_size(&sim, 2);
+    let api = Api::new(&sim).await;
+    let (_, body) = api.query(&ORDER_QUERY.replace("{id}", &order)).await;
+    let next = body["records"][0]["OrderItems"]["nextRecordsUrl"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+
+    // Authenticated like every REST call.
+    let (status, error) = api.get_url(&sim, &next, None).await;
+    assert_eq!(
+        (status, error[0]["errorCode"].clone()),
+        (401, json!("INVALID_SESSION_ID"))
+    );
+
+    for bad in [
+        "/services/data/v62.0/query/01gSm0000009999AAA-2",
+        "/services/data/v62.0/query/not-a-locator",
+        "/services/data/v62.0/query/01gSm0000000001AAA",
+    ] {
+        let (status, error) = api.get_url(&sim, bad, Some(&api.token)).await;
+        assert_eq!(status, 400, "{bad}: {error}");
+        assert_eq!(error[0]["errorCode"], "INVALID_QUERY_LOCATOR", "{bad}");
+        assert!(error[0]["message"].is_string());
+    }
+    // An offset past the cursor's rows is no page of it.
+    let past = format!("{}-9", next.rsplit_once('-').unwrap().0);
+    let (status, error) = api.get_url(&sim, &past, Some(&api.token)).await;
+    assert_eq!(
+        (status, error[0]["errorCode"].clone()),
+        (400, json!("INVALID_QUERY_LOCATOR"))
+    );
+
+    // The cursor is still good, until it expires.
+    assert_eq!(api.get_url(&sim, &next, Some(&api.token)).await.0, 200);
+    sim.state().expire_query_locators();
+    let (status, error) = api.get_url(&sim, &next, Some(&api.token)).await;
+    assert_eq!(
+        (status, error[0]["errorCode"].clone()),
+        (400, json!("INVALID_QUERY_LOCATOR"))
+    );
+    sim.shutdown().await;
+}
+
+#[tokio::test]
+async fn child_page_size_is_a_fault_of_the_admin_api() {
+    let sim = start().await;
+    let http = reqwest::Client::new();
+    let url = format!("{}/admin/faults", sim.login_url());
+    let response = http
+        .put(&url)
+        .json(&json!({"soql_child_page_size": 3}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+    assert_eq!(
+        sim.state().faults().soql_child_page_size,
+        std::num::NonZeroUsize::new(3)
+    );
+    // A zero page would never make progress.
+    let response = http
+        .put(&url)
+        .json(&json!({"soql_child_page_size": 0}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 400);
+
+    let order = seed_order_with_items(&sim, 4);
+    let api = Api::new(&sim).await;
+    let (_, body) = api.query(&ORDER_QUERY.replace("{id}", &order)).await;
+    let items = &body["records"][0]["OrderItems"];
+    assert_eq!(quantities(&items["records"]), [1.0, 2.0, 3.0]);
+    assert!(items["nextRecordsUrl"].as_str().unwrap().ends_with("-3"));
+    sim.shutdown().await;
+}

@@ -4,6 +4,7 @@
 //! Every response carries `Sforce-Limit-Info`; every call needs a current access token
 //! (`401 INVALID_SESSION_ID` otherwise). Error bodies are Salesforce's JSON arrays.
 
+pub mod locator;
 pub mod soql;
 mod update;
 
@@ -100,6 +101,7 @@ pub(crate) fn router(inner: Arc<Inner>) -> Router {
     Router::new()
         .route("/services/data/{version}/query", get(query))
         .route("/services/data/{version}/query/", get(query))
+        .route("/services/data/{version}/query/{locator}", get(query_more))
         .route(
             "/services/data/{version}/sobjects/{sobject}/{id}",
             get(read_record).patch(update::patch_record),
@@ -119,6 +121,7 @@ fn route_name(method: &str, path: &str) -> String {
     let segments: Vec<&str> = path.trim_matches('/').split('/').collect();
     let route = match segments.as_slice() {
         ["services", "data", _, "query"] => "/query",
+        ["services", "data", _, "query", _] => "/query/{locator}",
         ["services", "data", _, "sobjects", _, _] => "/sobjects/{sobject}/{id}",
         ["services", "data", _, "composite", "sobjects"] => "/composite/sobjects",
         ["services", "oauth2", "userinfo"] => "/services/oauth2/userinfo",
@@ -207,8 +210,44 @@ async fn query(
             )
         })?;
     let parsed = soql::parse(soql)?;
-    let store = inner.store();
-    Ok(Json(soql::execute(&store, &parsed, &version)))
+    // Read before the store is locked: the faults have their own lock.
+    let page_size = inner.faults().soql_child_page_size.map_or(
+        locator::DEFAULT_CHILD_PAGE_SIZE,
+        std::num::NonZeroUsize::get,
+    );
+    let mut store = inner.store();
+    let mut result = soql::execute(&store, &parsed, &version);
+    locator::page_children(
+        &mut result,
+        &parsed.child_relationships(),
+        page_size,
+        &mut store.query_locators,
+        &version,
+        std::time::Instant::now(),
+    );
+    Ok(Json(result))
+}
+
+/// `GET query/{locator}-{offset}`: the next page of a cursor a `nextRecordsUrl` named.
+async fn query_more(
+    State(inner): State<Arc<Inner>>,
+    Path((version, segment)): Path<(String, String)>,
+) -> Result<Json<Value>, RestError> {
+    check_version(&version)?;
+    let invalid = || {
+        RestError::new(
+            StatusCode::BAD_REQUEST,
+            "INVALID_QUERY_LOCATOR",
+            "invalid query locator",
+        )
+    };
+    let (locator, offset) = locator::split(&segment).ok_or_else(invalid)?;
+    let page = inner
+        .store()
+        .query_locators
+        .page(locator, offset, std::time::Instant::now())
+        .ok_or_else(invalid)?;
+    Ok(Json(page.to_json(&version, locator)))
 }
 
 async fn read_record(
@@ -263,6 +302,10 @@ mod tests {
         assert_eq!(
             route_name("GET", "/services/data/v62.0/query/"),
             "GET /query"
+        );
+        assert_eq!(
+            route_name("GET", "/services/data/v62.0/query/01gSm0000000001AAA-200"),
+            "GET /query/{locator}"
         );
         assert_eq!(
             route_name("PATCH", "/services/data/v62.0/sobjects/Order/801"),

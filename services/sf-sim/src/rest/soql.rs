@@ -921,6 +921,17 @@ impl Query {
     pub fn object(&self) -> SObject {
         self.object
     }
+
+    /// The child relationships the query selects (`OrderItems`), whose results may be paged.
+    pub fn child_relationships(&self) -> Vec<&'static str> {
+        self.items
+            .iter()
+            .filter_map(|item| match item {
+                Item::Child(child) => Some(child.rel.name),
+                Item::Field(_) => None,
+            })
+            .collect()
+    }
 }
 
 #[cfg(test)]
