@@ -1,9 +1,15 @@
-//! Wiring of the provisioner: NATS resources, clients, the pull loop, recovery, and the HTTP
-//! listener.
+//! Wiring of the provisioner: NATS resources, clients, the pull loop, the reconciler, and the
+//! HTTP listener.
 //!
 //! Shutdown order (on cancel): stop pulling; running jobs finish within the grace period, the
-//! rest are recorded as INTERRUPTED; recovery stops; NATS is flushed (acks and publishes); the
+//! rest are recorded as INTERRUPTED; the reconciler stops (its own jobs get the same deadline);
+//! NATS is flushed (acks and publishes, within [`platform::nats::SHUTDOWN_FLUSH_DEADLINE`]); the
 //! HTTP listener closes last.
+//!
+//! Background tasks (the HTTP listener, the reconciler, the consumer-lag poller) run under a
+//! [`Supervisor`]: one that dies cancels the root token, the service shuts down in the order
+//! above, and [`App::run_until_stopped`] returns [`AppError::Task`] (exit non-zero). So does a
+//! pull loop that ends while nobody asked it to.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -11,7 +17,9 @@ use std::time::Duration;
 
 use async_nats::jetstream::{self, kv};
 use axum::Router;
-use platform::http::{Health, HttpServer};
+use platform::http::Health;
+use platform::nats::{JetStreamResources, ReplicaMetrics};
+use platform::supervise::{Supervisor, TaskEnd, TaskFailure};
 use prometheus_client::registry::Registry;
 use salesforce::rest::RestClient;
 use salesforce::TokenProvider;
@@ -30,6 +38,9 @@ use platform::deadletter::DeadLetters;
 /// How often the consumer's pending counts are read for `/metrics`.
 const CONSUMER_INFO_EVERY: Duration = Duration::from_secs(5);
 
+/// How long the supervised tasks may take to end once the shutdown reached them.
+const TASKS_STOP_DEADLINE: Duration = Duration::from_secs(5);
+
 #[derive(Debug, thiserror::Error)]
 pub enum AppError {
     #[error(transparent)]
@@ -40,19 +51,39 @@ pub enum AppError {
     HttpClient(String),
     #[error("stopped before NATS became available")]
     Cancelled,
+    #[error(transparent)]
+    Task(#[from] TaskFailure),
+}
+
+impl AppError {
+    /// Whether starting again later may succeed without anyone changing anything.
+    pub fn is_transient(&self) -> bool {
+        match self {
+            Self::Nats(e) => e.is_transient(),
+            Self::Http(_) | Self::HttpClient(_) | Self::Cancelled | Self::Task(_) => false,
+        }
+    }
 }
 
 pub struct App {
     settings: Arc<ProvisionerSettings>,
     nats: async_nats::Client,
-    http: HttpServer,
+    http_addr: SocketAddr,
     http_cancel: CancellationToken,
+    supervisor: Supervisor,
+    health: Arc<Health>,
     runner: Arc<JobRunner>,
     recovery: Arc<Recovery>,
     consumer: jetstream::consumer::PullConsumer,
 }
 
 impl App {
+    /// Connects, starts the HTTP listener, creates the streams, the journal bucket and the
+    /// consumer when absent. Waits (reporting itself degraded) while NATS is unreachable, until
+    /// `cancel`; a permanent JetStream error is returned at once.
+    ///
+    /// `cancel` is the service's root token: pass the same one to [`App::run_until_stopped`].
+    /// The supervisor cancels it when a background task dies.
     pub async fn build(
         settings: ProvisionerSettings,
         cancel: &CancellationToken,
@@ -61,8 +92,10 @@ impl App {
         let nats = platform::nats::connect(&settings.common.nats, "provisioner").await?;
         let health = Health::new("provisioner", env!("CARGO_PKG_VERSION"));
         health.add_nats(nats.clone());
+        let supervisor = Supervisor::new(health.clone(), cancel.clone());
         let mut registry = Registry::default();
         let metrics = ProvisionerMetrics::register(&mut registry);
+        let replica_metrics = ReplicaMetrics::register(&mut registry);
         let http_cancel = CancellationToken::new();
         let http = platform::http::serve(
             settings.common.http_addr,
@@ -72,9 +105,15 @@ impl App {
             http_cancel.clone(),
         )
         .await?;
+        let http_addr = http.local_addr;
+        supervisor.spawn("http", http.task);
 
         let js = jetstream::new(nats.clone());
-        let (journal_kv, consumer) = ensure_resources(&js, &settings, cancel).await?;
+        let resources =
+            JetStreamResources::new(js.clone(), settings.common.nats.jetstream_replicas)
+                .with_metrics(replica_metrics);
+        let (journal_kv, consumer) =
+            Box::pin(ensure_resources(&resources, &settings, cancel)).await?;
         let journal = Journal::new(
             journal_kv,
             settings.job_lease,
@@ -121,8 +160,10 @@ impl App {
         Ok(Self {
             settings,
             nats,
-            http,
+            http_addr,
             http_cancel,
+            supervisor,
+            health,
             runner,
             recovery,
             consumer,
@@ -130,9 +171,21 @@ impl App {
     }
 
     pub fn http_addr(&self) -> SocketAddr {
-        self.http.local_addr
+        self.http_addr
     }
 
+    /// The supervisor of the service's background tasks (tests use it to make one die).
+    pub fn supervisor(&self) -> &Supervisor {
+        &self.supervisor
+    }
+
+    /// What `/health` and `/livez` answer.
+    pub fn health(&self) -> &Arc<Health> {
+        &self.health
+    }
+
+    /// Runs until `cancel` (the token given to [`App::build`]), then shuts down in order.
+    /// Returns [`AppError::Task`] when a supervised background task died.
     pub async fn run_until_stopped(self, cancel: CancellationToken) -> Result<(), AppError> {
         tracing::info!(
             worker_id = %self.settings.worker_id,
@@ -142,87 +195,103 @@ impl App {
         );
         let recovery_cancel = CancellationToken::new();
         let hard_stop = CancellationToken::new();
-        let recovery = tokio::spawn(
+        self.supervisor.spawn(
+            "reconciler",
             self.recovery
                 .clone()
                 .run(recovery_cancel.clone(), hard_stop.clone()),
         );
-        let lag = tokio::spawn(self.runner.metrics.consumer.clone().poll(
-            self.consumer.clone(),
-            CONSUMER_INFO_EVERY,
-            recovery_cancel.clone(),
-        ));
+        // Supervised although it only feeds /metrics: a dead poller would leave the lag gauges
+        // frozen at their last value, and alerts on them silently blind.
+        self.supervisor.spawn(
+            "consumer-lag-poller",
+            self.runner.metrics.consumer.clone().poll(
+                self.consumer.clone(),
+                CONSUMER_INFO_EVERY,
+                recovery_cancel.clone(),
+            ),
+        );
         worker::run(
             self.consumer,
             self.runner,
             self.settings.concurrency,
             self.settings.shutdown_grace,
-            cancel,
+            cancel.clone(),
             hard_stop.clone(),
         )
         .await;
+        let pull_loop_died = !cancel.is_cancelled();
+        if pull_loop_died {
+            tracing::error!("The pull loop ended on its own; stopping the service.");
+            cancel.cancel();
+        }
         recovery_cancel.cancel();
         // The reconciler's own jobs get no longer than the worker's did.
         hard_stop.cancel();
-        let _ = recovery.await;
-        let _ = lag.await;
-        if let Err(err) = self.nats.flush().await {
-            tracing::warn!(error = %err, "Could not flush NATS on shutdown.");
+        if let Err(err) =
+            platform::nats::flush_with_deadline(&self.nats, platform::nats::SHUTDOWN_FLUSH_DEADLINE)
+                .await
+        {
+            tracing::warn!(error = %platform::error::Chain(&err), "Could not flush NATS on shutdown.");
         }
         self.http_cancel.cancel();
-        let _ = self.http.task.await;
+        self.supervisor.wait_all(TASKS_STOP_DEADLINE).await;
+        if pull_loop_died {
+            return Err(AppError::Task(TaskFailure {
+                task: "pull-loop".to_owned(),
+                end: TaskEnd::Returned,
+            }));
+        }
+        self.supervisor.result()?;
         tracing::info!("provisioner stopped.");
         Ok(())
     }
 }
 
 async fn ensure_resources(
-    js: &jetstream::Context,
+    resources: &JetStreamResources,
     settings: &ProvisionerSettings,
     cancel: &CancellationToken,
 ) -> Result<(kv::Store, jetstream::consumer::PullConsumer), AppError> {
-    // Every setup failure here is worth retrying: the stream, bucket and consumer settings are
-    // ours, so only NATS being unreachable or still starting can make them fail.
-    platform::backoff::retry_while_transient(
-        cancel,
-        "JetStream",
-        |_: &AppError| true,
-        || try_ensure_resources(js, settings),
-    )
+    platform::backoff::retry_while_transient(cancel, "JetStream", AppError::is_transient, || {
+        try_ensure_resources(resources, settings)
+    })
     .await?
     .ok_or(AppError::Cancelled)
 }
 
 async fn try_ensure_resources(
-    js: &jetstream::Context,
+    resources: &JetStreamResources,
     settings: &ProvisionerSettings,
 ) -> Result<(kv::Store, jetstream::consumer::PullConsumer), AppError> {
-    use platform::nats::{ensure_bucket, ensure_stream};
     use platform::streams;
-    let requests = ensure_stream(
-        js,
-        streams::requests(
+    // The same definition and defaults as sf-bridge's (whichever service starts first creates).
+    let requests = resources
+        .stream(streams::requests(
             &settings.requests_stream,
-            Duration::from_secs(72 * 3600),
-            Duration::from_secs(7 * 24 * 3600),
-        ),
-    )
-    .await?;
-    ensure_stream(js, streams::outcomes(&settings.outcomes_stream)).await?;
-    ensure_stream(js, streams::order_updates(&settings.updates_stream)).await?;
-    ensure_stream(js, streams::deadletter(&settings.deadletter_stream)).await?;
-    let journal = ensure_bucket(
-        js,
-        kv::Config {
+            settings.requests_duplicate_window,
+            settings.requests_max_age,
+        ))
+        .await?;
+    resources
+        .stream(streams::outcomes(&settings.outcomes_stream))
+        .await?;
+    resources
+        .stream(streams::order_updates(&settings.updates_stream))
+        .await?;
+    resources
+        .stream(streams::deadletter(&settings.deadletter_stream))
+        .await?;
+    let journal = resources
+        .bucket(kv::Config {
             bucket: settings.journal_bucket.clone(),
             description: "provisioner job journal, one entry per Salesforce Order".to_owned(),
             history: 5,
             max_age: Duration::from_secs(90 * 24 * 3600),
             storage: jetstream::stream::StorageType::File,
             ..Default::default()
-        },
-    )
-    .await?;
+        })
+        .await?;
     let max_ack_pending =
         i64::try_from(settings.concurrency.saturating_mul(4).max(1000)).unwrap_or(i64::MAX);
     let consumer = platform::nats::ensure_consumer(

@@ -35,7 +35,7 @@ async fn main() -> ExitCode {
     let cancel = platform::shutdown::on_signal();
     // Boxed: the whole service's state machine is large for the main thread's stack.
     let result = Box::pin(async {
-        let app = App::build(settings, &cancel)
+        let app = Box::pin(App::build(settings, &cancel))
             .await
             .context("start provisioner")?;
         app.run_until_stopped(cancel)
