@@ -177,17 +177,27 @@ impl RestClient {
             .await?;
         let mut records = std::mem::take(&mut page.records);
         while let (false, Some(next)) = (page.done, page.next_records_url.take()) {
-            page = self
-                .send_json(
-                    "query_more",
-                    reqwest::Method::GET,
-                    Target::Absolute(next),
-                    None,
-                )
-                .await?;
+            page = self.query_more(&next).await?;
             records.append(&mut page.records);
         }
         Ok(records)
+    }
+
+    /// One more page of a query: a parameterless GET of a `nextRecordsUrl` (a path from the
+    /// instance root, e.g. `/services/data/v62.0/query/01gD0000002HU6KIAW-2000`), with the same
+    /// authentication as every call. For cursors [`RestClient::query`] does not follow itself,
+    /// such as a child relationship's rows nested in a record.
+    pub async fn query_more<T: DeserializeOwned>(
+        &self,
+        next_records_url: &str,
+    ) -> Result<QueryResult<T>, RestError> {
+        self.send_json(
+            "query_more",
+            reqwest::Method::GET,
+            Target::Absolute(next_records_url.to_owned()),
+            None,
+        )
+        .await
     }
 
     /// `PATCH sobjects/{sobject}/{id}` with the given fields (204 on success).
