@@ -293,10 +293,14 @@ impl Drop for NatsCluster {
 /// `server_name` of the leader of `stream` (`cluster.leader` of `$JS.API.STREAM.INFO`), through
 /// any client of the cluster. `None` while there is no leader, no such stream, or no answer.
 pub async fn stream_leader(client: &async_nats::Client, stream: &str) -> Option<String> {
-    let reply = client
-        .request(format!("$JS.API.STREAM.INFO.{stream}"), "".into())
-        .await
-        .ok()?;
+    // A request during an election is not answered; do not wait the client's full timeout.
+    let reply = tokio::time::timeout(
+        Duration::from_secs(2),
+        client.request(format!("$JS.API.STREAM.INFO.{stream}"), "".into()),
+    )
+    .await
+    .ok()?
+    .ok()?;
     let body: serde_json::Value = serde_json::from_slice(&reply.payload).ok()?;
     body.pointer("/cluster/leader")
         .and_then(serde_json::Value::as_str)
