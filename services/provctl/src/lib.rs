@@ -66,14 +66,24 @@ pub struct Ctl {
     js: jetstream::Context,
     names: Names,
     jaeger_ui_url: String,
+    /// `JETSTREAM_REPLICAS`: resources with fewer replicas are flagged in `status`.
+    wanted_replicas: usize,
 }
 
 impl Ctl {
+    /// Streams and buckets with fewer replicas than `replicas` (`JETSTREAM_REPLICAS`) are
+    /// reported as under-replicated by `status`.
+    pub fn with_wanted_replicas(mut self, replicas: usize) -> Self {
+        self.wanted_replicas = replicas;
+        self
+    }
+
     pub fn new(client: async_nats::Client, names: Names, jaeger_ui_url: &str) -> Self {
         Self {
             js: jetstream::new(client),
             names,
             jaeger_ui_url: jaeger_ui_url.trim_end_matches('/').to_owned(),
+            wanted_replicas: 1,
         }
     }
 

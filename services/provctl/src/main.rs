@@ -121,7 +121,8 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             .flush()
             .await
             .with_context(|| format!("cannot reach NATS at {}", settings.nats.urls.join(",")))?;
-        let ctl = Ctl::new(client, settings.names.clone(), &settings.jaeger_ui_url);
+        let ctl = Ctl::new(client, settings.names.clone(), &settings.jaeger_ui_url)
+            .with_wanted_replicas(settings.nats.jetstream_replicas);
         let json = cli.json;
         match cli.command {
             Command::Status => emit(json, &ctl.status().await?, |r| r.render()),

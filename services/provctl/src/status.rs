@@ -49,6 +49,8 @@ pub struct StreamStatus {
     pub last_seq: u64,
     pub last_message_at: Option<String>,
     pub replicas: usize,
+    /// Fewer replicas than `JETSTREAM_REPLICAS` asks for: one node's loss can lose or stall it.
+    pub under_replicated: bool,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -102,6 +104,14 @@ impl Ctl {
         ] {
             streams.push(self.stream_status(name).await?);
         }
+        // The buckets' streams: their replicas matter as much as the streams'.
+        for bucket in [
+            &names.journal_bucket,
+            &names.cursor_bucket,
+            &names.lease_bucket,
+        ] {
+            streams.push(self.stream_status(&format!("KV_{bucket}")).await?);
+        }
         let mut consumers = Vec::new();
         for (stream, consumer) in [
             (&names.requests_stream, &names.provisioner_consumer),
@@ -137,6 +147,7 @@ impl Ctl {
                 last_seq: 0,
                 last_message_at: None,
                 replicas: 0,
+                under_replicated: false,
             });
         };
         let info = stream.cached_info();
@@ -150,6 +161,7 @@ impl Ctl {
             last_message_at: (info.state.last_sequence > 0)
                 .then(|| rfc3339(info.state.last_timestamp)),
             replicas: info.config.num_replicas,
+            under_replicated: info.config.num_replicas.max(1) < self.wanted_replicas,
         })
     }
 
@@ -314,7 +326,11 @@ impl StatusReport {
                     s.bytes.to_string(),
                     s.last_seq.to_string(),
                     s.last_message_at.clone().unwrap_or_else(|| "-".to_owned()),
-                    s.replicas.to_string(),
+                    if s.under_replicated {
+                        format!("{} UNDER-REPLICATED", s.replicas.max(1))
+                    } else {
+                        s.replicas.max(1).to_string()
+                    },
                 ]);
             } else {
                 streams.row([s.name.as_str(), "missing", "", "", "", ""]);

@@ -285,6 +285,34 @@ async fn status_shows_leader_cursor_lag_and_dead_letters() {
     );
     assert!(text.contains("PROVISIONING_REQUESTS"), "{text}");
     assert!(text.contains("provisioning.deadletter.sf-bridge"), "{text}");
+    assert!(report.streams.iter().all(|s| !s.under_replicated));
+    assert!(
+        stream(&format!("KV_{}", buckets::JOBS)).exists,
+        "buckets listed too"
+    );
+
+    // JETSTREAM_REPLICAS=3 against these R1 resources: every one is flagged.
+    let strict = Ctl::new(
+        p.js.client(),
+        Names::default(),
+        "http://jaeger.example:16686/",
+    )
+    .with_wanted_replicas(3);
+    let report = strict.status().await.unwrap();
+    let flagged: Vec<&str> = report
+        .streams
+        .iter()
+        .filter(|s| s.under_replicated)
+        .map(|s| s.name.as_str())
+        .collect();
+    let existing: Vec<&str> = report
+        .streams
+        .iter()
+        .filter(|s| s.exists)
+        .map(|s| s.name.as_str())
+        .collect();
+    assert_eq!(flagged, existing);
+    assert!(report.render().contains("1 UNDER-REPLICATED"));
 }
 
 #[tokio::test]
