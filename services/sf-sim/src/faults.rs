@@ -51,6 +51,10 @@ pub struct Faults {
     /// them). Larger results come back with `done: false` and a `nextRecordsUrl`
     /// (see `rest::locator`). Zero is refused: a page must make progress.
     pub soql_child_page_size: Option<std::num::NonZeroUsize>,
+    /// Query cursors (`nextRecordsUrl`) opened from now on are released after this long
+    /// without use (`None`: 15 minutes, as in Salesforce); `0` releases them at once, so every
+    /// `nextRecordsUrl` answers `INVALID_QUERY_LOCATOR`.
+    pub soql_locator_idle_ms: Option<u64>,
 }
 
 /// Records whose REST calls are slow, and by how much.

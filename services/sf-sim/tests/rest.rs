@@ -658,6 +658,19 @@ async fn unknown_and_released_locators_answer_invalid_query_locator() {
         (status, error[0]["errorCode"].clone()),
         (400, json!("INVALID_QUERY_LOCATOR"))
     );
+
+    // With no idle time at all, a cursor is gone before its first page is asked for.
+    sim.state().update_faults(|f| f.soql_locator_idle_ms = Some(0));
+    let (_, body) = api.query(&ORDER_QUERY.replace("{id}", &order)).await;
+    let next = body["records"][0]["OrderItems"]["nextRecordsUrl"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let (status, error) = api.get_url(&sim, &next, Some(&api.token)).await;
+    assert_eq!(
+        (status, error[0]["errorCode"].clone()),
+        (400, json!("INVALID_QUERY_LOCATOR"))
+    );
     sim.shutdown().await;
 }
 

@@ -7,9 +7,9 @@
 //! are kept here, so a later change to the records does not shift the pages of an open cursor,
 //! as in Salesforce.
 //!
-//! Cursors are released after [`IDLE_EXPIRY`] without use, and at most [`MAX_OPEN`] are open:
-//! opening one more releases the oldest (Salesforce's documented limits per user). A released
-//! or never-issued locator answers `400 INVALID_QUERY_LOCATOR`.
+//! Cursors are released after [`IDLE_EXPIRY`] without use (a fault may shorten that), and at
+//! most [`MAX_OPEN`] are open: opening one more releases the oldest (Salesforce's documented
+//! limits per user). A released or never-issued locator answers `400 INVALID_QUERY_LOCATOR`.
 
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
@@ -26,6 +26,39 @@ pub const IDLE_EXPIRY: Duration = Duration::from_secs(15 * 60);
 /// Open cursors per user; opening one more releases the oldest.
 pub const MAX_OPEN: usize = 10;
 
+/// How results are paged and how long their cursors live.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Paging {
+    /// Rows per page (at least 1).
+    pub page_size: usize,
+    /// A cursor unused this long is released; zero releases it before its first use.
+    pub idle_expiry: Duration,
+}
+
+impl Default for Paging {
+    fn default() -> Self {
+        Self {
+            page_size: DEFAULT_CHILD_PAGE_SIZE,
+            idle_expiry: IDLE_EXPIRY,
+        }
+    }
+}
+
+impl Paging {
+    /// Salesforce's paging, changed where the faults say so.
+    pub fn from_faults(faults: &crate::faults::Faults) -> Self {
+        let default = Self::default();
+        Self {
+            page_size: faults
+                .soql_child_page_size
+                .map_or(default.page_size, std::num::NonZeroUsize::get),
+            idle_expiry: faults
+                .soql_locator_idle_ms
+                .map_or(default.idle_expiry, Duration::from_millis),
+        }
+    }
+}
+
 #[derive(Debug)]
 struct Cursor {
     /// Rows from offset `first` on, rendered as they were when the query ran.
@@ -33,6 +66,7 @@ struct Cursor {
     first: usize,
     total: usize,
     page_size: usize,
+    idle_expiry: Duration,
     last_used: Instant,
     /// Opening order, to find the oldest cursor when the limit is reached.
     serial: u64,
@@ -94,7 +128,7 @@ impl QueryLocators {
         rows: Vec<Value>,
         first: usize,
         total: usize,
-        page_size: usize,
+        paging: Paging,
         now: Instant,
     ) -> String {
         self.release_idle(now);
@@ -119,7 +153,8 @@ impl QueryLocators {
                 first,
                 total,
                 // A zero page would never make progress; the fault type already refuses it.
-                page_size: page_size.max(1),
+                page_size: paging.page_size.max(1),
+                idle_expiry: paging.idle_expiry,
                 last_used: now,
                 serial: self.serial,
             },
@@ -160,22 +195,22 @@ impl QueryLocators {
 
     fn release_idle(&mut self, now: Instant) {
         self.open
-            .retain(|_, c| now.saturating_duration_since(c.last_used) < IDLE_EXPIRY);
+            .retain(|_, c| now.saturating_duration_since(c.last_used) < c.idle_expiry);
     }
 }
 
 /// Pages every child relationship named in `relationships` in a query result: a nested result
-/// with more than `page_size` rows keeps the first page and gets `done: false` and a
+/// with more than a page of rows keeps the first page and gets `done: false` and a
 /// `nextRecordsUrl` to the rest (its `totalSize` stays the count of all rows).
 pub fn page_children(
     result: &mut Value,
     relationships: &[&str],
-    page_size: usize,
+    paging: Paging,
     locators: &mut QueryLocators,
     version: &str,
     now: Instant,
 ) {
-    let page_size = page_size.max(1);
+    let page_size = paging.page_size.max(1);
     let Some(records) = result.get_mut("records").and_then(Value::as_array_mut) else {
         return;
     };
@@ -192,7 +227,7 @@ pub fn page_children(
             }
             let total = rows.len();
             let rest = rows.split_off(page_size);
-            let locator = locators.open(rest, page_size, total, page_size, now);
+            let locator = locators.open(rest, page_size, total, paging, now);
             child.insert("totalSize".into(), json!(total));
             child.insert("done".into(), Value::Bool(false));
             child.insert(
@@ -206,6 +241,13 @@ pub fn page_children(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn pages_of(page_size: usize) -> Paging {
+        Paging {
+            page_size,
+            ..Paging::default()
+        }
+    }
 
     fn rows(n: usize) -> Vec<Value> {
         (0..n).map(|i| json!({ "n": i })).collect()
@@ -236,7 +278,7 @@ mod tests {
         page_children(
             &mut result,
             &["OrderItems"],
-            2,
+            pages_of(2),
             &mut locators,
             "v62.0",
             Instant::now(),
@@ -250,7 +292,14 @@ mod tests {
         let now = Instant::now();
         let mut locators = QueryLocators::default();
         let mut result = result_with_children(5);
-        page_children(&mut result, &["OrderItems"], 2, &mut locators, "v62.0", now);
+        page_children(
+            &mut result,
+            &["OrderItems"],
+            pages_of(2),
+            &mut locators,
+            "v62.0",
+            now,
+        );
         let child = &result["records"][0]["OrderItems"];
         assert_eq!(child["totalSize"], 5);
         assert_eq!(child["done"], false);
@@ -290,8 +339,8 @@ mod tests {
     fn cursors_expire_when_idle_and_the_oldest_gives_way() {
         let start = Instant::now();
         let mut locators = QueryLocators::default();
-        let idle = locators.open(rows(3), 2, 5, 2, start);
-        let used = locators.open(rows(3), 2, 5, 2, start);
+        let idle = locators.open(rows(3), 2, 5, pages_of(2), start);
+        let used = locators.open(rows(3), 2, 5, pages_of(2), start);
         // Use keeps a cursor alive; the idle one is released once the period has passed.
         let later = start + IDLE_EXPIRY - Duration::from_secs(1);
         assert!(locators.page(&used, 2, later).is_some());
@@ -300,15 +349,51 @@ mod tests {
         assert!(locators.page(&used, 2, expired).is_some());
 
         locators.release_all();
-        let first = locators.open(rows(1), 2, 3, 2, start);
+        let first = locators.open(rows(1), 2, 3, pages_of(2), start);
         let others: Vec<String> = (1..MAX_OPEN)
-            .map(|_| locators.open(rows(1), 2, 3, 2, start))
+            .map(|_| locators.open(rows(1), 2, 3, pages_of(2), start))
             .collect();
         assert_eq!(locators.open_count(), MAX_OPEN);
-        let newest = locators.open(rows(1), 2, 3, 2, start);
+        let newest = locators.open(rows(1), 2, 3, pages_of(2), start);
         assert_eq!(locators.open_count(), MAX_OPEN);
         assert_eq!(locators.page(&first, 2, start), None, "oldest released");
         assert!(locators.page(&others[0], 2, start).is_some());
         assert!(locators.page(&newest, 2, start).is_some());
+
+        // A zero idle period releases a cursor before anyone can use it.
+        let gone = locators.open(
+            rows(1),
+            2,
+            3,
+            Paging {
+                page_size: 2,
+                idle_expiry: Duration::ZERO,
+            },
+            start,
+        );
+        assert_eq!(locators.page(&gone, 2, start), None);
+    }
+
+    #[test]
+    fn faults_change_the_paging() {
+        let faults = crate::faults::Faults {
+            soql_child_page_size: std::num::NonZeroUsize::new(3),
+            soql_locator_idle_ms: Some(0),
+            ..crate::faults::Faults::default()
+        };
+        assert_eq!(
+            Paging::from_faults(&faults),
+            Paging {
+                page_size: 3,
+                idle_expiry: Duration::ZERO
+            }
+        );
+        assert_eq!(
+            Paging::from_faults(&crate::faults::Faults::default()),
+            Paging {
+                page_size: 200,
+                idle_expiry: Duration::from_secs(900)
+            }
+        );
     }
 }

@@ -211,16 +211,13 @@ async fn query(
         })?;
     let parsed = soql::parse(soql)?;
     // Read before the store is locked: the faults have their own lock.
-    let page_size = inner.faults().soql_child_page_size.map_or(
-        locator::DEFAULT_CHILD_PAGE_SIZE,
-        std::num::NonZeroUsize::get,
-    );
+    let paging = locator::Paging::from_faults(&inner.faults());
     let mut store = inner.store();
     let mut result = soql::execute(&store, &parsed, &version);
     locator::page_children(
         &mut result,
         &parsed.child_relationships(),
-        page_size,
+        paging,
         &mut store.query_locators,
         &version,
         std::time::Instant::now(),
