@@ -148,13 +148,12 @@ impl Orchestrator {
             .step(
                 Step::OrderDetails,
                 job,
-                self.salesforce
-                    .query::<SfOrder>(&salesforce_order::soql(&request.order_id)),
+                salesforce_order::read_order(&self.salesforce, &request.order_id),
             )
             .await
         {
-            Ok(mut records) if !records.is_empty() => records.swap_remove(0),
-            Ok(_) => {
+            Ok(Some(order)) => order,
+            Ok(None) => {
                 return Ok(Finished {
                     result: JobResult::failed(
                         "404",

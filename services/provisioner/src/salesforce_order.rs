@@ -1,6 +1,8 @@
 //! The Order as the provisioner reads it: one SOQL query for the Order, its Account's WHMCS
-//! client id and its items (CONTRACT §4).
+//! client id and its items (CONTRACT §4), plus the further pages of the items when Salesforce
+//! pages them ([`read_order`]).
 
+use salesforce::rest::{QueryResult, RestClient, RestError};
 use serde::Deserialize;
 use serde_json::Value;
 
@@ -28,10 +30,49 @@ pub struct SfAccount {
     pub wh_account: Option<Value>,
 }
 
+/// A child relationship's rows nested in a record. Salesforce pages them like a query: when
+/// there are more than one page holds, `done` is false and `next_records_url` names the rest.
 #[derive(Debug, Clone, Deserialize)]
 pub struct SfChildren<T> {
     #[serde(default = "Vec::new")]
     pub records: Vec<T>,
+    /// Absent in hand-written or older answers, which hold every row.
+    #[serde(default = "all_rows_here")]
+    pub done: bool,
+    #[serde(rename = "nextRecordsUrl", default)]
+    pub next_records_url: Option<String>,
+}
+
+fn all_rows_here() -> bool {
+    true
+}
+
+impl<T> SfChildren<T> {
+    /// Where the next page is: `None` when every row is here. A result that says more rows
+    /// follow but not where is an error: going on would act on part of the order.
+    pub fn next_page(&self) -> Result<Option<&str>, RestError> {
+        match (self.done, self.next_records_url.as_deref()) {
+            (true, _) => Ok(None),
+            (false, Some(url)) => Ok(Some(url)),
+            (false, None) => Err(RestError::Decode(
+                "a child result is not done but has no nextRecordsUrl".to_owned(),
+            )),
+        }
+    }
+
+    /// Adds a page read through `next_records_url`. A page that is not the last must bring
+    /// rows: a cursor that never advances would otherwise be followed forever.
+    pub fn append(&mut self, mut page: QueryResult<T>) -> Result<(), RestError> {
+        if !page.done && page.records.is_empty() {
+            return Err(RestError::Decode(
+                "a page of a child result brought no rows and is not the last".to_owned(),
+            ));
+        }
+        self.records.append(&mut page.records);
+        self.done = page.done;
+        self.next_records_url = page.next_records_url;
+        Ok(())
+    }
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -62,6 +103,28 @@ pub fn soql(order_id: &str) -> String {
          (SELECT Id, Quantity, Product2.Name, Product2.WH_Product_ID__c, Product2.Billing_Cycle__c FROM OrderItems) \
          FROM Order WHERE Id = '{order_id}'"
     )
+}
+
+/// Reads the Order ([`soql`]) and every one of its items: when Salesforce pages the nested
+/// `OrderItems`, their `nextRecordsUrl` is followed until the last page, so an order is never
+/// mapped from part of its items. `None` when there is no such Order. Any failure on the way,
+/// also on a later page, is the call's error.
+pub async fn read_order(rest: &RestClient, order_id: &str) -> Result<Option<SfOrder>, RestError> {
+    let Some(mut order) = rest
+        .query::<SfOrder>(&soql(order_id))
+        .await?
+        .into_iter()
+        .next()
+    else {
+        return Ok(None);
+    };
+    if let Some(items) = order.order_items.as_mut() {
+        while let Some(next) = items.next_page()? {
+            let page = rest.query_more::<SfOrderItem>(next).await?;
+            items.append(page)?;
+        }
+    }
+    Ok(Some(order))
 }
 
 /// A positive whole number from a text or number field (`"42"`, `42`, `42.0`).
@@ -143,6 +206,68 @@ mod tests {
             whole_number(order.account.as_ref().and_then(|a| a.wh_account.as_ref())),
             Some(12)
         );
-        assert_eq!(order.order_items.unwrap().records[0].quantity, Some(2.0));
+        let items = order.order_items.unwrap();
+        assert_eq!(items.records[0].quantity, Some(2.0));
+        assert!(items.done);
+        assert_eq!(items.next_page().unwrap(), None);
+    }
+
+    fn item(id: &str) -> Value {
+        json!({"attributes": {"type": "OrderItem"}, "Id": id, "Quantity": 1.0})
+    }
+
+    fn ids(children: &SfChildren<SfOrderItem>) -> Vec<&str> {
+        children.records.iter().map(|r| r.id.as_str()).collect()
+    }
+
+    #[test]
+    fn paged_items_name_their_next_page_and_pages_append_until_done() {
+        let next = "/services/data/v62.0/query/01gD0000002HU6KIAW-2";
+        let order: SfOrder = serde_json::from_value(json!({
+            "Id": "801000000000001AAA",
+            "OrderItems": {"totalSize": 5, "done": false, "nextRecordsUrl": next,
+                           "records": [item("a"), item("b")]}
+        }))
+        .unwrap();
+        let mut items = order.order_items.unwrap();
+        assert_eq!(items.next_page().unwrap(), Some(next));
+
+        let page: QueryResult<SfOrderItem> = serde_json::from_value(json!({
+            "totalSize": 5, "done": false,
+            "nextRecordsUrl": "/services/data/v62.0/query/01gD0000002HU6KIAW-4",
+            "records": [item("c"), item("d")]
+        }))
+        .unwrap();
+        items.append(page).unwrap();
+        assert_eq!(
+            items.next_page().unwrap(),
+            Some("/services/data/v62.0/query/01gD0000002HU6KIAW-4")
+        );
+        let last: QueryResult<SfOrderItem> = serde_json::from_value(json!({
+            "totalSize": 5, "done": true, "records": [item("e")]
+        }))
+        .unwrap();
+        items.append(last).unwrap();
+        assert_eq!(items.next_page().unwrap(), None);
+        assert_eq!(ids(&items), ["a", "b", "c", "d", "e"]);
+    }
+
+    #[test]
+    fn incomplete_children_without_a_way_on_are_errors() {
+        let mut items: SfChildren<SfOrderItem> =
+            serde_json::from_value(json!({"done": false, "records": [item("a")]})).unwrap();
+        let err = items.next_page().unwrap_err();
+        assert!(matches!(err, RestError::Decode(_)), "{err:?}");
+
+        // A page that is not the last yet brings nothing would be followed forever.
+        items.next_records_url = Some("/services/data/v62.0/query/01g-1".to_owned());
+        let stuck = QueryResult {
+            total_size: 3,
+            done: false,
+            next_records_url: Some("/services/data/v62.0/query/01g-1".to_owned()),
+            records: Vec::<SfOrderItem>::new(),
+        };
+        assert!(matches!(items.append(stuck), Err(RestError::Decode(_))));
+        assert_eq!(ids(&items), ["a"]);
     }
 }

@@ -9,5 +9,6 @@ mod exactly_once;
 mod harness;
 mod metrics;
 mod orchestration;
+mod paging;
 mod reliability;
 mod shutdown;
