@@ -660,7 +660,8 @@ async fn unknown_and_released_locators_answer_invalid_query_locator() {
     );
 
     // With no idle time at all, a cursor is gone before its first page is asked for.
-    sim.state().update_faults(|f| f.soql_locator_idle_ms = Some(0));
+    sim.state()
+        .update_faults(|f| f.soql_locator_idle_ms = Some(0));
     let (_, body) = api.query(&ORDER_QUERY.replace("{id}", &order)).await;
     let next = body["records"][0]["OrderItems"]["nextRecordsUrl"]
         .as_str()
