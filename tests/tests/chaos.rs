@@ -35,6 +35,9 @@ use chaos::driver::{
 use sf_sim::Faults;
 use whmcs_sim::faults::ActionFaults;
 
+/// Every WHMCS call takes this long (a realistic install), so kills land mid-job.
+const WHMCS_LATENCY_MS: u64 = 150;
+
 /// Scenarios start a dozen processes each; one at a time on a small machine.
 static SERIAL: Mutex<()> = Mutex::new(());
 
@@ -65,6 +68,7 @@ fn a_service_kills() {
             cluster: false,
             extra_env: Vec::new(),
             min_flow: Duration::from_secs(45),
+            whmcs_latency: Duration::from_millis(WHMCS_LATENCY_MS),
         })
         .await;
         chaos.start_approvals();
@@ -125,6 +129,7 @@ fn b_nats_server_restart() {
             cluster: false,
             extra_env: Vec::new(),
             min_flow: Duration::from_secs(20),
+            whmcs_latency: Duration::from_millis(WHMCS_LATENCY_MS),
         })
         .await;
         chaos.start_approvals();
@@ -196,6 +201,7 @@ fn c1_cluster_requests_leader_loss() {
             cluster: true,
             extra_env: Vec::new(),
             min_flow: Duration::from_secs(30),
+            whmcs_latency: Duration::from_millis(WHMCS_LATENCY_MS),
         })
         .await;
         chaos.start_approvals();
@@ -214,6 +220,7 @@ fn c2_cluster_journal_leader_loss() {
             cluster: true,
             extra_env: Vec::new(),
             min_flow: Duration::from_secs(30),
+            whmcs_latency: Duration::from_millis(WHMCS_LATENCY_MS),
         })
         .await;
         chaos.start_approvals();
@@ -233,6 +240,7 @@ fn d_sick_salesforce_and_whmcs() {
             cluster: false,
             extra_env: Vec::new(),
             min_flow: Duration::from_secs(25),
+            whmcs_latency: Duration::from_millis(WHMCS_LATENCY_MS),
         })
         .await;
         chaos.start_approvals();
@@ -315,6 +323,10 @@ fn d_sick_salesforce_and_whmcs() {
             let held = chaos.pause(slot / 2, slot).await;
             chaos.sf.state().set_faults(Faults::default());
             chaos.whmcs.state().clear_faults();
+            chaos
+                .whmcs
+                .state()
+                .set_latency_all(Duration::from_millis(WHMCS_LATENCY_MS));
             chaos.fault(format!("{name}, held {:.1} s", held.as_secs_f64()));
             chaos.fault_over();
         }

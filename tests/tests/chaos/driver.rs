@@ -237,6 +237,9 @@ pub struct ChaosOptions {
     /// The approvals take at least this long (the rate drops below `CHAOS_RATE` when needed),
     /// so the scenario's faults land while events flow.
     pub min_flow: Duration,
+    /// Latency WHMCS adds to every call for the whole run, so that jobs are in flight (between
+    /// AddOrder and AcceptOrder, say) when a fault strikes.
+    pub whmcs_latency: Duration,
 }
 
 pub struct Chaos {
@@ -280,6 +283,7 @@ impl Chaos {
         };
 
         let orders = seed_orders(&sf, &whmcs, &mut rng, order_count());
+        whmcs.state().set_latency_all(options.whmcs_latency);
         let common: Vec<(&str, String)> = vec![
             ("NATS_URL", broker.urls()),
             ("JETSTREAM_REPLICAS", broker.replicas().to_string()),
