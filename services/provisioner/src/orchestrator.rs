@@ -7,6 +7,7 @@
 //! attempt's outcome was unknown, the one GetOrders finds by the marker.
 
 use std::future::Future;
+use std::sync::Arc;
 use std::time::Instant;
 
 use messages::ProvisioningRequestedV1;
@@ -38,14 +39,14 @@ pub enum JobLost {
 /// renewal; one lock keeps the compare-and-swap revisions in order.
 pub struct JobJournal {
     pub journal: Journal,
-    pub state: tokio::sync::Mutex<(JobRecord, u64)>,
+    pub state: Arc<tokio::sync::Mutex<(JobRecord, u64)>>,
 }
 
 impl JobJournal {
     pub fn new(journal: Journal, record: JobRecord, revision: u64) -> Self {
         Self {
             journal,
-            state: tokio::sync::Mutex::new((record, revision)),
+            state: Arc::new(tokio::sync::Mutex::new((record, revision))),
         }
     }
 
@@ -54,61 +55,79 @@ impl JobJournal {
     /// a side effect. A store error is retried for up to half a lease (a brief journal outage
     /// does not end the job); a write whose answer was lost is recognised by reading the entry
     /// back.
+    ///
+    /// The write runs in a task of its own that holds the lock until the answer is recorded:
+    /// a caller that stops waiting (the lease keeper dropped when the job ends) must not leave
+    /// a write applied on the server whose new revision the job never learned, or the job's
+    /// next write would look like a takeover.
     pub async fn checkpoint(&self, change: impl FnOnce(&mut JobRecord)) -> Result<(), JobLost> {
-        let mut guard = self.state.lock().await;
-        let (record, revision) = &mut *guard;
-        change(record);
-        let give_up = tokio::time::Instant::now() + self.journal.lease() / 2;
-        let mut backoff = platform::backoff::Backoff::new(
-            std::time::Duration::from_millis(100),
-            std::time::Duration::from_secs(2),
-        );
-        let mut ambiguous = false;
-        loop {
-            match self.journal.replace(record, *revision).await {
-                Ok(next) => {
-                    *revision = next;
-                    return Ok(());
-                }
-                Err(JournalError::Conflict(_)) => {
-                    if ambiguous {
-                        if let Some(next) = self.own_write(record).await {
-                            *revision = next;
-                            return Ok(());
-                        }
-                    }
-                    return Err(JobLost::TakenOver);
-                }
-                Err(err) => {
-                    ambiguous = true;
-                    if tokio::time::Instant::now() >= give_up {
-                        return Err(JobLost::JournalUnavailable(err.to_string()));
-                    }
-                    tracing::warn!(error = %err, "Could not write the job's journal entry; retrying.");
-                    tokio::time::sleep(backoff.next_delay()).await;
-                }
+        let mut guard = self.state.clone().lock_owned().await;
+        change(&mut guard.0);
+        let journal = self.journal.clone();
+        let write = tokio::spawn(async move {
+            let (record, revision) = &mut *guard;
+            let outcome = write_fenced(&journal, record, *revision).await;
+            if let Ok(next) = outcome {
+                *revision = next;
             }
-        }
-    }
-
-    /// After a write whose answer was lost: the entry's revision if what is stored is that
-    /// write (this worker's running job at the same step), else `None`.
-    async fn own_write(&self, record: &JobRecord) -> Option<u64> {
-        match self.journal.read(&record.order_id).await.ok()? {
-            crate::journal::Stored::Record(stored, revision)
-                if stored.runs(&record.event_id)
-                    && stored.worker == record.worker
-                    && stored.step == record.step
-                    && stored.whmcs_order_id == record.whmcs_order_id =>
-            {
-                Some(revision)
-            }
-            _ => None,
-        }
+            outcome.map(drop)
+        });
+        write
+            .await
+            .unwrap_or_else(|e| Err(JobLost::JournalUnavailable(e.to_string())))
     }
 
     pub async fn snapshot(&self) -> (JobRecord, u64) {
         self.state.lock().await.clone()
+    }
+}
+
+/// One fenced write of `record` at `revision`, with the retries `checkpoint` describes; the new
+/// revision.
+async fn write_fenced(
+    journal: &Journal,
+    record: &mut JobRecord,
+    revision: u64,
+) -> Result<u64, JobLost> {
+    let give_up = tokio::time::Instant::now() + journal.lease() / 2;
+    let mut backoff = platform::backoff::Backoff::new(
+        std::time::Duration::from_millis(100),
+        std::time::Duration::from_secs(2),
+    );
+    let mut ambiguous = false;
+    loop {
+        match journal.replace(record, revision).await {
+            Ok(next) => return Ok(next),
+            Err(JournalError::Conflict(_)) => {
+                if ambiguous {
+                    if let Some(next) = own_write(journal, record).await {
+                        return Ok(next);
+                    }
+                }
+                return Err(JobLost::TakenOver);
+            }
+            Err(err) => {
+                ambiguous = true;
+                if tokio::time::Instant::now() >= give_up {
+                    return Err(JobLost::JournalUnavailable(err.to_string()));
+                }
+                tracing::warn!(error = %err, "Could not write the job's journal entry; retrying.");
+                tokio::time::sleep(backoff.next_delay()).await;
+            }
+        }
+    }
+}
+
+/// After a write whose answer was lost: the entry's revision if what is stored is that write
+/// (everything but its timestamp), else `None`.
+async fn own_write(journal: &Journal, record: &JobRecord) -> Option<u64> {
+    match journal.read(&record.order_id).await.ok()? {
+        crate::journal::Stored::Record(stored, revision) => {
+            let mut stored = *stored;
+            stored.updated_at.clone_from(&record.updated_at);
+            (stored == *record).then_some(revision)
+        }
+        _ => None,
     }
 }
 

@@ -320,3 +320,64 @@ async fn an_unreadable_journal_entry_is_set_aside_and_the_order_still_runs_once(
     assert_eq!(dead[0].reason_code, "journal_entry_unreadable");
     provisioner.stop().await;
 }
+
+/// The lease keeper is dropped when its job ends, possibly while a renewal is on the wire: the
+/// renewal still lands, and the job must know its new revision, or its closing write looks like
+/// a takeover (seen in the chaos suite as INTERRUPTED jobs whose worker was alive).
+#[tokio::test]
+async fn a_checkpoint_whose_caller_stopped_waiting_does_not_fence_out_its_own_job() {
+    use futures::FutureExt;
+    use provisioner::journal::{claimed_record, Journal};
+    use provisioner::orchestrator::JobJournal;
+
+    let nats = testkit::nats::NatsServer::start().await;
+    let js = jetstream::new(nats.client().await);
+    let store = platform::nats::ensure_bucket(
+        &js,
+        kv::Config {
+            bucket: "journal_test".to_owned(),
+            history: 5,
+            ..Default::default()
+        },
+    )
+    .await
+    .unwrap();
+    let journal = Journal::new(store, Duration::from_secs(30), Default::default());
+    let request = {
+        let mut request = messages::ProvisioningRequestedV1 {
+            schema: messages::ProvisioningRequestedV1::SCHEMA.to_owned(),
+            event_id: "event-1".to_owned(),
+            replay_id: String::new(),
+            channel: String::new(),
+            schema_id: String::new(),
+            order_id: "801000000000001AAA".to_owned(),
+            idem_key: None,
+            correlation_id: "c".to_owned(),
+            requested_by: None,
+            version: None,
+            created_at: None,
+            created_by_id: None,
+            received_at: String::new(),
+        };
+        request.order_id = messages::salesforce_id::canonical(&request.order_id).unwrap();
+        request
+    };
+    let mut record = claimed_record(None, &request, "w1", journal.lease(), None);
+    let revision = journal.write(&mut record, None).await.unwrap();
+    let job = JobJournal::new(journal.clone(), record, revision);
+
+    for round in 0..20 {
+        // Polled once, then dropped: the write is already on its way.
+        let _ = job
+            .checkpoint(|r| r.lease_until_ms = Some(round))
+            .now_or_never();
+        job.checkpoint(|r| r.step = format!("step-{round}"))
+            .await
+            .unwrap_or_else(|lost| panic!("round {round}: {lost}"));
+    }
+    let stored = journal.read(&request.order_id).await.unwrap();
+    let provisioner::journal::Stored::Record(stored, _) = stored else {
+        panic!("entry readable");
+    };
+    assert_eq!(stored.step, "step-19");
+}
