@@ -52,9 +52,8 @@ impl JobJournal {
 
     /// Applies `change` to the entry and writes it at the job's own last revision: the write
     /// succeeds only while the job still holds the entry, which is what makes it a fence before
-    /// a side effect. A store error is retried for up to half a lease (a brief journal outage
-    /// does not end the job); a write whose answer was lost is recognised by reading the entry
-    /// back.
+    /// a side effect. A store error is retried for up to two leases (a journal outage does not
+    /// end the job); a write whose answer was lost is recognised by reading the entry back.
     ///
     /// The write runs in a task of its own that holds the lock until the answer is recorded:
     /// a caller that stops waiting (the lease keeper dropped when the job ends) must not leave
@@ -89,7 +88,12 @@ async fn write_fenced(
     record: &mut JobRecord,
     revision: u64,
 ) -> Result<u64, JobLost> {
-    let give_up = tokio::time::Instant::now() + journal.lease() / 2;
+    // Retrying is safe however long it takes: the compare-and-swap is the fence, so if recovery
+    // took the entry over meanwhile, this write fails instead of landing. Recovery itself needs
+    // a whole lease of successful scans without a new revision before it takes over, so a job
+    // that waits out an outage of the journal (a node restart, a leader election) usually keeps
+    // its entry. The bound only keeps a job from hanging for ever.
+    let give_up = tokio::time::Instant::now() + journal.lease() * 2;
     let mut backoff = platform::backoff::Backoff::new(
         std::time::Duration::from_millis(100),
         std::time::Duration::from_secs(2),

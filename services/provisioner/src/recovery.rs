@@ -135,6 +135,10 @@ impl Recovery {
                     self.runner.metrics.reconciler_open.set(open as i64);
                 }
                 Err(err) => {
+                    // Staleness counts only what this replica saw: while it could not read,
+                    // it cannot tell that an entry stood still, and a worker cut off by the
+                    // same outage must get a whole lease once the journal is back.
+                    self.observations.lock().await.running.clear();
                     self.runner.metrics.reconciler_scan_failures.inc();
                     tracing::warn!(error = %err, "Reconciliation scan failed; trying again next interval.");
                 }
