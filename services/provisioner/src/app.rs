@@ -157,6 +157,10 @@ impl App {
             settings.recovery_interval,
             settings.ack_wait,
         ));
+        if let Err(err) = recovery.initialize_watermark().await {
+            // The first scan then starts at the beginning of the stream: slower, never unsafe.
+            tracing::warn!(error = %err, "Could not store the reconciler's first watermark.");
+        }
         Ok(Self {
             settings,
             nats,

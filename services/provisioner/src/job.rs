@@ -28,9 +28,10 @@ use crate::steps::{codes, JobResult, Step};
 
 pub const SERVICE: &str = "provisioner";
 
-/// How long after it finished a job's report is published again by the claim that replaces
-/// its entry (the streams' duplicate window is a day, so a repeat inside it is stored once).
-const REPORT_AGAIN_WITHIN: time::Duration = time::Duration::hours(12);
+/// How long after it finished a job's report may be published again (by the claim that replaces
+/// its entry, or the reconciler): well inside the streams' one-day duplicate window, so a repeat
+/// is stored once; and never for entries older than that, whose reports went out long ago.
+pub const REPORT_AGAIN_WITHIN: time::Duration = time::Duration::hours(12);
 
 pub struct JobRunner {
     pub journal: Journal,
@@ -350,14 +351,7 @@ impl JobRunner {
     /// Before a finished entry is replaced: its report again, in case its worker died between
     /// closing the entry and publishing (the message ids make a repeat a no-op).
     async fn report_again(&self, previous: &JobRecord, revision: u64) -> Result<(), JournalError> {
-        let recent = previous
-            .finished_at
-            .as_deref()
-            .and_then(|at| {
-                time::OffsetDateTime::parse(at, &time::format_description::well_known::Rfc3339).ok()
-            })
-            .is_some_and(|at| time::OffsetDateTime::now_utc() - at < REPORT_AGAIN_WITHIN);
-        if !recent || previous.event_id.is_empty() {
+        if !previous.finished_within(REPORT_AGAIN_WITHIN) || previous.event_id.is_empty() {
             return Ok(());
         }
         let Some(report) = Report::of(previous, revision) else {

@@ -113,6 +113,17 @@ impl JobRecord {
         self.processed_event_ids.iter().any(|id| id == event_id)
     }
 
+    /// Whether the job finished less than `within` ago (by this host's clock: a margin of hours
+    /// makes skew irrelevant). An entry of an older version has no `finished_at` and is not.
+    pub fn finished_within(&self, within: time::Duration) -> bool {
+        self.finished_at
+            .as_deref()
+            .and_then(|at| {
+                time::OffsetDateTime::parse(at, &time::format_description::well_known::Rfc3339).ok()
+            })
+            .is_some_and(|at| time::OffsetDateTime::now_utc() - at < within)
+    }
+
     /// Whether the job claimed by `event_id` is still running under this entry.
     pub fn runs(&self, event_id: &str) -> bool {
         self.state == JobState::Running && self.event_id == event_id

@@ -148,6 +148,34 @@ impl Recovery {
         while orphans.0.join_next().await.is_some() {}
     }
 
+    /// Stores the first watermark, unless one exists. A consumer that has delivered nothing yet
+    /// (a new deployment) starts at the beginning of the stream, so every message is reconciled.
+    /// A consumer with history but no watermark was run by a version without the reconciler:
+    /// what it acknowledged was handled by that version's recovery, so the reconciler starts at
+    /// its ack floor instead of walking (and possibly re-running) days of old messages.
+    pub async fn initialize_watermark(&self) -> Result<(), ReconcileError> {
+        if self.watermark().await?.is_some() {
+            return Ok(());
+        }
+        let stream_error = |e: &dyn std::fmt::Display| ReconcileError::Stream(e.to_string());
+        let stream = self
+            .js
+            .get_stream(&self.requests_stream)
+            .await
+            .map_err(|e| stream_error(&e))?;
+        let consumer = stream
+            .consumer_info(&self.consumer)
+            .await
+            .map_err(|e| stream_error(&e))?;
+        let start = if consumer.delivered.stream_sequence == 0 {
+            stream.cached_info().state.first_sequence.saturating_sub(1)
+        } else {
+            consumer.ack_floor.stream_sequence
+        };
+        self.advance(start, None).await;
+        Ok(())
+    }
+
     fn watermark_key(&self) -> String {
         format!("reconciled.{}", self.consumer)
     }
@@ -365,6 +393,9 @@ impl Recovery {
     }
 
     async fn ensure_reported(&self, record: &JobRecord, revision: u64) {
+        if !record.finished_within(crate::job::REPORT_AGAIN_WITHIN) {
+            return;
+        }
         let Some(report) = Report::of(record, revision) else {
             return;
         };

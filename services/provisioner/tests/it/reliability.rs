@@ -219,6 +219,7 @@ async fn a_job_whose_entry_was_taken_over_never_calls_add_order() {
     // Another replica takes the entry over (as recovery does), while the job is still reading.
     record["state"] = "interrupted".into();
     record["worker"] = serde_json::Value::Null;
+    record["finished_at"] = messages::bodies::rfc3339(time::OffsetDateTime::now_utc()).into();
     journal(&h)
         .await
         .update(
