@@ -119,6 +119,10 @@ pub struct TokenProvider {
     settings: SalesforceSettings,
     http: reqwest::Client,
     current: Mutex<Slot>,
+    /// Tokens of this generation or older were rejected. An atomic, not the slot's lock, so a
+    /// rejection is recorded at once, even by a caller that is then cancelled (a `select!`
+    /// branch) before it could have taken the lock.
+    rejected_through: std::sync::atomic::AtomicU64,
     fetches: std::sync::atomic::AtomicU64,
     metrics: std::sync::OnceLock<platform::metrics::ApiMetrics>,
 }
@@ -129,6 +133,7 @@ impl TokenProvider {
             settings,
             http,
             current: Mutex::new(Slot::default()),
+            rejected_through: Default::default(),
             fetches: Default::default(),
             metrics: std::sync::OnceLock::new(),
         })
@@ -151,12 +156,18 @@ impl TokenProvider {
     /// A valid token, from cache when it is fresh enough.
     pub async fn token(&self) -> Result<Arc<Token>, AuthError> {
         let mut current = self.current.lock().await;
+        let rejected_through = self
+            .rejected_through
+            .load(std::sync::atomic::Ordering::Acquire);
         if let Some(token) = current.token.as_ref() {
-            if token.issued_at.elapsed() < self.settings.token_max_age {
+            if token.issued_at.elapsed() < self.settings.token_max_age
+                && token.generation > rejected_through
+            {
                 return Ok(token.clone());
             }
         }
-        let token = self.fetch(current.generation + 1).await?;
+        let next = current.generation.max(rejected_through) + 1;
+        let token = self.fetch(next).await?;
         Ok(current.store(token))
     }
 
@@ -180,18 +191,15 @@ impl TokenProvider {
     /// Salesforce rejected `stale` where no new token is needed right away (a stream that just
     /// ended): forget it, so the next [`TokenProvider::token`] signs a new assertion instead of
     /// handing out a session Salesforce no longer accepts. A newer token is left alone.
-    pub async fn invalidate(&self, stale: &Token) {
-        let mut current = self.current.lock().await;
-        if current
-            .token
-            .as_ref()
-            .is_some_and(|token| token.generation <= stale.generation)
-        {
+    pub fn invalidate(&self, stale: &Token) {
+        let before = self
+            .rejected_through
+            .fetch_max(stale.generation, std::sync::atomic::Ordering::AcqRel);
+        if before < stale.generation {
             tracing::info!(
                 generation = stale.generation,
                 "Salesforce rejected the access token; the next call fetches a new one."
             );
-            current.token = None;
         }
     }
 

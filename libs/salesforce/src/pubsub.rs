@@ -340,7 +340,7 @@ impl Subscription {
             Err(status) => {
                 let err = PubSubError::from_status(status);
                 if err.is_auth_rejected() {
-                    self.tokens.invalidate(&self.token).await;
+                    self.tokens.invalidate(&self.token);
                 }
                 Err(err)
             }

@@ -348,7 +348,10 @@ impl Ingest {
                         break Err(err);
                     }
                     if in_flight.is_empty() || progress.flush_due(self.settings.cursor_flush_interval) {
-                        self.flush_cursor(&mut progress).await?;
+                        // Every exit goes through the settling below (no `?` in this loop).
+                        if let Err(err) = self.flush_cursor(&mut progress).await {
+                            break Err(err);
+                        }
                     }
                 }
                 response = subscription.next() => {
@@ -369,7 +372,9 @@ impl Ingest {
                     if response.events.is_empty() {
                         self.metrics.keepalives.inc();
                         if progress.advance_to_keepalive(&response.latest_replay_id, in_flight.is_empty()) {
-                            self.flush_cursor(&mut progress).await?;
+                            if let Err(err) = self.flush_cursor(&mut progress).await {
+                                break Err(err);
+                            }
                         }
                     }
                     let mut failed = None;
@@ -393,7 +398,9 @@ impl Ingest {
                 && in_flight.len() + (batch as usize) <= self.settings.max_in_flight
             {
                 let more = batch - outstanding;
-                subscription.request(more as i32).await?;
+                if let Err(err) = subscription.request(more as i32).await {
+                    break Err(err.into());
+                }
                 outstanding = batch;
             }
         };
