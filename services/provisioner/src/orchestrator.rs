@@ -243,15 +243,16 @@ impl Orchestrator {
                 job,
                 self.create_order(request, job, previous, client_id, &payment_method, &items),
             )
-            .await?;
+            .await;
         let (whmcs_order_id, service_ids, invoice_id) = match created {
             Ok(created) => created,
-            Err(result) => {
+            Err(CreateFailure::Failed(result)) => {
                 return Ok(Finished {
                     result,
                     step: Step::WhmcsCreate,
                 })
             }
+            Err(CreateFailure::Lost(lost)) => return Err(lost),
         };
 
         Ok(
@@ -382,25 +383,6 @@ impl Orchestrator {
     /// AddOrder, or the WHMCS order an earlier attempt created. The job proves it still holds
     /// its journal entry (a checkpoint) before AddOrder and again before AcceptOrder.
     async fn create_order(
-        &self,
-        request: &ProvisioningRequestedV1,
-        job: &JobJournal,
-        previous: Option<&JobRecord>,
-        client_id: u64,
-        payment_method: &str,
-        items: &[MappedItem],
-    ) -> Result<Result<(u64, Vec<u64>, Option<u64>), JobResult>, JobLost> {
-        match self
-            .create_order_fenced(request, job, previous, client_id, payment_method, items)
-            .await
-        {
-            Ok(created) => Ok(Ok(created)),
-            Err(CreateFailure::Failed(result)) => Ok(Err(result)),
-            Err(CreateFailure::Lost(lost)) => Err(lost),
-        }
-    }
-
-    async fn create_order_fenced(
         &self,
         request: &ProvisioningRequestedV1,
         job: &JobJournal,
@@ -557,11 +539,15 @@ impl<T> StepOutcome for Result<T, JobResult> {
     }
 }
 
-impl<T> StepOutcome for Result<Result<T, JobResult>, JobLost> {
+impl<T> StepOutcome for Result<T, CreateFailure> {
     fn failure(&self) -> Option<(String, String)> {
         match self {
-            Ok(inner) => inner.failure(),
-            Err(lost) => Some(("JOB_LOST".to_owned(), lost.to_string())),
+            Ok(_) => None,
+            Err(CreateFailure::Failed(JobResult::Failed { code, message })) => {
+                Some((code.clone(), message.clone()))
+            }
+            Err(CreateFailure::Failed(_)) => None,
+            Err(CreateFailure::Lost(lost)) => Some(("JOB_LOST".to_owned(), lost.to_string())),
         }
     }
 }

@@ -157,6 +157,20 @@ impl Recovery {
         if self.watermark().await?.is_some() {
             return Ok(());
         }
+        let (stream, consumer) = self.positions().await?;
+        let start = if consumer.delivered.stream_sequence == 0 {
+            stream.cached_info().state.first_sequence.saturating_sub(1)
+        } else {
+            consumer.ack_floor.stream_sequence
+        };
+        self.advance(start, None).await;
+        Ok(())
+    }
+
+    /// The requests stream (with its info as of now) and the consumer's info.
+    async fn positions(
+        &self,
+    ) -> Result<(jetstream::stream::Stream, jetstream::consumer::Info), ReconcileError> {
         let stream_error = |e: &dyn std::fmt::Display| ReconcileError::Stream(e.to_string());
         let stream = self
             .js
@@ -167,13 +181,7 @@ impl Recovery {
             .consumer_info(&self.consumer)
             .await
             .map_err(|e| stream_error(&e))?;
-        let start = if consumer.delivered.stream_sequence == 0 {
-            stream.cached_info().state.first_sequence.saturating_sub(1)
-        } else {
-            consumer.ack_floor.stream_sequence
-        };
-        self.advance(start, None).await;
-        Ok(())
+        Ok((stream, consumer))
     }
 
     fn watermark_key(&self) -> String {
@@ -226,15 +234,7 @@ impl Recovery {
     /// One pass; returns how many delivered messages are still open.
     pub async fn scan(&self, hard_stop: &CancellationToken) -> Result<usize, ReconcileError> {
         let stream_error = |e: &dyn std::fmt::Display| ReconcileError::Stream(e.to_string());
-        let stream = self
-            .js
-            .get_stream(&self.requests_stream)
-            .await
-            .map_err(|e| stream_error(&e))?;
-        let consumer = stream
-            .consumer_info(&self.consumer)
-            .await
-            .map_err(|e| stream_error(&e))?;
+        let (stream, consumer) = self.positions().await?;
         let first = stream.cached_info().state.first_sequence;
         let delivered = consumer.delivered.stream_sequence;
         let (mark, revision) = match self.watermark().await? {
