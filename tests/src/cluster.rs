@@ -4,8 +4,10 @@
 //! directory; all share one cluster name and route to the other two (the single-host layout of
 //! the NATS documentation). File storage. [`NatsCluster::kill_node`] is a SIGKILL;
 //! [`NatsCluster::restart_node`] starts the node again on the same ports and store, so it rejoins
-//! with its data. [`NatsCluster::stream_leader`] names the node that leads a stream (for a KV
-//! bucket, the stream `KV_<bucket>`), so a test can take exactly that node away.
+//! with its data; [`NatsCluster::wait_replicas_current`] waits until it has caught up (every
+//! replica of the named streams current), so that the next node loss does not leave a stream
+//! with a single current replica. [`NatsCluster::stream_leader`] names the node that leads a
+//! stream (for a KV bucket, the stream `KV_<bucket>`), so a test can take exactly that node away.
 //!
 //! `NATS_SERVER_BIN` chooses the binary, as for [`crate::nats::NatsServer`] (which is the
 //! single-node counterpart: kill -9 and restart on the same port and store).
@@ -15,7 +17,7 @@ use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use crate::nats::{free_port, server_binary};
+use crate::nats::{free_port, is_bind_failure, log_len, log_since, server_binary, PORT_RETRY};
 
 /// Name shared by the nodes (`cluster.name`).
 pub const CLUSTER_NAME: &str = "chaos";
@@ -24,6 +26,7 @@ pub const CLUSTER_NAME: &str = "chaos";
 struct Node {
     name: String,
     client_port: u16,
+    route_port: u16,
     http_port: u16,
     config: PathBuf,
     log: PathBuf,
@@ -86,17 +89,18 @@ impl NatsCluster {
                 log: dir.path().join(format!("{name}.log")),
                 name,
                 client_port,
+                route_port,
                 http_port,
                 config,
                 child: None,
             });
         }
         let mut cluster = Self { nodes, dir };
-        for i in 0..size {
-            cluster.spawn(i);
-        }
-        for i in 0..size {
-            cluster.wait_accepting(i).await;
+        let offsets: Vec<u64> = (0..size).map(|i| cluster.spawn(i)).collect();
+        for (i, offset) in offsets.into_iter().enumerate() {
+            if let Err(log) = cluster.wait_accepting(i, offset).await {
+                panic!("{}", cluster.port_taken(i, &log));
+            }
         }
         cluster.wait_ready(size).await;
         cluster
@@ -174,11 +178,56 @@ impl NatsCluster {
     }
 
     /// Starts node `i` again on the same ports and store (killing it first if it runs), and
-    /// waits until it accepts clients. It catches up with its peers on its own.
+    /// waits until it accepts clients. If one of its ports was taken meanwhile by another
+    /// process, it tries again for a few seconds, then fails naming the ports.
+    ///
+    /// The node then catches up with its peers on its own: a caller about to take another node
+    /// away waits for that with [`NatsCluster::wait_replicas_current`].
     pub async fn restart_node(&mut self, i: usize) {
         self.kill_node(i);
-        self.spawn(i);
-        self.wait_accepting(i).await;
+        let deadline = Instant::now() + PORT_RETRY;
+        loop {
+            let offset = self.spawn(i);
+            match self.wait_accepting(i, offset).await {
+                Ok(()) => return,
+                Err(log) => {
+                    assert!(Instant::now() < deadline, "{}", self.port_taken(i, &log));
+                    tokio::time::sleep(Duration::from_millis(500)).await;
+                }
+            }
+        }
+    }
+
+    /// Waits (bounded by `timeout`) until every stream in `streams` has a leader and every one
+    /// of its replicas is `current` (caught up with the leader) and not offline, as
+    /// `$JS.API.STREAM.INFO.<stream>` reports it. Returns how long that took, or the last
+    /// replies when the bound passed.
+    pub async fn wait_replicas_current(
+        &self,
+        streams: &[&str],
+        timeout: Duration,
+    ) -> Result<Duration, String> {
+        let started = Instant::now();
+        let client = self.client().await;
+        loop {
+            let mut lagging = Vec::new();
+            for stream in streams {
+                if let Err(why) = replicas_current(&client, stream).await {
+                    lagging.push(format!("{stream}: {why}"));
+                }
+            }
+            if lagging.is_empty() {
+                return Ok(started.elapsed());
+            }
+            if started.elapsed() > timeout {
+                return Err(format!(
+                    "replicas not caught up after {:.1} s:\n  {}",
+                    timeout.as_secs_f64(),
+                    lagging.join("\n  ")
+                ));
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
     }
 
     /// `server_name` of the node leading `stream`, from `$JS.API.STREAM.INFO.<stream>`;
@@ -199,9 +248,11 @@ impl NatsCluster {
         self.node_index(&leader)
     }
 
-    #[allow(clippy::expect_used)]
-    fn spawn(&mut self, i: usize) {
+    /// Starts node `i`'s process; returns the length of its log before (the new incarnation's
+    /// lines follow it).
+    fn spawn(&mut self, i: usize) -> u64 {
         let node = &mut self.nodes[i];
+        let offset = log_len(&node.log);
         let child = Command::new(server_binary())
             .arg("-c")
             .arg(&node.config)
@@ -212,29 +263,51 @@ impl NatsCluster {
             .spawn()
             .unwrap_or_else(|e| panic!("cannot start {}: {e}", server_binary().display()));
         node.child = Some(child);
+        offset
     }
 
-    async fn wait_accepting(&mut self, i: usize) {
+    /// Waits until node `i` accepts clients (and it is this node answering on the port: its
+    /// `server_name`). `Err(the incarnation's log)` when it exited because a port is taken;
+    /// any other exit, or no answer within 30 s, panics with the log.
+    async fn wait_accepting(&mut self, i: usize, log_offset: u64) -> Result<(), String> {
         let url = self.url(i);
         let deadline = Instant::now() + Duration::from_secs(30);
         loop {
             if let Ok(client) = async_nats::connect(url.as_str()).await {
-                if client.flush().await.is_ok() {
-                    return;
+                if client.server_info().server_name == self.nodes[i].name
+                    && client.flush().await.is_ok()
+                {
+                    return Ok(());
                 }
             }
             let exited = self.nodes[i]
                 .child
                 .as_mut()
                 .is_none_or(|c| matches!(c.try_wait(), Ok(Some(_))));
+            let log = log_since(&self.nodes[i].log, log_offset);
+            if exited {
+                self.nodes[i].child = None;
+                if is_bind_failure(&log) {
+                    return Err(log);
+                }
+            }
             assert!(
                 !exited && Instant::now() < deadline,
-                "cluster node {} did not accept clients on {url} (exited: {exited}):\n{}",
+                "cluster node {} did not accept clients on {url} (exited: {exited}):\n{log}",
                 self.nodes[i].name,
-                self.log(i)
             );
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
+    }
+
+    /// The message for a node that cannot bind its ports.
+    fn port_taken(&self, i: usize, log: &str) -> String {
+        let n = &self.nodes[i];
+        format!(
+            "cluster node {} cannot listen: a port is taken by another process (client {}, \
+             route {}, monitoring {}; address already in use):\n{log}",
+            n.name, n.client_port, n.route_port, n.http_port
+        )
     }
 
     /// Ready = a stream with one replica per node can be created (meta leader elected, every
@@ -288,6 +361,45 @@ impl Drop for NatsCluster {
             self.kill_node(i);
         }
     }
+}
+
+/// `Ok` when `stream` has a leader and all its replicas (as many as its `num_replicas` says)
+/// are current and online; otherwise why not.
+pub async fn replicas_current(client: &async_nats::Client, stream: &str) -> Result<(), String> {
+    let reply = tokio::time::timeout(
+        Duration::from_secs(2),
+        client.request(format!("$JS.API.STREAM.INFO.{stream}"), "".into()),
+    )
+    .await
+    .map_err(|_| "no answer to STREAM.INFO within 2 s".to_owned())?
+    .map_err(|e| format!("STREAM.INFO: {e}"))?;
+    let body: serde_json::Value =
+        serde_json::from_slice(&reply.payload).map_err(|e| format!("STREAM.INFO reply: {e}"))?;
+    if let Some(error) = body.get("error") {
+        return Err(format!("STREAM.INFO error {error}"));
+    }
+    let cluster = body.get("cluster").cloned().unwrap_or_default();
+    let leader = cluster["leader"].as_str().unwrap_or_default();
+    if leader.is_empty() {
+        return Err(format!("no leader; cluster {cluster}"));
+    }
+    let wanted = body
+        .pointer("/config/num_replicas")
+        .and_then(serde_json::Value::as_u64)
+        .unwrap_or(1)
+        .max(1);
+    let replicas = cluster["replicas"].as_array().cloned().unwrap_or_default();
+    let good = replicas
+        .iter()
+        .filter(|r| r["current"].as_bool() == Some(true) && r["offline"].as_bool() != Some(true))
+        .count() as u64;
+    if good + 1 < wanted {
+        return Err(format!(
+            "{good} of {} followers current (leader {leader}); cluster {cluster}",
+            wanted - 1
+        ));
+    }
+    Ok(())
 }
 
 /// `server_name` of the leader of `stream` (`cluster.leader` of `$JS.API.STREAM.INFO`), through

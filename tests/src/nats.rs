@@ -76,18 +76,52 @@ impl NatsServer {
         }
     }
 
-    /// Starts the server again on the same port and store.
+    /// Starts the server again on the same port and store. If the port is taken meanwhile (by
+    /// another process), it tries again for a few seconds, then fails naming the port.
     pub async fn restart(&mut self) {
         self.kill();
         self.spawn().await;
     }
 
-    #[allow(clippy::expect_used)]
+    /// `server_name` given to the process (stable across restarts), so that a client can tell
+    /// this server from whatever else might answer on its port.
+    fn name(&self) -> String {
+        format!("test-{}", self.port)
+    }
+
+    fn log_path(&self) -> PathBuf {
+        self.dir.path().join("nats-server.log")
+    }
+
     async fn spawn(&mut self) {
+        let deadline = Instant::now() + PORT_RETRY;
+        loop {
+            match self.spawn_once().await {
+                Ok(()) => return,
+                Err(log) => {
+                    assert!(
+                        Instant::now() < deadline,
+                        "nats-server cannot listen on 127.0.0.1:{} (address already in use: the \
+                         port was taken by another process) for {} s:\n{log}",
+                        self.port,
+                        PORT_RETRY.as_secs()
+                    );
+                    tokio::time::sleep(Duration::from_millis(500)).await;
+                }
+            }
+        }
+    }
+
+    /// One start: `Ok` once the server accepts clients, `Err(its log)` when it exited because
+    /// its port is taken; any other failure panics with the log.
+    async fn spawn_once(&mut self) -> Result<(), String> {
         let store = self.dir.path().join("jetstream");
-        let log = self.dir.path().join("nats-server.log");
+        let log = self.log_path();
+        let offset = log_len(&log);
         let child = Command::new(server_binary())
             .args(["-js", "-a", "127.0.0.1", "-p", &self.port.to_string()])
+            .arg("-n")
+            .arg(self.name())
             .arg("-sd")
             .arg(&store)
             .arg("-l")
@@ -99,22 +133,58 @@ impl NatsServer {
         self.child = Some(child);
         let deadline = Instant::now() + Duration::from_secs(20);
         loop {
-            // The server accepts clients once JetStream is up ("Server is ready").
+            // The server accepts clients once JetStream is up ("Server is ready"); the name
+            // tells it from another process that took the port.
             if let Ok(client) = async_nats::connect(self.url()).await {
-                if client.flush().await.is_ok() {
-                    return;
+                if client.server_info().server_name == self.name() && client.flush().await.is_ok() {
+                    return Ok(());
                 }
             }
-            if Instant::now() > deadline {
-                let log = std::fs::read_to_string(&log).unwrap_or_default();
+            let exited = self
+                .child
+                .as_mut()
+                .is_none_or(|c| matches!(c.try_wait(), Ok(Some(_))));
+            if exited {
+                self.child = None;
+                let text = log_since(&log, offset);
+                if is_bind_failure(&text) {
+                    return Err(text);
+                }
                 panic!(
-                    "nats-server did not become ready on port {}:\n{log}",
+                    "nats-server on port {} exited before it became ready:\n{text}",
                     self.port
+                );
+            }
+            if Instant::now() > deadline {
+                panic!(
+                    "nats-server did not become ready on port {}:\n{}",
+                    self.port,
+                    log_since(&log, offset)
                 );
             }
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
     }
+}
+
+/// How long a (re)start keeps trying while a port of the server is taken.
+pub(crate) const PORT_RETRY: Duration = Duration::from_secs(10);
+
+/// Length of a log file so far (0 when it does not exist yet).
+pub(crate) fn log_len(path: &Path) -> u64 {
+    std::fs::metadata(path).map_or(0, |m| m.len())
+}
+
+/// What a log file gained after `offset` (one incarnation's lines: `-l` appends).
+pub(crate) fn log_since(path: &Path, offset: u64) -> String {
+    let bytes = std::fs::read(path).unwrap_or_default();
+    let start = usize::try_from(offset).unwrap_or(0).min(bytes.len());
+    String::from_utf8_lossy(&bytes[start..]).into_owned()
+}
+
+/// Whether a nats-server log says it could not bind one of its ports (client, route, monitor).
+pub(crate) fn is_bind_failure(log: &str) -> bool {
+    log.contains("address already in use")
 }
 
 impl Drop for NatsServer {

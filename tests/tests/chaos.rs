@@ -30,13 +30,17 @@ use std::sync::Mutex;
 use std::time::Duration;
 
 use chaos::driver::{
-    Broker, Chaos, ChaosOptions, Kind, JOURNAL_BUCKET, PROVISIONER_ACK_WAIT, REQUESTS,
+    Broker, Chaos, ChaosOptions, Kind, CLUSTER_STREAMS, JOURNAL_BUCKET, PROVISIONER_ACK_WAIT,
+    REQUESTS,
 };
 use sf_sim::Faults;
 use whmcs_sim::faults::ActionFaults;
 
 /// Every WHMCS call takes this long (a realistic install), so kills land mid-job.
 const WHMCS_LATENCY_MS: u64 = 150;
+
+/// Bound on a restarted cluster node catching up (every replica current) before the next fault.
+const CATCH_UP: Duration = Duration::from_secs(60);
 
 /// Scenarios start a dozen processes each; one at a time on a small machine.
 static SERIAL: Mutex<()> = Mutex::new(());
@@ -176,19 +180,21 @@ async fn kill_leader_of(chaos: &mut Chaos, stream: &str, times: usize) {
             unreachable!()
         };
         cluster.restart_node(leader).await;
-        let mut new_leader = None;
-        for _ in 0..20 {
-            new_leader = cluster.stream_leader(stream).await;
-            if new_leader.is_some() {
-                break;
-            }
-            tokio::time::sleep(Duration::from_millis(250)).await;
-        }
+        let back = std::time::Instant::now();
+        // The next loss must not find a stream with a single current replica: wait until the
+        // node is back in every stream the pipeline uses, with a leader for each.
+        let caught_up = cluster
+            .wait_replicas_current(&CLUSTER_STREAMS, CATCH_UP)
+            .await
+            .unwrap_or_else(|why| panic!("node {name} back, but {why}"));
+        let new_leader = cluster.stream_leader(stream).await;
         chaos.fault(format!(
-            "kill -9 node {name} (leader of {stream}), back after {:.1} s; leader now {new_leader:?}",
-            down.as_secs_f64()
+            "kill -9 node {name} (leader of {stream}), back after {:.1} s, replicas current \
+             {:.1} s later; leader now {new_leader:?}",
+            down.as_secs_f64(),
+            caught_up.as_secs_f64()
         ));
-        chaos.fault_over();
+        chaos.fault_over_at(back);
     }
 }
 

@@ -9,6 +9,8 @@ use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use async_nats::jetstream;
+use async_nats::jetstream::message::StreamMessage;
+use async_nats::jetstream::stream::RawMessageErrorKind;
 use serde_json::Value;
 use sf_sim::{SfSim, SimConfig, SimHandle};
 use testkit::cluster::NatsCluster;
@@ -22,6 +24,15 @@ use super::rng::{seed_from_env, Rng};
 pub const REQUESTS: &str = "PROVISIONING_REQUESTS";
 pub const OUTCOMES: &str = "PROVISIONING_OUTCOMES";
 pub const DEADLETTER: &str = "PROVISIONING_DEADLETTER";
+pub const ORDER_UPDATES: &str = "SF_ORDER_UPDATES";
+/// The subject sf-bridge sets an event aside on (rule 5's dead letter).
+const BRIDGE_DEADLETTER_SUBJECT: &str = "provisioning.deadletter.sf-bridge";
+/// The streams a cluster node must have caught up on before the next node loss.
+pub const CLUSTER_STREAMS: [&str; 4] = [REQUESTS, "KV_provisioning_jobs", OUTCOMES, ORDER_UPDATES];
+
+/// How long a complete read of a stream may take (retried while a leader is being elected or
+/// the read comes back short).
+const STREAM_READ_DEADLINE: Duration = Duration::from_secs(60);
 pub const JOURNAL_BUCKET: &str = "provisioning_jobs";
 
 /// The provisioner's consumer `ack_wait` in these tests (PROVISIONER_ACK_WAIT_SECS).
@@ -224,6 +235,8 @@ pub struct PlannedOrder {
 pub struct Approval {
     pub order_id: String,
     pub event_id: String,
+    /// When the Platform Event was published.
+    pub at: Instant,
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -433,6 +446,7 @@ impl Chaos {
                 out.push(Approval {
                     order_id: id,
                     event_id: event.event_id,
+                    at: Instant::now(),
                 });
             }
             out
@@ -444,7 +458,8 @@ impl Chaos {
         self.started.elapsed()
     }
 
-    /// Records a fault (what and when) for the result row.
+    /// Records a fault (what and when) for the result row. Its end is marked by
+    /// [`Chaos::fault_over`] (or [`Chaos::fault_over_at`]).
     pub fn fault(&mut self, what: impl Into<String>) {
         let what = what.into();
         eprintln!(
@@ -453,12 +468,17 @@ impl Chaos {
             self.started.elapsed().as_secs_f64()
         );
         self.faults.push(what);
-        self.last_fault_at = Some(Instant::now());
     }
 
-    /// Marks the end of a fault (service back, server back, simulator healthy).
+    /// Marks the end of a fault (service back, server back, simulator healthy) now.
     pub fn fault_over(&mut self) {
-        self.last_fault_at = Some(Instant::now());
+        self.fault_over_at(Instant::now());
+    }
+
+    /// Marks the end of a fault at `at` (when the node came back, say, before the harness
+    /// waited for it to catch up): "recovered after" counts from the last such end.
+    pub fn fault_over_at(&mut self, at: Instant) {
+        self.last_fault_at = Some(self.last_fault_at.map_or(at, |t| t.max(at)));
     }
 
     /// A random pause in `[min_ms, max_ms)`: the fault schedule, not synchronisation.
@@ -511,9 +531,14 @@ impl Chaos {
             Some(handle) => handle.await.expect("approvals task"),
             None => Vec::new(),
         };
-        let recover_from = self
-            .last_fault_at
-            .map_or(Instant::now(), |t| t.max(Instant::now()));
+        // "Recovered after" counts from the end of the last fault or the last approval,
+        // whichever is later.
+        let last_approval = approvals.iter().map(|a| a.at).max();
+        let recover_from = match (self.last_fault_at, last_approval) {
+            (Some(f), Some(a)) => f.max(a),
+            (Some(t), None) | (None, Some(t)) => t,
+            (None, None) => Instant::now(),
+        };
         let budget = Duration::from_secs(env_u64("CHAOS_RECOVERY_SECS", 180));
         let deadline = recover_from + budget;
         let client = self.broker.client().await;
@@ -708,11 +733,7 @@ impl Chaos {
                 .requests
                 .get(&approval.event_id)
                 .map_or(0, Vec::len);
-            let dead = snapshot
-                .deadletters
-                .iter()
-                .filter(|d| d.contains(&approval.event_id))
-                .count();
+            let dead = snapshot.deadletters_of(&approval.event_id);
             if stored > 1 {
                 counts.2 += stored - 1;
                 violation(
@@ -721,14 +742,38 @@ impl Chaos {
                     format!("event {} stored {stored} times", approval.event_id),
                 );
             }
-            if stored == 0 && dead == 0 {
-                counts.3 += 1;
-                violation(
-                    "every event is a requests-stream message or a dead letter",
-                    &approval.order_id,
-                    format!("event {} is in neither", approval.event_id),
-                );
+            if stored == 0 {
+                match dead.len() {
+                    0 => {
+                        counts.3 += 1;
+                        violation(
+                            "every event is a requests-stream message or a dead letter",
+                            &approval.order_id,
+                            format!("event {} is in neither", approval.event_id),
+                        );
+                    }
+                    1 => {}
+                    n => {
+                        counts.2 += n - 1;
+                        violation(
+                            "each event dead-lettered once",
+                            &approval.order_id,
+                            format!(
+                                "event {} dead-lettered {n} times on {BRIDGE_DEADLETTER_SUBJECT} \
+                                 (stream seq {dead:?})",
+                                approval.event_id
+                            ),
+                        );
+                    }
+                }
             }
+        }
+        for (seq, why) in &snapshot.unreadable_deadletters {
+            violation(
+                "a dead letter is a provisioning.deadletter.v1 body",
+                "",
+                format!("{DEADLETTER} seq {seq} on {BRIDGE_DEADLETTER_SUBJECT}: {why}"),
+            );
         }
         // Rule 6: every requests-stream message has exactly one outcome.
         for (event_id, messages) in &snapshot.requests {
@@ -921,14 +966,17 @@ struct Snapshot {
     requests: BTreeMap<String, Vec<StoredRequest>>,
     /// Outcomes by event id.
     outcomes: BTreeMap<String, Vec<StoredOutcome>>,
-    /// Dead letters, as text.
-    deadletters: Vec<String>,
+    /// sf-bridge's dead letters (subject `provisioning.deadletter.sf-bridge`), by
+    /// `origin.event_id`: their stream sequences.
+    deadletters: BTreeMap<String, Vec<u64>>,
+    /// sf-bridge dead letters that are not a `DeadLetterV1` (sequence, why).
+    unreadable_deadletters: Vec<(u64, String)>,
 }
 
 impl Snapshot {
     async fn take(js: &jetstream::Context) -> Self {
         let mut snap = Self::default();
-        for (seq, body) in read_stream(js, REQUESTS).await {
+        for (seq, body) in read_stream_json(js, REQUESTS).await {
             let event_id = body["event_id"].as_str().unwrap_or_default().to_owned();
             let order_id = body["order_id"].as_str().unwrap_or_default().to_owned();
             snap.requests
@@ -936,7 +984,7 @@ impl Snapshot {
                 .or_default()
                 .push(StoredRequest { seq, order_id });
         }
-        for (seq, body) in read_stream(js, OUTCOMES).await {
+        for (seq, body) in read_stream_json(js, OUTCOMES).await {
             let event_id = body["event_id"].as_str().unwrap_or_default().to_owned();
             let summary = format!(
                 "{} code={} step={} whmcs={} message={}",
@@ -951,40 +999,119 @@ impl Snapshot {
                 .or_default()
                 .push(StoredOutcome { seq, summary });
         }
-        snap.deadletters = read_stream(js, DEADLETTER)
-            .await
-            .into_iter()
-            .map(|(_, body)| body.to_string())
-            .collect();
+        for m in read_stream(js, DEADLETTER).await {
+            // Other services' dead letters (sf-writer's, the provisioner's) are not events
+            // set aside by the bridge.
+            if m.subject.as_str() != BRIDGE_DEADLETTER_SUBJECT {
+                continue;
+            }
+            match serde_json::from_slice::<messages::DeadLetterV1>(&m.payload) {
+                // One without an event id (an event Salesforce sent without one) cannot be an
+                // approval's; an approval it would have stood for is reported lost.
+                Ok(dead) => {
+                    if let Some(event_id) = dead.origin.event_id {
+                        snap.deadletters
+                            .entry(event_id)
+                            .or_default()
+                            .push(m.sequence);
+                    }
+                }
+                Err(e) => snap.unreadable_deadletters.push((
+                    m.sequence,
+                    format!("{e}: {}", String::from_utf8_lossy(&m.payload)),
+                )),
+            }
+        }
         snap
+    }
+
+    /// Stream sequences of sf-bridge's dead letters for `event_id` (exact `origin.event_id`).
+    fn deadletters_of(&self, event_id: &str) -> &[u64] {
+        self.deadletters.get(event_id).map_or(&[], Vec::as_slice)
     }
 
     /// Every approved event is stored (or dead-lettered) and every stored event has an outcome.
     fn complete(&self, approvals: &[Approval]) -> bool {
         let all_stored = approvals.iter().all(|a| {
-            self.requests.contains_key(&a.event_id)
-                || self.deadletters.iter().any(|d| d.contains(&a.event_id))
+            self.requests.contains_key(&a.event_id) || !self.deadletters_of(&a.event_id).is_empty()
         });
         all_stored && self.requests.keys().all(|e| self.outcomes.contains_key(e))
     }
 }
 
-/// Every message of a stream as `(sequence, JSON body)`; empty when the stream is unreachable.
-async fn read_stream(js: &jetstream::Context, name: &str) -> Vec<(u64, Value)> {
-    let Ok(mut stream) = js.get_stream(name).await else {
-        return Vec::new();
-    };
-    let Ok(info) = stream.info().await else {
-        return Vec::new();
-    };
-    let (first, last) = (info.state.first_sequence, info.state.last_sequence);
-    let mut out = Vec::new();
-    for seq in first.max(1)..=last {
-        if let Ok(m) = stream.get_raw_message(seq).await {
-            out.push((seq, serde_json::from_slice(&m.payload).unwrap_or_default()));
+/// Every message of a stream as `(sequence, JSON body)`; see [`read_stream`].
+async fn read_stream_json(js: &jetstream::Context, name: &str) -> Vec<(u64, Value)> {
+    read_stream(js, name)
+        .await
+        .into_iter()
+        .map(|m| {
+            (
+                m.sequence,
+                serde_json::from_slice(&m.payload).unwrap_or_default(),
+            )
+        })
+        .collect()
+}
+
+/// Every message of a stream, complete: the read is retried (a leader election, a message get
+/// that failed) until it returns as many messages as the stream info counts between its first
+/// and last sequence (sequences reported missing are deleted ones), and panics when it is still
+/// incomplete after [`STREAM_READ_DEADLINE`]. A partial read would report events as lost or
+/// hide duplicates.
+async fn read_stream(js: &jetstream::Context, name: &str) -> Vec<StreamMessage> {
+    let started = Instant::now();
+    let mut attempts = 0u32;
+    loop {
+        attempts += 1;
+        let problem = match read_stream_once(js, name).await {
+            Ok(messages) => return messages,
+            Err(problem) => problem,
+        };
+        assert!(
+            started.elapsed() < STREAM_READ_DEADLINE,
+            "cannot read stream {name} completely: still incomplete after {attempts} attempts \
+             over {:.0} s; last attempt: {problem}",
+            started.elapsed().as_secs_f64()
+        );
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+}
+
+/// One read of every message of a stream; `Err` says why it is not complete.
+async fn read_stream_once(
+    js: &jetstream::Context,
+    name: &str,
+) -> Result<Vec<StreamMessage>, String> {
+    let mut stream = js
+        .get_stream(name)
+        .await
+        .map_err(|e| format!("stream info: {e}"))?;
+    let state = stream
+        .info()
+        .await
+        .map_err(|e| format!("stream info: {e}"))?
+        .state
+        .clone();
+    let (first, last) = (state.first_sequence.max(1), state.last_sequence);
+    let mut out = Vec::with_capacity(usize::try_from(state.messages).unwrap_or(0));
+    let mut missing = 0u64;
+    for seq in first..=last {
+        match stream.get_raw_message(seq).await {
+            Ok(m) => out.push(m),
+            Err(e) if e.kind() == RawMessageErrorKind::NoMessageFound => missing += 1,
+            Err(e) => return Err(format!("message {seq} of {first}..={last}: {e}")),
         }
     }
-    out
+    if out.len() as u64 != state.messages {
+        return Err(format!(
+            "read {} messages of {first}..={last}, the stream info counts {} ({missing} \
+             sequences missing, {:?} deleted per the info)",
+            out.len(),
+            state.messages,
+            state.deleted_count
+        ));
+    }
+    Ok(out)
 }
 
 // ---------------------------------------------------------------------------------------------
