@@ -173,8 +173,8 @@ impl App {
                 match tokens.token().await {
                     Ok(_) => health.set_up("salesforce"),
                     Err(err) => {
-                        tracing::warn!(error = %err, "Cannot obtain a Salesforce token yet.");
-                        health.set_down("salesforce", err.to_string());
+                        tracing::warn!(error = %platform::error::Chain(&err), "Cannot obtain a Salesforce token yet.");
+                        health.set_down("salesforce", platform::error::Chain(&err).to_string());
                     }
                 }
             }

@@ -41,8 +41,13 @@ pub struct WriterSettings {
     pub backoff_base: Duration,
     pub backoff_max: Duration,
     /// `SF_WRITER_CLAIM_TTL_SECS`: how long a write claim on an Order blocks other writers.
-    /// Must outlast the longest write (token fetch, request, 401 retry), so the default is
-    /// three HTTP timeouts plus ten seconds.
+    /// A request still running when four fifths of it have passed since its claim (the write
+    /// window, [`crate::ordering::write_window`]) is abandoned, so that window must hold the
+    /// longest write: a request and, after a 401, the token refresh and the request again. The
+    /// check requires the write window to exceed two HTTP timeouts (the two requests; a
+    /// refresh is a short call to the token endpoint); the default, three HTTP timeouts plus ten
+    /// seconds, leaves a write window of 2.4 timeouts plus eight seconds, room for the refresh
+    /// as well.
     pub claim_ttl: Duration,
     /// `SF_WRITER_SHUTDOWN_GRACE_SECS`: how long batches in hand may take to finish on SIGTERM.
     pub shutdown_grace: Duration,
@@ -82,10 +87,11 @@ impl WriterSettings {
             .saturating_mul(3)
             .saturating_add(Duration::from_secs(10));
         let claim_ttl = env.secs_or("SF_WRITER_CLAIM_TTL_SECS", default_claim)?;
-        if claim_ttl <= salesforce.http_timeout.saturating_mul(2) {
+        if crate::ordering::write_window(claim_ttl) <= salesforce.http_timeout.saturating_mul(2) {
             return Err(ConfigError::new(
                 "SF_WRITER_CLAIM_TTL_SECS",
-                "must exceed twice SF_HTTP_TIMEOUT_SECS (a write and its 401 retry)",
+                "four fifths of it (the write window) must exceed twice SF_HTTP_TIMEOUT_SECS \
+                 (a request and its retry after a 401)",
             ));
         }
         Ok(Self {
@@ -161,5 +167,39 @@ mod tests {
         pairs.push(("SF_WRITER_CLAIM_TTL_SECS".into(), "5".into()));
         let err = WriterSettings::from_env(&Env::from_pairs(pairs)).unwrap_err();
         assert_eq!(err.variable, "SF_WRITER_CLAIM_TTL_SECS");
+    }
+
+    fn with_claim(
+        http_timeout_secs: u64,
+        claim_ttl_secs: u64,
+    ) -> Result<WriterSettings, ConfigError> {
+        let mut pairs = base();
+        pairs.push(("SF_HTTP_TIMEOUT_SECS".into(), http_timeout_secs.to_string()));
+        pairs.push((
+            "SF_WRITER_CLAIM_TTL_SECS".into(),
+            claim_ttl_secs.to_string(),
+        ));
+        WriterSettings::from_env(&Env::from_pairs(pairs))
+    }
+
+    #[test]
+    fn the_claims_write_window_must_hold_a_request_and_its_401_retry() {
+        // HTTP timeout 4 s: two requests take up to 8 s. A 10 s claim has a write window of
+        // 8 s (not enough, although the claim itself exceeds 8 s); 11 s gives 8.8 s.
+        let err = with_claim(4, 10).unwrap_err();
+        assert_eq!(err.variable, "SF_WRITER_CLAIM_TTL_SECS");
+        assert_eq!(
+            with_claim(4, 11).unwrap().claim_ttl,
+            Duration::from_secs(11)
+        );
+        // The default passes for any timeout, and so do the settings of the tests and the
+        // chaos suite.
+        for timeout in [1, 5, 20, 120] {
+            let mut pairs = base();
+            pairs.push(("SF_HTTP_TIMEOUT_SECS".into(), timeout.to_string()));
+            WriterSettings::from_env(&Env::from_pairs(pairs)).unwrap();
+        }
+        with_claim(3, 10).unwrap();
+        with_claim(5, 13).unwrap();
     }
 }

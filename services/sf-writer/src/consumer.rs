@@ -133,11 +133,11 @@ async fn first_message(consumer: &PullConsumer) -> Result<Option<jetstream::Mess
         .expires(FIRST_MESSAGE_POLL)
         .messages()
         .await
-        .map_err(|e| e.to_string())?;
+        .map_err(|e| platform::error::Chain(&e).to_string())?;
     match batch.next().await {
         None => Ok(None),
         Some(Ok(message)) => Ok(Some(message)),
-        Some(Err(err)) => Err(err.to_string()),
+        Some(Err(err)) => Err(platform::error::Chain(&*err).to_string()),
     }
 }
 
@@ -171,7 +171,7 @@ async fn fetch_waiting(
     let mut fetched = match fetched {
         Ok(fetched) => fetched,
         Err(err) => {
-            tracing::debug!(error = %err, "Fetch failed; writing the batch as it is.");
+            tracing::debug!(error = %platform::error::Chain(&err), "Fetch failed; writing the batch as it is.");
             return;
         }
     };
@@ -180,7 +180,7 @@ async fn fetch_waiting(
             match next {
                 Ok(message) => batch.push(message),
                 Err(err) => {
-                    tracing::debug!(error = %err, "Fetch ended with an error.");
+                    tracing::debug!(error = %platform::error::Chain(&*err), "Fetch ended with an error.");
                     break;
                 }
             }

@@ -6,16 +6,19 @@
 //! request, its Orders are claimed in KV, or the claim an earlier request took is renewed, by
 //! compare-and-swap: a round of records written one by one can take longer than a claim lasts,
 //! and a record whose claim expired and was taken over by another replica meanwhile must not be
-//! written (stale updates are acknowledged, Orders another writer is writing are handed back
-//! with a delayed NAK). A request still running when its claim's write window closes is
+//! written. Updates at or below the Order's applied sequence, or older than another writer's
+//! claimed one, are acknowledged as stale (also while that writer is still writing); an update at least as
+//! new as another writer's live claim, in particular the same sequence, is handed back with a
+//! delayed NAK. A request still running when its claim's write window closes is
 //! abandoned. Then, per record: applied → settle the claim and ack; permanent error →
 //! dead-letter and terminate; transient → next round.
 //!
 //! The batch's messages get in-progress acks well inside `ack_wait` the whole time they are
-//! held, between rounds and while a round's requests are in flight, so JetStream does not hand
-//! them to another replica meanwhile. Only messages still held get them: an in-progress ack
-//! for a message handed back with a delayed NAK would reset its redelivery to a full
-//! `ack_wait`.
+//! held: while a round waits for the gate or a retry, while its KV claims and settles run,
+//! while its requests are in flight and while dead letters are published, so neither a slow
+//! Salesforce nor a slow KV store or dead-letter stream lets JetStream hand them to another
+//! replica meanwhile. Only messages still held get them: an in-progress ack for a message
+//! handed back with a delayed NAK would reset its redelivery to a full `ack_wait`.
 //!
 //! On shutdown a batch finishes the request it is in and gives back whatever still needs a
 //! retry (NAK), releasing claims whose write certainly did not happen.
@@ -40,6 +43,7 @@ use crate::metrics::WriterMetrics;
 use crate::ordering::{AppliedStore, ClaimOutcome};
 use crate::request::{self, OrderRecord, RecordOutcome, RequestFailure};
 use platform::deadletter::DeadLetters;
+use platform::error::Chain;
 
 type Message = jetstream::Message;
 
@@ -173,7 +177,7 @@ impl Heartbeat {
                 () = tokio::time::sleep_until(self.next) => {
                     for message in held {
                         if let Err(err) = message.ack_with(AckKind::Progress).await {
-                            tracing::debug!(error = %err, "Could not send an in-progress ack.");
+                            tracing::debug!(error = %Chain(&*err), "Could not send an in-progress ack.");
                         }
                     }
                     self.next = Instant::now() + self.every;
@@ -197,26 +201,32 @@ impl Writer {
     /// Processes one pulled batch to the end (or until `shutdown` stops its retries).
     pub async fn flush(&self, messages: Vec<Message>, shutdown: &CancellationToken) {
         self.metrics.batch_updates.observe(messages.len() as f64);
+        // One cadence for the whole batch, from the pull on: across dead letters, KV calls,
+        // waits and requests.
+        let mut heartbeat = Heartbeat::new(self.ack_wait);
         let mut items: Vec<(OrderUpdateV1, Message)> = Vec::with_capacity(messages.len());
+        let mut invalid: Vec<(Message, String)> = Vec::new();
         for message in messages {
             match batch::parse(&message.payload) {
                 Ok(update) => items.push((update, message)),
-                Err(reason) => self.reject_invalid(message, &reason).await,
+                Err(reason) => invalid.push((message, reason)),
             }
         }
         let mut pending: Vec<Work> = batch::group_by_order(items)
             .into_iter()
             .map(Work::new)
             .collect();
+        while let Some((message, reason)) = invalid.pop() {
+            self.reject_invalid(&mut heartbeat, &pending, &invalid, message, &reason)
+                .await;
+        }
         let mut pacing = Backoff::new(self.retry_base, self.retry_max);
-        // One cadence for the whole batch, across waits and requests.
-        let mut heartbeat = Heartbeat::new(self.ack_wait);
         while !pending.is_empty() {
             let admitted = self
                 .hold(&mut heartbeat, &pending, self.gate.admit(), shutdown)
                 .await;
             let Some(ticket) = admitted else {
-                self.give_up(pending).await;
+                self.give_up(&mut heartbeat, pending).await;
                 return;
             };
             let round = self
@@ -227,7 +237,7 @@ impl Writer {
                 break;
             }
             if shutdown.is_cancelled() {
-                self.give_up(pending).await;
+                self.give_up(&mut heartbeat, pending).await;
                 return;
             }
             if !round.gated && !round.split {
@@ -241,7 +251,7 @@ impl Writer {
                     )
                     .await;
                 if slept.is_none() {
-                    self.give_up(pending).await;
+                    self.give_up(&mut heartbeat, pending).await;
                     return;
                 }
             }
@@ -267,13 +277,22 @@ impl Writer {
 
     /// Claims (or renews the claim on) every Order of the next request, immediately before it;
     /// returns what may be written now (with the claim's revision and the request's deadline)
-    /// and what must wait for another round.
-    async fn claim_all(&self, pending: Vec<Work>) -> (Claimed, Vec<Work>) {
-        let outcomes = futures::future::join_all(pending.iter().map(|w| {
-            self.applied
-                .claim(&w.group.order_id, w.group.sequence(), &w.token)
-        }))
-        .await;
+    /// and what must wait for another round. Everything the round holds is kept alive while the
+    /// KV store answers.
+    async fn claim_all(&self, round: &mut Round<'_>, pending: Vec<Work>) -> (Claimed, Vec<Work>) {
+        let outcomes = {
+            let held: Vec<&Message> = pending
+                .iter()
+                .flat_map(Work::messages)
+                .chain(round.queued.iter().flatten().flat_map(Work::messages))
+                .chain(round.result.retry.iter().flat_map(Work::messages))
+                .collect();
+            let claims = futures::future::join_all(pending.iter().map(|w| {
+                self.applied
+                    .claim(&w.group.order_id, w.group.sequence(), &w.token)
+            }));
+            round.heartbeat.during(&held, claims).await
+        };
         let mut writable = Claimed {
             works: Vec::with_capacity(pending.len()),
             deadline: None,
@@ -331,7 +350,7 @@ impl Writer {
                 }
                 Err(err) => {
                     work.span.in_scope(
-                        || tracing::warn!(error = %err, "Cannot claim the Order in KV; retrying."),
+                        || tracing::warn!(error = %Chain(&err), "Cannot claim the Order in KV; retrying."),
                     );
                     self.metrics.retry("kv", work.group.members.len());
                     retry.push(work);
@@ -383,7 +402,7 @@ impl Writer {
                 round.result.retry.extend(round.queued.drain(..).flatten());
                 break;
             }
-            let (claimed, retry) = self.claim_all(request).await;
+            let (claimed, retry) = self.claim_all(&mut round, request).await;
             round.result.retry.extend(retry);
             let Some(deadline) = claimed.deadline else {
                 continue;
@@ -486,9 +505,27 @@ impl Writer {
                 if let Some(ticket) = ticket.take() {
                     self.gate_transition(ticket.success(), "", "");
                 }
-                for ((work, revision), outcome) in works.into_iter().zip(outcomes) {
-                    if let Some(again) = self.settle(work, revision, outcome).await {
-                        result.retry.push(again);
+                // Settled one by one; while one is, every message the round still holds (this
+                // record's, the records after it, those waiting for a retry) is kept alive.
+                let mut again = vec![false; works.len()];
+                for (i, outcome) in outcomes.into_iter().take(works.len()).enumerate() {
+                    let others: Vec<&Message> = works
+                        .iter()
+                        .zip(&again)
+                        .enumerate()
+                        .filter(|&(j, (_, &retry))| j > i || retry)
+                        .flat_map(|(_, ((w, _), _))| w.messages())
+                        .chain(round.queued.iter().flatten().flat_map(Work::messages))
+                        .chain(result.retry.iter().flat_map(Work::messages))
+                        .collect();
+                    let (work, revision) = &works[i];
+                    again[i] = self
+                        .settle(round.heartbeat, &others, work, *revision, outcome)
+                        .await;
+                }
+                for ((work, _), again) in works.into_iter().zip(again) {
+                    if again {
+                        result.retry.push(work);
                     }
                 }
                 Ok(())
@@ -555,16 +592,29 @@ impl Writer {
         }
     }
 
-    /// Acts on one record's outcome; returns the work when it needs another round.
-    async fn settle(&self, work: Work, revision: u64, outcome: RecordOutcome) -> Option<Work> {
-        let key = work.group.order_id.clone();
+    /// Acts on one record's outcome; `true` when the work needs another round. `others` are
+    /// the messages the round still holds besides this work's: they and this work's messages
+    /// (until they are settled) get in-progress acks while KV and the dead-letter stream answer.
+    async fn settle(
+        &self,
+        heartbeat: &mut Heartbeat,
+        others: &[&Message],
+        work: &Work,
+        revision: u64,
+        outcome: RecordOutcome,
+    ) -> bool {
+        let key = work.group.order_id.as_str();
         let seq = work.group.sequence();
+        let held: Vec<&Message> = work.messages().chain(others.iter().copied()).collect();
         match outcome {
             RecordOutcome::Applied => {
-                if let Err(err) = self.applied.settle(&key, seq, &work.token, revision).await {
+                let settled = heartbeat
+                    .during(&held, self.applied.settle(key, seq, &work.token, revision))
+                    .await;
+                if let Err(err) = settled {
                     // The claim stays until it expires and still keeps older updates out.
                     work.span.in_scope(|| {
-                        tracing::warn!(error = %err, "Cannot record the applied sequence; the claim will expire.")
+                        tracing::warn!(error = %Chain(&err), "Cannot record the applied sequence; the claim will expire.")
                     });
                 }
                 work.span
@@ -573,85 +623,122 @@ impl Writer {
                 for message in work.messages() {
                     ack(message).await;
                 }
-                None
+                false
             }
             RecordOutcome::Permanent { code, reason } => {
                 platform::telemetry::record_error(&work.span, &code, &reason);
+                // Every member's dead letter first (its messages still held), then each
+                // message is terminated or handed back.
+                let stored = heartbeat
+                    .during(&held, async {
+                        let mut stored = Vec::with_capacity(work.group.members.len());
+                        for (update, message) in &work.group.members {
+                            stored.push(
+                                self.deadletters
+                                    .message(message, Some(&update.correlation_id), &code, &reason)
+                                    .instrument(work.span.clone())
+                                    .await,
+                            );
+                        }
+                        stored
+                    })
+                    .await;
+                drop(held);
                 let mut all_stored = true;
-                for (update, message) in &work.group.members {
-                    let stored = self
-                        .deadletters
-                        .message(message, Some(&update.correlation_id), &code, &reason)
-                        .instrument(work.span.clone())
-                        .await;
+                for ((_, message), stored) in work.group.members.iter().zip(stored) {
                     match stored {
                         Ok(()) => {
                             self.metrics.dead_letter(&code);
                             if let Err(err) = message.ack_with(AckKind::Term).await {
-                                tracing::debug!(error = %err, "Could not terminate a dead-lettered message.");
+                                tracing::debug!(error = %Chain(&*err), "Could not terminate a dead-lettered message.");
                             }
                         }
                         Err(err) => {
                             all_stored = false;
-                            tracing::warn!(error = %err, "Dead letter not stored; the update will be retried.");
+                            tracing::warn!(error = %Chain(&err), "Dead letter not stored; the update will be retried.");
                             nak(message, Some(Duration::from_secs(5))).await;
                         }
                     }
                 }
                 // The sequence counts as done only when every member is safely set aside; else
-                // the redelivered ones must not be skipped as stale.
+                // the redelivered ones must not be skipped as stale. This work's messages are
+                // settled now: only the others are kept alive.
                 let settled = if all_stored {
-                    self.applied.settle(&key, seq, &work.token, revision).await
+                    heartbeat
+                        .during(others, self.applied.settle(key, seq, &work.token, revision))
+                        .await
                 } else {
-                    self.applied.release(&key, &work.token).await
+                    heartbeat
+                        .during(others, self.applied.release(key, &work.token))
+                        .await
                 };
                 if let Err(err) = settled {
-                    tracing::warn!(error = %err, order_id = %key, "Cannot update the Order's entry after a dead letter.");
+                    tracing::warn!(error = %Chain(&err), order_id = %key, "Cannot update the Order's entry after a dead letter.");
                 }
-                None
+                false
             }
             RecordOutcome::Retry { code, reason } => {
                 work.span.in_scope(|| {
                     tracing::info!(%code, %reason, "Salesforce refused the record for now; retrying.")
                 });
                 self.metrics.retry(&code, work.group.members.len());
-                Some(work)
+                true
             }
         }
     }
 
-    /// Gives the rest back (shutdown): NAK, and release claims whose write never happened.
-    async fn give_up(&self, pending: Vec<Work>) {
-        for work in pending {
-            if !work.maybe_applied {
+    /// Gives the rest back (shutdown): release claims whose write never happened (the messages
+    /// kept alive meanwhile), then NAK.
+    async fn give_up(&self, heartbeat: &mut Heartbeat, pending: Vec<Work>) {
+        let held: Vec<&Message> = pending.iter().flat_map(Work::messages).collect();
+        let releases = async {
+            for work in pending.iter().filter(|w| !w.maybe_applied) {
                 if let Err(err) = self
                     .applied
                     .release(&work.group.order_id, &work.token)
                     .await
                 {
-                    tracing::debug!(error = %err, "Could not release a claim; it will expire.");
+                    tracing::debug!(error = %Chain(&err), "Could not release a claim; it will expire.");
                 }
             }
-            for message in work.messages() {
-                nak(message, None).await;
-            }
+        };
+        heartbeat.during(&held, releases).await;
+        for message in held {
+            nak(message, None).await;
         }
     }
 
-    async fn reject_invalid(&self, message: Message, reason: &str) {
-        match self
-            .deadletters
-            .message(&message, None, "invalid_update", reason)
-            .await
-        {
+    /// Dead-letters an update that cannot be parsed. `pending` and `invalid` are the batch's
+    /// other messages, kept alive (with this one) while the dead-letter stream answers.
+    async fn reject_invalid(
+        &self,
+        heartbeat: &mut Heartbeat,
+        pending: &[Work],
+        invalid: &[(Message, String)],
+        message: Message,
+        reason: &str,
+    ) {
+        let held: Vec<&Message> = std::iter::once(&message)
+            .chain(invalid.iter().map(|(m, _)| m))
+            .chain(pending.iter().flat_map(Work::messages))
+            .collect();
+        let stored = heartbeat
+            .during(
+                &held,
+                self.deadletters
+                    .message(&message, None, "invalid_update", reason),
+            )
+            .await;
+        drop(held);
+        match stored {
             Ok(()) => {
                 self.metrics.dead_letter("invalid_update");
                 if let Err(err) = message.ack_with(AckKind::Term).await {
-                    tracing::debug!(error = %err, "Could not terminate an invalid message.");
+                    tracing::debug!(error = %Chain(&*err), "Could not terminate an invalid message.");
                 }
             }
             Err(err) => {
-                tracing::warn!(error = %err, "Dead letter not stored; the message will come back.");
+                tracing::warn!(error = %Chain(&err), "Dead letter not stored; the message will come back.");
                 nak(&message, Some(Duration::from_secs(5))).await;
             }
         }
@@ -660,13 +747,13 @@ impl Writer {
 
 async fn ack(message: &Message) {
     if let Err(err) = message.ack().await {
-        tracing::debug!(error = %err, "Could not acknowledge a message; it will be redelivered and skipped.");
+        tracing::debug!(error = %Chain(&*err), "Could not acknowledge a message; it will be redelivered and skipped.");
     }
 }
 
 async fn nak(message: &Message, delay: Option<Duration>) {
     if let Err(err) = message.ack_with(AckKind::Nak(delay)).await {
-        tracing::debug!(error = %err, "Could not hand a message back; ack_wait will.");
+        tracing::debug!(error = %Chain(&*err), "Could not hand a message back; ack_wait will.");
     }
 }
 

@@ -13,19 +13,22 @@ use sf_sim::Faults;
 use crate::harness::{activated, failed, Harness, SINGLE_ROUTE, UPDATES_STREAM};
 
 /// Every Salesforce call about a slow record takes this long: well inside the HTTP timeout the
-/// tests give the writers (2 s), so each write succeeds, but many of them make a long round.
-const SLOW: Duration = Duration::from_secs(1);
+/// tests give the writers (5 s), so each write succeeds even on a busy machine, but many of them
+/// make a long round.
+const SLOW: Duration = Duration::from_secs(2);
 
 #[tokio::test]
 async fn an_update_whose_claim_expired_mid_round_does_not_overwrite_a_newer_one() {
     let h = Harness::start().await;
     let orders = h.seed_orders(21);
     let (slow, order) = (&orders[..20], &orders[20]);
-    // Short HTTP timeout and claim TTL, so the claim runs out within seconds; one batch at a time
-    // on A, so the newer update goes to the other replica.
+    // The shortest claim TTL the HTTP timeout allows (its write window, 10.4 s, holds two 5 s
+    // requests), so the claim runs out within seconds; one batch at a time on A, so the newer
+    // update goes to the other replica. B takes over about one TTL plus a redelivery delay
+    // (at most 4 s) after it first runs into A's claim: some 18 s into A's round of 40 s.
     let settings = [
-        ("SF_HTTP_TIMEOUT_SECS", "2"),
-        ("SF_WRITER_CLAIM_TTL_SECS", "5"),
+        ("SF_HTTP_TIMEOUT_SECS", "5"),
+        ("SF_WRITER_CLAIM_TTL_SECS", "13"),
         ("SF_WRITER_CONCURRENCY", "1"),
     ];
 
@@ -34,7 +37,7 @@ async fn an_update_whose_claim_expired_mid_round_does_not_overwrite_a_newer_one(
     first.push(failed(order, 1, "old: seq 1"));
     h.publish_all(&first).await;
     // The collection request is refused as a whole, so the round after it writes the records
-    // one by one in batch order: twenty seconds of slow records before the Order under test.
+    // one by one in batch order: forty seconds of slow records before the Order under test.
     h.sim.state().set_faults(Faults {
         rest_status: Some((400, 1)),
         rest_slow_records: Some(SlowRecords {
@@ -87,21 +90,23 @@ async fn an_update_whose_claim_expired_mid_round_does_not_overwrite_a_newer_one(
 
 #[tokio::test]
 async fn a_round_longer_than_ack_wait_keeps_its_messages() {
+    const RECORDS: usize = 6;
     let h = Harness::start().await;
-    let orders = h.seed_orders(4);
+    let orders = h.seed_orders(RECORDS);
     let updates: Vec<_> = orders.iter().map(|o| activated(o, 1, 5)).collect();
     h.publish_all(&updates).await;
-    // Split, then four slow records one by one: about twice the ack_wait of 3 s.
+    // Split, then six slow records one by one: 12 s, twice the ack_wait of 6 s. In-progress
+    // acks go out every 2 s, so a stall of up to about 4 s still cannot cause a redelivery.
     h.sim.state().set_faults(Faults {
         rest_status: Some((400, 1)),
         rest_slow_records: Some(SlowRecords {
             ids: orders.clone(),
-            latency: Duration::from_millis(1500),
+            latency: SLOW,
         }),
         ..Faults::default()
     });
     // The default concurrency leaves batch slots free to pull whatever JetStream redelivers.
-    let writer = h.start_writer(&[("SF_WRITER_ACK_WAIT_SECS", "3")]).await;
+    let writer = h.start_writer(&[("SF_WRITER_ACK_WAIT_SECS", "6")]).await;
     let expected: Vec<_> = orders
         .iter()
         .map(|o| (o.clone(), "Activation_Status__c", json!("Activated")))
@@ -119,8 +124,8 @@ async fn a_round_longer_than_ack_wait_keeps_its_messages() {
         .await
         .unwrap();
     let info = consumer.info().await.unwrap();
-    assert_eq!(info.delivered.consumer_sequence, 4, "{info:?}");
+    assert_eq!(info.delivered.consumer_sequence, RECORDS as u64, "{info:?}");
     assert_eq!(writer.metric("sf_writer_claim_conflicts_total").await, 0.0);
-    assert_eq!(h.requests(SINGLE_ROUTE), 4);
+    assert_eq!(h.requests(SINGLE_ROUTE), RECORDS as u64);
     writer.stop().await;
 }
