@@ -1,4 +1,4 @@
-//! The pipeline's public contract on NATS (`../shared/CONTRACT.md` §6): subjects, header names,
+//! The pipeline's public contract on NATS (`docs/contract.md` §6): subjects, header names,
 //! default stream and bucket names, and the JSON bodies, so every service and tool spells them
 //! the same way. No runtime dependencies: schema changes never rebuild the plumbing.
 //!
