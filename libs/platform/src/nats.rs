@@ -595,15 +595,15 @@ async fn get_or_create_stream(
     config: stream::Config,
 ) -> Result<(stream::Stream, usize), NatsError> {
     let name = config.name.clone();
-    let existing = |stream: stream::Stream| {
+    let with_replicas = |stream: stream::Stream| {
         let replicas = stream.cached_info().config.num_replicas.max(1);
         (stream, replicas)
     };
     match js.get_stream(&name).await {
-        Ok(found) => Ok(existing(found)),
+        Ok(found) => Ok(with_replicas(found)),
         Err(err) if is_not_found(&err) => match js.create_stream(config).await {
             Ok(created) => {
-                let replicas = created.cached_info().config.num_replicas.max(1);
+                let (created, replicas) = with_replicas(created);
                 tracing::info!(stream = %name, replicas, "Created JetStream stream.");
                 Ok((created, replicas))
             }
@@ -616,7 +616,7 @@ async fn get_or_create_stream(
             {
                 js.get_stream(&name)
                     .await
-                    .map(existing)
+                    .map(with_replicas)
                     .map_err(|e| stream_error(&name, "read", classify_get_stream(&e), e))
             }
             Err(err) => Err(stream_error(

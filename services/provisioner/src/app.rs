@@ -133,7 +133,7 @@ impl App {
         let publisher = Publisher::new(js.clone());
         let deadletter = DeadLetters::new(js.clone(), crate::job::SERVICE);
         let runner = Arc::new(JobRunner {
-            journal: journal.clone(),
+            journal,
             orchestrator: Orchestrator {
                 catalog: crate::catalog::Catalog::default(),
                 salesforce,
@@ -149,7 +149,6 @@ impl App {
         });
         let recovery = Arc::new(Recovery::new(
             js,
-            journal,
             runner.clone(),
             settings.requests_stream.clone(),
             settings.outcomes_stream.clone(),

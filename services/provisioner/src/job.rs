@@ -442,35 +442,10 @@ impl JobRunner {
             step = Step::SfSuccessUpdate;
         }
         let span = tracing::Span::current();
-        let state = match &result {
-            JobResult::Activated { .. } => JobState::Activated,
-            JobResult::Failed { code, .. } if code == codes::INTERRUPTED => JobState::Interrupted,
-            JobResult::Failed { .. } => JobState::Failed,
-            JobResult::Skipped { .. } => JobState::Skipped,
-        };
         let closed = job
             .checkpoint(|record: &mut JobRecord| {
-                record.state = state;
+                record.close(&result);
                 record.step = step.as_str().to_owned();
-                record.worker = None;
-                record.lease_until_ms = None;
-                record.error_code = result.error_code().map(str::to_owned);
-                record.error_message = match &result {
-                    JobResult::Failed { message, .. } => Some(message.clone()),
-                    JobResult::Skipped { reason } => Some(reason.clone()),
-                    JobResult::Activated { .. } => None,
-                };
-                if let JobResult::Activated {
-                    whmcs_order_id,
-                    service_ids,
-                    invoice_id,
-                } = &result
-                {
-                    record.whmcs_order_id = Some(*whmcs_order_id);
-                    record.whmcs_service_ids.clone_from(service_ids);
-                    record.whmcs_invoice_id = *invoice_id;
-                }
-                record.finished_at = Some(journal::now_rfc3339());
             })
             .await;
         if let Err(lost) = closed {
@@ -481,7 +456,7 @@ impl JobRunner {
         let Some(report) = Report::of(&record, revision) else {
             return;
         };
-        let published = if report.update.is_some() && state == JobState::Activated {
+        let published = if report.update.is_some() && record.state == JobState::Activated {
             self.orchestrator
                 .step(
                     Step::SfSuccessUpdate,

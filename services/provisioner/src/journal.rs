@@ -26,6 +26,8 @@ use async_nats::jetstream::kv;
 use messages::ProvisioningRequestedV1;
 use serde::{Deserialize, Serialize};
 
+use crate::steps::{codes, JobResult};
+
 /// How many processed event ids and idempotency keys an entry remembers.
 const REMEMBERED: usize = 50;
 
@@ -37,12 +39,6 @@ pub enum JobState {
     Failed,
     Skipped,
     Interrupted,
-}
-
-impl JobState {
-    pub fn is_final(self) -> bool {
-        self != Self::Running
-    }
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -111,6 +107,37 @@ impl JobRecord {
     /// Whether the event has been handled under this entry (claimed, whatever came of it).
     pub fn has_processed(&self, event_id: &str) -> bool {
         self.processed_event_ids.iter().any(|id| id == event_id)
+    }
+
+    /// Closes the entry with a job's result: the final state (a failure coded `INTERRUPTED` is
+    /// `interrupted`), code and message, the WHMCS ids of an activation, and when. The step is
+    /// the caller's to set: the worker records where it ended, recovery keeps where it stopped.
+    pub fn close(&mut self, result: &JobResult) {
+        self.state = match result {
+            JobResult::Activated { .. } => JobState::Activated,
+            JobResult::Failed { code, .. } if code == codes::INTERRUPTED => JobState::Interrupted,
+            JobResult::Failed { .. } => JobState::Failed,
+            JobResult::Skipped { .. } => JobState::Skipped,
+        };
+        self.worker = None;
+        self.lease_until_ms = None;
+        self.error_code = result.error_code().map(str::to_owned);
+        self.error_message = match result {
+            JobResult::Failed { message, .. } => Some(message.clone()),
+            JobResult::Skipped { reason } => Some(reason.clone()),
+            JobResult::Activated { .. } => None,
+        };
+        if let JobResult::Activated {
+            whmcs_order_id,
+            service_ids,
+            invoice_id,
+        } = result
+        {
+            self.whmcs_order_id = Some(*whmcs_order_id);
+            self.whmcs_service_ids.clone_from(service_ids);
+            self.whmcs_invoice_id = *invoice_id;
+        }
+        self.finished_at = Some(now_rfc3339());
     }
 
     /// Whether the job finished less than `within` ago (by this host's clock: a margin of hours
@@ -229,6 +256,11 @@ pub fn now_ms() -> i64 {
     (time::OffsetDateTime::now_utc().unix_timestamp_nanos() / 1_000_000) as i64
 }
 
+/// The `lease_until_ms` a job writes when it claims or renews: informational only.
+pub fn lease_deadline(lease: Duration) -> i64 {
+    now_ms() + i64::try_from(lease.as_millis()).unwrap_or(i64::MAX)
+}
+
 pub fn now_rfc3339() -> String {
     messages::bodies::rfc3339(time::OffsetDateTime::now_utc())
 }
@@ -259,7 +291,7 @@ pub fn claimed_record(
     record.correlation_id.clone_from(&request.correlation_id);
     record.step = "validation".to_owned();
     record.worker = Some(worker.to_owned());
-    record.lease_until_ms = Some(now_ms() + i64::try_from(lease.as_millis()).unwrap_or(i64::MAX));
+    record.lease_until_ms = Some(lease_deadline(lease));
     record.error_code = None;
     record.error_message = None;
     record.finished_at = None;
@@ -409,13 +441,6 @@ impl Journal {
             .await
             .map(|value| value.is_some())
             .map_err(|e| JournalError::Store(e.to_string()))
-    }
-
-    /// Extends a running job's lease: the new revision is what tells recovery the job lives.
-    pub async fn renew(&self, record: &mut JobRecord, revision: u64) -> Result<u64, JournalError> {
-        record.lease_until_ms =
-            Some(now_ms() + i64::try_from(self.lease.as_millis()).unwrap_or(i64::MAX));
-        self.replace(record, revision).await
     }
 }
 

@@ -88,33 +88,69 @@ impl Publisher {
         let outcome = &report.outcome;
         let subject =
             messages::subjects::provisioning_outcome(&outcome.order_id, outcome.result.as_str());
-        let stored = match self.js.get_stream_no_info(outcomes_stream).await {
-            Ok(stream) => match stream.get_last_raw_message_by_subject(&subject).await {
-                Ok(message) => serde_json::from_slice::<ProvisioningOutcomeV1>(&message.payload)
-                    .is_ok_and(|o| o.event_id == outcome.event_id),
-                Err(err)
-                    if err.kind() == jetstream::stream::LastRawMessageErrorKind::NoMessageFound =>
-                {
-                    false
-                }
-                Err(err) => {
-                    return Err(PublishError {
-                        subject,
-                        detail: err.to_string(),
-                    })
-                }
-            },
-            Err(err) => {
-                return Err(PublishError {
-                    subject,
-                    detail: err.to_string(),
-                })
-            }
-        };
-        if stored {
+        if self
+            .last_outcome_is(outcomes_stream, &subject, &outcome.event_id)
+            .await?
+        {
             return Ok(false);
         }
         self.report(report, span).await.map(|()| true)
+    }
+
+    /// Whether an outcome for this event is the last one stored under any of the order's
+    /// result subjects: how an event that started no job is known to be reported. A read that
+    /// fails counts as "not found".
+    pub async fn outcome_stored(
+        &self,
+        outcomes_stream: &str,
+        order_id: &str,
+        event_id: &str,
+    ) -> bool {
+        for result in [
+            OutcomeResult::Activated,
+            OutcomeResult::Failed,
+            OutcomeResult::Skipped,
+        ] {
+            let subject = messages::subjects::provisioning_outcome(order_id, result.as_str());
+            if let Ok(true) = self
+                .last_outcome_is(outcomes_stream, &subject, event_id)
+                .await
+            {
+                return true;
+            }
+        }
+        false
+    }
+
+    /// Whether the last outcome stored on `subject` is `event_id`'s (`false` when the subject
+    /// has none); errors when the stream cannot be read.
+    async fn last_outcome_is(
+        &self,
+        outcomes_stream: &str,
+        subject: &str,
+        event_id: &str,
+    ) -> Result<bool, PublishError> {
+        let failed = |detail: String| PublishError {
+            subject: subject.to_owned(),
+            detail,
+        };
+        let stream = self
+            .js
+            .get_stream_no_info(outcomes_stream)
+            .await
+            .map_err(|e| failed(e.to_string()))?;
+        match stream.get_last_raw_message_by_subject(subject).await {
+            Ok(message) => Ok(
+                serde_json::from_slice::<ProvisioningOutcomeV1>(&message.payload)
+                    .is_ok_and(|o| o.event_id == event_id),
+            ),
+            Err(err)
+                if err.kind() == jetstream::stream::LastRawMessageErrorKind::NoMessageFound =>
+            {
+                Ok(false)
+            }
+            Err(err) => Err(failed(err.to_string())),
+        }
     }
 
     pub async fn order_update(
@@ -363,32 +399,6 @@ impl Report {
         let update = update_body(&request, &result, sequence);
         Some(Self { outcome, update })
     }
-}
-
-/// Whether an outcome for this event is already in the outcomes stream (recovery's check that a
-/// job whose lease expired did not in fact report).
-pub async fn find_outcome(
-    js: &jetstream::Context,
-    stream: &str,
-    order_id: &str,
-    event_id: &str,
-) -> Option<ProvisioningOutcomeV1> {
-    let stream = js.get_stream(stream).await.ok()?;
-    for result in [
-        OutcomeResult::Activated,
-        OutcomeResult::Failed,
-        OutcomeResult::Skipped,
-    ] {
-        let subject = messages::subjects::provisioning_outcome(order_id, result.as_str());
-        if let Ok(message) = stream.get_last_raw_message_by_subject(&subject).await {
-            if let Ok(outcome) = serde_json::from_slice::<ProvisioningOutcomeV1>(&message.payload) {
-                if outcome.event_id == event_id {
-                    return Some(outcome);
-                }
-            }
-        }
-    }
-    None
 }
 
 /// The subject without its per-order tokens (`provisioning.outcome.{order}.{result}` →

@@ -35,9 +35,9 @@ use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
 use crate::job::{Delivery, JobRunner};
-use crate::journal::{self, JobRecord, JobState, Journal, Stored};
+use crate::journal::{self, JobRecord, Journal, Stored};
 use crate::metrics::ReasonLabel;
-use crate::publisher::{self, Report};
+use crate::publisher::Report;
 use crate::steps::{codes, JobResult};
 
 /// Jobs the reconciler runs at once (messages whose worker died before claiming them).
@@ -81,7 +81,7 @@ struct Observations {
 
 pub struct Recovery {
     pub js: jetstream::Context,
-    pub journal: Journal,
+    /// Runs never-claimed messages, and lends its journal, publisher and metrics.
     pub runner: Arc<JobRunner>,
     pub requests_stream: String,
     pub outcomes_stream: String,
@@ -99,7 +99,6 @@ impl Recovery {
     #[allow(clippy::too_many_arguments)]
     pub fn new(
         js: jetstream::Context,
-        journal: Journal,
         runner: Arc<JobRunner>,
         requests_stream: String,
         outcomes_stream: String,
@@ -109,7 +108,6 @@ impl Recovery {
     ) -> Self {
         Self {
             js,
-            journal,
             runner,
             requests_stream,
             outcomes_stream,
@@ -184,13 +182,17 @@ impl Recovery {
         Ok((stream, consumer))
     }
 
+    fn journal(&self) -> &Journal {
+        &self.runner.journal
+    }
+
     fn watermark_key(&self) -> String {
         format!("reconciled.{}", self.consumer)
     }
 
     async fn watermark(&self) -> Result<Option<(u64, u64)>, ReconcileError> {
         let entry = self
-            .journal
+            .journal()
             .store()
             .entry(self.watermark_key())
             .await
@@ -209,7 +211,7 @@ impl Recovery {
             Ok(bytes) => bytes,
             Err(_) => return,
         };
-        let store: &kv::Store = self.journal.store();
+        let store: &kv::Store = self.journal().store();
         let written = match revision {
             Some(revision) => store
                 .update(self.watermark_key(), bytes.into(), revision)
@@ -313,7 +315,7 @@ impl Recovery {
                 return Ok(MessageState::Done);
             }
         };
-        let stored = self.journal.read(&request.order_id).await?;
+        let stored = self.journal().read(&request.order_id).await?;
         if let Stored::Record(record, revision) = &stored {
             if record.runs(&request.event_id) {
                 self.observations
@@ -336,15 +338,12 @@ impl Recovery {
         }
         // Not claimed under the entry: skipped (recorded, and an outcome exists), or never
         // handled.
-        if self.journal.was_skipped(&request.event_id).await?
-            || publisher::find_outcome(
-                &self.js,
-                &self.outcomes_stream,
-                &request.order_id,
-                &request.event_id,
-            )
-            .await
-            .is_some()
+        if self.journal().was_skipped(&request.event_id).await?
+            || self
+                .runner
+                .publisher
+                .outcome_stored(&self.outcomes_stream, &request.order_id, &request.event_id)
+                .await
         {
             return Ok(MessageState::Done);
         }
@@ -427,7 +426,7 @@ impl Recovery {
             if seen.0 != revision {
                 *seen = (revision, Instant::now());
             }
-            seen.1.elapsed() >= self.journal.lease()
+            seen.1.elapsed() >= self.journal().lease()
         };
         if stale && self.interrupt(record.clone(), revision).await {
             self.observations
@@ -496,21 +495,10 @@ impl Recovery {
                     ),
                 }
             };
-            record.state = match result {
-                JobResult::Skipped { .. } => JobState::Skipped,
-                _ => JobState::Interrupted,
-            };
-            record.error_code = result.error_code().map(str::to_owned);
-            record.error_message = match &result {
-                JobResult::Failed { message, .. } => Some(message.clone()),
-                JobResult::Skipped { reason } => Some(reason.clone()),
-                JobResult::Activated { .. } => None,
-            };
-            record.lease_until_ms = None;
-            record.finished_at = Some(journal::now_rfc3339());
+            record.close(&result);
             // The compare-and-swap at the revision seen stale: of several replicas, and against
             // a worker that wakes up, exactly one write lands.
-            let closed = match self.journal.replace(&mut record, revision).await {
+            let closed = match self.journal().replace(&mut record, revision).await {
                 Ok(closed) => closed,
                 Err(err) => {
                     tracing::info!(error = %err, "Abandoned job changed meanwhile; not reporting it.");
