@@ -28,12 +28,24 @@ pub struct NatsServer {
     child: Option<Child>,
     port: u16,
     dir: tempfile::TempDir,
+    /// Extra command-line arguments (a config file, `--user`/`--pass`, `--auth`), kept for
+    /// restarts.
+    extra_args: Vec<String>,
 }
 
 impl NatsServer {
     /// Starts a server and waits until it accepts connections.
     #[allow(clippy::expect_used)]
     pub async fn start() -> Self {
+        Self::start_with_args(Vec::new()).await
+    }
+
+    /// Starts a server with extra command-line arguments (for example `-c <file>` for a
+    /// configuration with authentication or TLS, or `--user`/`--pass`), kept for restarts.
+    /// Readiness is read from the server's own log, so a server that refuses plain clients
+    /// starts as well.
+    #[allow(clippy::expect_used)]
+    pub async fn start_with_args(extra_args: Vec<String>) -> Self {
         let dir = tempfile::Builder::new()
             .prefix("nats-test-")
             .tempdir()
@@ -43,6 +55,7 @@ impl NatsServer {
             child: None,
             port,
             dir,
+            extra_args,
         };
         server.spawn().await;
         server
@@ -126,6 +139,7 @@ impl NatsServer {
             .arg(&store)
             .arg("-l")
             .arg(&log)
+            .args(&self.extra_args)
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
@@ -139,6 +153,11 @@ impl NatsServer {
                 if client.server_info().server_name == self.name() && client.flush().await.is_ok() {
                     return Ok(());
                 }
+            }
+            // A server that requires credentials or TLS refuses the plain client above; its
+            // own log (this incarnation's lines) says when it is ready.
+            if !self.extra_args.is_empty() && log_since(&log, offset).contains("Server is ready") {
+                return Ok(());
             }
             let exited = self
                 .child
