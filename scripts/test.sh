@@ -21,6 +21,8 @@ if [ "${SKIP_LINT:-0}" != 1 ]; then
   cargo clippy --workspace --all-targets --quiet -- -D warnings
 fi
 
+echo "== supply chain (cargo deny)"; scripts/supply-chain.sh
+
 echo "== tests (nats-server $("$NATS_SERVER_DEBIAN" --version | awk '{print $2}'))"
 NATS_SERVER_BIN="$NATS_SERVER_DEBIAN" cargo test --workspace --no-fail-fast
 
