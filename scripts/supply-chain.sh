@@ -15,8 +15,8 @@ cd "$(dirname "$0")/.."
 
 # Pinned: the offline database layout below (directory name, freshness rules) is cargo-deny's.
 CARGO_DENY_VERSION=0.20.2
-# cargo-deny 0.20 opens the default database (https://github.com/RustSec/advisory-db) at
-# <db-path>/advisory-db-<xxhash64 of the lower-cased url>; this is that name.
+# cargo-deny 0.20 opens its default database (RustSec's advisory-db repository) at
+# <db-path>/advisory-db-<xxhash64 of the lower-cased repository url>; this is that name.
 DB_DIR_NAME=advisory-db-3157b0e258782691
 STALE_WARN_DAYS=90
 
