@@ -116,6 +116,46 @@ pub struct DeadLetterV1 {
 
 impl DeadLetterV1 {
     pub const SCHEMA: &'static str = "provisioning.deadletter.v1";
+
+    /// Room kept for the message headers (correlation id, schema, trace context, message id).
+    const HEADER_ROOM: usize = 4 * 1024;
+    /// Longest `reason` kept: a reason may quote the input (a bad `OrderId__c`, say), and the
+    /// input may be as large as the message that carried it.
+    pub const MAX_REASON_CHARS: usize = 1024;
+
+    /// Sets `payload_base64` to the original bytes, and keeps the whole dead letter within
+    /// `max_message` bytes (the server's `max_payload`): base64 makes a payload a third larger,
+    /// so an original close to the limit cannot travel whole. Then only its first bytes are
+    /// kept and `origin.payload_size` records the original length, so a reader knows it holds a
+    /// prefix (the original stays in its stream, named by `origin`). A long `reason` is cut to
+    /// [`Self::MAX_REASON_CHARS`] first. Without this, a dead letter of such a message could
+    /// never be published and the message would be neither processed nor set aside.
+    pub fn set_payload(&mut self, payload: &[u8], max_message: usize) {
+        use base64::Engine;
+        if let Some((cut, _)) = self.reason.char_indices().nth(Self::MAX_REASON_CHARS) {
+            self.reason.truncate(cut);
+            self.reason.push('…');
+        }
+        self.payload_base64.clear();
+        self.origin.payload_size = None;
+        let b64 = base64::engine::general_purpose::STANDARD;
+        let whole = base64::encoded_len(payload.len(), true).unwrap_or(usize::MAX);
+        // Everything but the payload, as serialised, plus the original length's own field.
+        let envelope = serde_json::to_vec(self).map_or(usize::MAX, |v| v.len()) + 64;
+        let room = max_message.saturating_sub(envelope.saturating_add(Self::HEADER_ROOM));
+        if whole <= room {
+            self.payload_base64 = b64.encode(payload);
+            return;
+        }
+        let kept = (room / 4 * 3).min(payload.len());
+        self.payload_base64 = b64.encode(&payload[..kept]);
+        self.origin.payload_size = Some(payload.len() as u64);
+    }
+
+    /// Whether `payload_base64` holds only the first bytes of the original.
+    pub fn payload_truncated(&self) -> bool {
+        self.origin.payload_size.is_some()
+    }
 }
 
 /// Where a dead-lettered message came from.
@@ -136,6 +176,11 @@ pub struct DeadLetterOrigin {
     pub stream_sequence: Option<u64>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub subject: Option<String>,
+    /// Length in bytes of the original message, set only when `payload_base64` holds just its
+    /// first bytes (the whole would not fit in one NATS message; see
+    /// [`DeadLetterV1::set_payload`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub payload_size: Option<u64>,
 }
 
 /// RFC 3339 in UTC, the timestamp format of every body.
@@ -160,6 +205,60 @@ mod tests {
             rfc3339_from_epoch_ms(1_700_000_000_123).as_deref(),
             Some("2023-11-14T22:13:20.123Z")
         );
+    }
+
+    fn dead_letter(reason: &str) -> DeadLetterV1 {
+        DeadLetterV1 {
+            schema: DeadLetterV1::SCHEMA.to_owned(),
+            service: "provisioner".to_owned(),
+            reason: reason.to_owned(),
+            reason_code: "invalid_request".to_owned(),
+            payload_base64: String::new(),
+            origin: DeadLetterOrigin {
+                stream: Some("PROVISIONING_REQUESTS".to_owned()),
+                stream_sequence: Some(7),
+                subject: Some("provisioning.requested.x".to_owned()),
+                ..Default::default()
+            },
+            dead_lettered_at: "2026-01-01T00:00:00Z".to_owned(),
+        }
+    }
+
+    #[test]
+    fn a_dead_letter_keeps_a_small_payload_whole() {
+        use base64::Engine;
+        let mut body = dead_letter("bad");
+        body.set_payload(b"\xff\xfe not json", 1024 * 1024);
+        assert!(!body.payload_truncated());
+        let decoded = base64::engine::general_purpose::STANDARD
+            .decode(&body.payload_base64)
+            .unwrap();
+        assert_eq!(decoded, b"\xff\xfe not json");
+        assert!(!serde_json::to_string(&body)
+            .unwrap()
+            .contains("payload_size"));
+    }
+
+    #[test]
+    fn a_dead_letter_of_a_message_near_max_payload_fits_in_one_message() {
+        use base64::Engine;
+        let max = 1024 * 1024;
+        let payload = vec![b'x'; max - 100];
+        let mut body = dead_letter(&"r".repeat(max));
+        body.set_payload(&payload, max);
+        let bytes = serde_json::to_vec(&body).unwrap();
+        assert!(
+            bytes.len() + DeadLetterV1::HEADER_ROOM <= max,
+            "{}",
+            bytes.len()
+        );
+        assert!(body.payload_truncated());
+        assert_eq!(body.origin.payload_size, Some(payload.len() as u64));
+        assert!(body.reason.chars().count() <= DeadLetterV1::MAX_REASON_CHARS + 1);
+        let kept = base64::engine::general_purpose::STANDARD
+            .decode(&body.payload_base64)
+            .unwrap();
+        assert!(kept.len() > max / 2 && payload.starts_with(&kept));
     }
 
     #[test]

@@ -5,7 +5,6 @@
 //! is a Salesforce channel and replay id, and its publish joins the ordered ack window).
 
 use async_nats::jetstream::{self, message::PublishMessage};
-use base64::Engine;
 use messages::{DeadLetterOrigin, DeadLetterV1};
 
 #[derive(Debug, thiserror::Error)]
@@ -66,12 +65,12 @@ impl DeadLetters {
             stream_sequence = ?sequence,
             "Message cannot be processed; setting it aside on the dead-letter subject."
         );
-        let body = DeadLetterV1 {
+        let mut body = DeadLetterV1 {
             schema: DeadLetterV1::SCHEMA.to_owned(),
             service: self.service.to_owned(),
             reason: reason.to_owned(),
             reason_code: reason_code.to_owned(),
-            payload_base64: base64::engine::general_purpose::STANDARD.encode(payload),
+            payload_base64: String::new(),
             origin: DeadLetterOrigin {
                 stream: stream.clone(),
                 stream_sequence: sequence,
@@ -80,6 +79,8 @@ impl DeadLetters {
             },
             dead_lettered_at: messages::bodies::rfc3339(time::OffsetDateTime::now_utc()),
         };
+        // A payload near max_payload does not fit whole once in base64: its prefix is kept.
+        body.set_payload(payload, max_payload(&self.js));
         let bytes = serde_json::to_vec(&body).map_err(|e| DeadLetterError(e.to_string()))?;
         let correlation =
             correlation_id.map_or_else(|| uuid::Uuid::new_v4().to_string(), str::to_owned);
@@ -113,5 +114,14 @@ impl DeadLetters {
         ack.await
             .map(drop)
             .map_err(|e| DeadLetterError(e.to_string()))
+    }
+}
+
+/// The largest message the server takes (its `max_payload`; NATS's default 1 MiB before the
+/// connection has reported it).
+pub fn max_payload(js: &jetstream::Context) -> usize {
+    match js.client().server_info().max_payload {
+        0 => 1024 * 1024,
+        n => n,
     }
 }

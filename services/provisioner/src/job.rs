@@ -99,8 +99,10 @@ impl Delivery {
 }
 
 /// Parses and validates a `provisioning.requested.v1` body (the `validation` step); the Order id
-/// comes back in its canonical 18-character form (CONTRACT §4).
-pub fn validate(payload: &[u8]) -> Result<ProvisioningRequestedV1, String> {
+/// comes back in its canonical 18-character form (CONTRACT §4). The message's subject must name
+/// the same Order: the subject is what the stream, the outcome and every filter go by, so a body
+/// about another Order (a hand-made or forged message) is refused rather than acted on.
+pub fn validate(subject: &str, payload: &[u8]) -> Result<ProvisioningRequestedV1, String> {
     let mut request: ProvisioningRequestedV1 = serde_json::from_slice(payload)
         .map_err(|e| format!("body is not provisioning.requested.v1 JSON: {e}"))?;
     if request.schema != ProvisioningRequestedV1::SCHEMA {
@@ -118,6 +120,16 @@ pub fn validate(payload: &[u8]) -> Result<ProvisioningRequestedV1, String> {
     })?;
     if request.event_id.trim().is_empty() {
         return Err("event_id is empty".to_owned());
+    }
+    let named = subject
+        .strip_prefix(messages::subjects::PROVISIONING_REQUESTED_PREFIX)
+        .and_then(|rest| rest.strip_prefix('.'))
+        .and_then(|token| messages::salesforce_id::canonical(token).ok());
+    if named.as_deref() != Some(request.order_id.as_str()) {
+        return Err(format!(
+            "subject {subject:?} does not name the body's order {}",
+            request.order_id
+        ));
     }
     Ok(request)
 }
@@ -137,7 +149,7 @@ pub enum Claim {
 impl JobRunner {
     pub async fn handle(self: Arc<Self>, delivery: Delivery, hard_stop: CancellationToken) {
         let received = Instant::now();
-        let request = match validate(&delivery.payload) {
+        let request = match validate(&delivery.subject, &delivery.payload) {
             Ok(request) => request,
             Err(reason) => {
                 self.dead_letter(&delivery, &reason).await;
@@ -531,5 +543,66 @@ async fn keep_lease(job: &JobJournal) -> JobLost {
             // without a renewal before it takes over.
             Err(err) => tracing::warn!(error = %err, "Could not renew the job lease."),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    const ORDER: &str = "801000000000001AAA";
+
+    fn body(order_id: &str) -> serde_json::Value {
+        serde_json::json!({
+            "schema": "provisioning.requested.v1", "event_id": "e-1", "replay_id": "AA==",
+            "channel": "/event/OrderProvisionRequested__e", "schema_id": "s", "order_id": order_id,
+            "idem_key": null, "correlation_id": "c", "requested_by": null, "version": 1.0,
+            "created_at": null, "created_by_id": null, "received_at": "2026-01-01T00:00:00Z"
+        })
+    }
+
+    fn check(subject: &str, body: &serde_json::Value) -> Result<ProvisioningRequestedV1, String> {
+        validate(subject, &serde_json::to_vec(body).unwrap())
+    }
+
+    #[test]
+    fn the_subject_must_name_the_bodys_order() {
+        let subject = messages::subjects::provisioning_requested(ORDER);
+        assert_eq!(check(&subject, &body(ORDER)).unwrap().order_id, ORDER);
+        // Either spelling of the same Order, on either side.
+        assert!(check(&subject, &body("801000000000001")).is_ok());
+        assert!(check("provisioning.requested.801000000000001", &body(ORDER)).is_ok());
+        let other = "801000000000002AAA";
+        let err = check(&subject, &body(other)).unwrap_err();
+        assert!(err.contains("does not name"), "{err}");
+        for subject in [
+            "provisioning.requested",
+            "provisioning.requested.801000000000001AAA.x",
+            "provisioning.requested.not-an-id",
+        ] {
+            assert!(check(subject, &body(ORDER)).is_err(), "{subject}");
+        }
+    }
+
+    #[test]
+    fn malformed_bodies_are_refused_with_a_reason() {
+        let subject = messages::subjects::provisioning_requested(ORDER);
+        assert!(validate(&subject, b"\xff\xfe\x00garbage").is_err());
+        let mut wrong_type = body(ORDER);
+        wrong_type["order_id"] = serde_json::json!(801);
+        assert!(check(&subject, &wrong_type).unwrap_err().contains("JSON"));
+        let mut missing = body(ORDER);
+        missing.as_object_mut().unwrap().remove("event_id");
+        assert!(check(&subject, &missing).unwrap_err().contains("event_id"));
+        let mut injected = body("801' OR Id != '");
+        injected["order_id"] = serde_json::json!("801' OR Id != '");
+        assert!(check(&subject, &injected)
+            .unwrap_err()
+            .contains("not a Salesforce id"));
+        // Unknown fields are tolerated within v1 (docs/contract.md, versioning).
+        let mut extra = body(ORDER);
+        extra["priority"] = serde_json::json!("High");
+        assert!(check(&subject, &extra).is_ok());
     }
 }

@@ -176,12 +176,15 @@ impl Orchestrator {
             .await
         {
             Ok(Some(order)) => order,
+            // No such Order (deleted, or an id of another object or none at all in a hand-made
+            // message): it is not Activating, so the guard's answer applies, and nothing is
+            // written to Salesforce for it (a Failed update would be a write for a record that
+            // does not exist).
             Ok(None) => {
                 return Ok(Finished {
-                    result: JobResult::failed(
-                        "404",
-                        format!("Order {} not found in Salesforce", request.order_id),
-                    ),
+                    result: JobResult::Skipped {
+                        reason: format!("Order {} not found in Salesforce", request.order_id),
+                    },
                     step: Step::OrderDetails,
                 })
             }

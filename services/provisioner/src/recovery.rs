@@ -307,7 +307,7 @@ impl Recovery {
         hard_stop: &CancellationToken,
     ) -> Result<MessageState, ReconcileError> {
         let sequence = delivery.sequence.unwrap_or_default();
-        let request = match crate::job::validate(&delivery.payload) {
+        let request = match crate::job::validate(&delivery.subject, &delivery.payload) {
             Ok(request) => request,
             Err(reason) => {
                 // Its dead letter has a fixed message id: one per stream message however often.

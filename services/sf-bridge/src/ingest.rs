@@ -765,12 +765,12 @@ impl DeadLetters {
                 "Platform Event cannot be provisioned; setting it aside."
             );
         });
-        let body = DeadLetterV1 {
+        let mut body = DeadLetterV1 {
             schema: DeadLetterV1::SCHEMA.to_owned(),
             service: SERVICE.to_owned(),
             reason: reason.to_string(),
             reason_code: reason.code().to_owned(),
-            payload_base64: b64.encode(&event.payload),
+            payload_base64: String::new(),
             origin: DeadLetterOrigin {
                 channel: Some(self.channel.clone()),
                 replay_id: Some(replay_b64.clone()),
@@ -780,6 +780,9 @@ impl DeadLetters {
             },
             dead_lettered_at: original.received_at.clone(),
         };
+        // An event close to Salesforce's 1 MB does not fit whole once in base64: a dead letter
+        // that cannot be published would hold the cursor on this event for good.
+        body.set_payload(&event.payload, platform::deadletter::max_payload(&self.js));
         let mut headers = async_nats::HeaderMap::new();
         platform::nats::insert_header(
             &mut headers,

@@ -14,10 +14,22 @@ use serde_json::{Map, Value};
 /// Why a message can never be applied (it is dead-lettered as `invalid_update`).
 pub type Invalid = String;
 
+/// The Order fields the pipeline writes (CONTRACT §4, "Written (by sf-writer only)"). An update
+/// that sets any other field did not come from the provisioner and is refused: whoever can
+/// publish on `sf.order.update.*` must not be able to write arbitrary Order fields through the
+/// integration user.
+pub const WRITABLE_FIELDS: [&str; 4] = [
+    "Activation_Status__c",
+    "WHMCS_Order_ID__c",
+    "Activation_Error_Code__c",
+    "Activation_Error_Message__c",
+];
+
 /// Parses and checks a body. Returns the update with `order_id` in its canonical 18-character
 /// form (CONTRACT §4), so that every spelling of one Order (15 characters, or 18 with the suffix
-/// in either case) shares one ordering key, one claim and one Salesforce write.
-pub fn parse(payload: &[u8]) -> Result<OrderUpdateV1, Invalid> {
+/// in either case) shares one ordering key, one claim and one Salesforce write. The subject must
+/// name the same Order (either spelling), and the fields must be ones the pipeline writes.
+pub fn parse(subject: &str, payload: &[u8]) -> Result<OrderUpdateV1, Invalid> {
     let mut update: OrderUpdateV1 = serde_json::from_slice(payload)
         .map_err(|e| format!("body is not sf.order.update.v1 JSON: {e}"))?;
     if update.schema != OrderUpdateV1::SCHEMA {
@@ -36,6 +48,27 @@ pub fn parse(payload: &[u8]) -> Result<OrderUpdateV1, Invalid> {
         .find(|k| k.eq_ignore_ascii_case("id") || k.eq_ignore_ascii_case("attributes"))
     {
         return Err(format!("fields must not set {bad:?}"));
+    }
+    // Salesforce API names are case-insensitive.
+    if let Some(bad) = update
+        .fields
+        .keys()
+        .find(|k| !WRITABLE_FIELDS.iter().any(|w| w.eq_ignore_ascii_case(k)))
+    {
+        return Err(format!(
+            "fields must not set {bad:?}: only {} are written",
+            WRITABLE_FIELDS.join(", ")
+        ));
+    }
+    let named = subject
+        .strip_prefix(messages::subjects::ORDER_UPDATE_PREFIX)
+        .and_then(|rest| rest.strip_prefix('.'))
+        .and_then(|token| messages::salesforce_id::canonical(token).ok());
+    if named.as_deref() != Some(update.order_id.as_str()) {
+        return Err(format!(
+            "subject {subject:?} does not name the body's order {}",
+            update.order_id
+        ));
     }
     Ok(update)
 }
@@ -122,6 +155,10 @@ mod tests {
 
     const ORDER: &str = "801000000000001AAA";
 
+    fn subject(order: &str) -> String {
+        messages::subjects::order_update(order)
+    }
+
     fn update(order: &str, sequence: u64, fields: Value) -> OrderUpdateV1 {
         OrderUpdateV1 {
             schema: OrderUpdateV1::SCHEMA.to_owned(),
@@ -136,8 +173,13 @@ mod tests {
 
     #[test]
     fn valid_bodies_parse_and_ids_become_18_characters() {
-        let body = serde_json::to_vec(&update("801000000000001", 1, json!({"A": 1}))).unwrap();
-        let parsed = parse(&body).unwrap();
+        let body = serde_json::to_vec(&update(
+            "801000000000001",
+            1,
+            json!({"Activation_Status__c": "Activated"}),
+        ))
+        .unwrap();
+        let parsed = parse(&subject("801000000000001"), &body).unwrap();
         assert_eq!(parsed.order_id, "801000000000001AAA");
     }
 
@@ -154,7 +196,7 @@ mod tests {
             .zip(1..)
             .map(|(spelling, seq)| {
                 let body = serde_json::to_vec(&update(spelling, seq, json!({}))).unwrap();
-                let update = parse(&body).unwrap();
+                let update = parse(&subject(ORDER), &body).unwrap();
                 assert_eq!(update.order_id, ORDER, "{spelling}");
                 (update, ())
             })
@@ -165,15 +207,54 @@ mod tests {
 
     #[test]
     fn bad_bodies_are_refused_with_a_reason() {
-        assert!(parse(b"{").unwrap_err().contains("not sf.order.update.v1"));
+        let on = subject(ORDER);
+        assert!(parse(&on, b"{")
+            .unwrap_err()
+            .contains("not sf.order.update.v1"));
+        assert!(parse(&on, b"\xff\xfe\x00")
+            .unwrap_err()
+            .contains("not sf.order.update.v1"));
         let mut wrong_schema = update(ORDER, 1, json!({}));
         wrong_schema.schema = "other".into();
         let body = serde_json::to_vec(&wrong_schema).unwrap();
-        assert!(parse(&body).unwrap_err().contains("schema"));
+        assert!(parse(&on, &body).unwrap_err().contains("schema"));
         let body = serde_json::to_vec(&update("801' OR 1=1", 1, json!({}))).unwrap();
-        assert!(parse(&body).unwrap_err().contains("not a Salesforce id"));
+        assert!(parse(&on, &body)
+            .unwrap_err()
+            .contains("not a Salesforce id"));
         let body = serde_json::to_vec(&update(ORDER, 1, json!({"Id": "x"}))).unwrap();
-        assert!(parse(&body).unwrap_err().contains("must not set"));
+        assert!(parse(&on, &body).unwrap_err().contains("must not set"));
+    }
+
+    #[test]
+    fn only_the_pipelines_fields_are_written() {
+        let on = subject(ORDER);
+        for field in ["Status", "AccountId", "Description", "OwnerId"] {
+            let body = serde_json::to_vec(&update(ORDER, 1, json!({ field: "x" }))).unwrap();
+            let err = parse(&on, &body).unwrap_err();
+            assert!(err.contains("must not set"), "{field}: {err}");
+        }
+        let all = json!({
+            "activation_status__c": "Failed", "WHMCS_Order_ID__c": null,
+            "Activation_Error_Code__c": "409", "Activation_Error_Message__c": "m"
+        });
+        let body = serde_json::to_vec(&update(ORDER, 1, all)).unwrap();
+        assert!(parse(&on, &body).is_ok());
+    }
+
+    #[test]
+    fn the_subject_must_name_the_bodys_order() {
+        let body = serde_json::to_vec(&update(ORDER, 1, json!({}))).unwrap();
+        assert!(parse("sf.order.update.801000000000001", &body).is_ok());
+        for subject in [
+            "sf.order.update.801000000000002AAA",
+            "sf.order.update",
+            "sf.order.update.801000000000001AAA.x",
+            "provisioning.requested.801000000000001AAA",
+        ] {
+            let err = parse(subject, &body).unwrap_err();
+            assert!(err.contains("does not name"), "{subject}: {err}");
+        }
     }
 
     #[test]

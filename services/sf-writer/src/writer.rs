@@ -207,7 +207,7 @@ impl Writer {
         let mut items: Vec<(OrderUpdateV1, Message)> = Vec::with_capacity(messages.len());
         let mut invalid: Vec<(Message, String)> = Vec::new();
         for message in messages {
-            match batch::parse(&message.payload) {
+            match batch::parse(message.subject.as_str(), &message.payload) {
                 Ok(update) => items.push((update, message)),
                 Err(reason) => invalid.push((message, reason)),
             }
