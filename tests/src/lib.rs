@@ -9,6 +9,8 @@
 //! - [`process`]: child processes of the workspace's binaries, killed on drop.
 //! - [`otlp`]: an in-process OTLP/gRPC trace collector, for tests of what services export.
 //! - [`keys`]: RSA key pairs for the OAuth JWT bearer flow.
+//! - [`secure_nats`]: a private CA and certificates, operator-mode JWTs and `.creds` files,
+//!   nats-server configuration files for authentication and TLS.
 //! - [`wait`]: polling with a deadline, for conditions no event announces.
 
 pub mod cluster;
@@ -16,5 +18,6 @@ pub mod keys;
 pub mod nats;
 pub mod otlp;
 pub mod process;
+pub mod secure_nats;
 pub mod telemetry;
 pub mod wait;

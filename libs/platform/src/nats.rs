@@ -4,24 +4,37 @@
 //! have tuned them (replicas, limits) and a service restart must not undo that.
 
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::Duration;
 
 use async_nats::jetstream::{self, kv, stream};
 use async_nats::ConnectOptions;
+use secrecy::{ExposeSecret, SecretString};
 
 use crate::config::{ConfigError, Env};
 
-/// The contract's NATS variables. Secrets are kept out of `Debug`.
+/// The contract's NATS variables. Secrets are [`SecretString`]s: redacted in `Debug`, zeroed
+/// when dropped, and read only where they are handed to the client.
 #[derive(Clone)]
 pub struct NatsSettings {
     pub urls: Vec<String>,
     pub creds_file: Option<PathBuf>,
     pub user: Option<String>,
-    pub password: Option<String>,
-    pub token: Option<String>,
+    pub password: Option<SecretString>,
+    pub token: Option<SecretString>,
     pub tls_ca_file: Option<PathBuf>,
+    /// `NATS_TLS_CERT_FILE` and `NATS_TLS_KEY_FILE`: the client certificate (PEM chain) and its
+    /// key for mutual TLS; both or neither.
+    pub tls_client_cert: Option<TlsClientCert>,
     /// `JETSTREAM_REPLICAS` (1–5): replicas of every stream and KV bucket a service creates.
     pub jetstream_replicas: usize,
+}
+
+/// A client certificate and its private key, both PEM files.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TlsClientCert {
+    pub cert_file: PathBuf,
+    pub key_file: PathBuf,
 }
 
 impl std::fmt::Debug for NatsSettings {
@@ -33,6 +46,7 @@ impl std::fmt::Debug for NatsSettings {
             .field("password", &self.password.as_ref().map(|_| "<redacted>"))
             .field("token", &self.token.as_ref().map(|_| "<redacted>"))
             .field("tls_ca_file", &self.tls_ca_file)
+            .field("tls_client_cert", &self.tls_client_cert)
             .field("jetstream_replicas", &self.jetstream_replicas)
             .finish()
     }
@@ -77,13 +91,32 @@ impl NatsSettings {
                 )),
             }
         };
+        let cert_file = existing_file("NATS_TLS_CERT_FILE")?;
+        let key_file = existing_file("NATS_TLS_KEY_FILE")?;
+        let tls_client_cert =
+            match (cert_file, key_file) {
+                (Some(cert_file), Some(key_file)) => Some(TlsClientCert {
+                    cert_file,
+                    key_file,
+                }),
+                (None, None) => None,
+                (Some(_), None) => return Err(ConfigError::new(
+                    "NATS_TLS_KEY_FILE",
+                    "must be set together with NATS_TLS_CERT_FILE (the client certificate's key)",
+                )),
+                (None, Some(_)) => return Err(ConfigError::new(
+                    "NATS_TLS_CERT_FILE",
+                    "must be set together with NATS_TLS_KEY_FILE (the key's client certificate)",
+                )),
+            };
         Ok(Self {
             urls,
             creds_file: existing_file("NATS_CREDS_FILE")?,
             user,
-            password,
-            token: env.get("NATS_TOKEN"),
+            password: password.map(SecretString::from),
+            token: env.get("NATS_TOKEN").map(SecretString::from),
             tls_ca_file: existing_file("NATS_TLS_CA_FILE")?,
+            tls_client_cert,
             // Read once here, for every service: 3 on a production cluster survives the loss of
             // a node; 5 is JetStream's maximum.
             jetstream_replicas: env.int_in_range("JETSTREAM_REPLICAS", 1usize, 1..=5)?,
@@ -99,8 +132,14 @@ impl NatsSettings {
             password: None,
             token: None,
             tls_ca_file: None,
+            tls_client_cert: None,
             jetstream_replicas: 1,
         }
+    }
+
+    /// Whether the connection must be TLS: a CA or a client certificate is configured.
+    fn wants_tls(&self) -> bool {
+        self.tls_ca_file.is_some() || self.tls_client_cert.is_some()
     }
 }
 
@@ -128,7 +167,20 @@ pub enum NatsError {
         source: std::io::Error,
     },
     #[error("cannot connect to NATS")]
-    Connect(#[from] async_nats::ConnectError),
+    Connect(#[source] async_nats::ConnectError),
+    /// The server was reached and refused us, or we refused it: retrying cannot help.
+    #[error("NATS connection refused: {refusal}")]
+    Refused {
+        refusal: Refusal,
+        #[source]
+        source: async_nats::ConnectError,
+    },
+    #[error("cannot read NATS client certificate or key {path}")]
+    ClientCertificate {
+        path: String,
+        #[source]
+        source: std::io::Error,
+    },
     #[error("cannot {action} stream {name}")]
     Stream {
         name: String,
@@ -170,6 +222,7 @@ impl NatsError {
                 | async_nats::ConnectErrorKind::MaxReconnects => ErrorClass::Transient,
                 _ => ErrorClass::Permanent,
             },
+            Self::Refused { .. } | Self::ClientCertificate { .. } => ErrorClass::Permanent,
             Self::Stream { class, .. }
             | Self::Bucket { class, .. }
             | Self::Consumer { class, .. } => *class,
@@ -274,32 +327,186 @@ fn classify_key_value(err: &jetstream::context::KeyValueError) -> (ErrorClass, O
     }
 }
 
-/// Connects with the contract's settings. The client retries the first connection in the
-/// background, so a service starts (and reports itself degraded) while NATS is unreachable.
+/// Why a server that was reached would not have us (or we it). Each is a configuration
+/// problem on one side or the other, so the service stops instead of retrying for ever.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Refusal {
+    /// The server rejected the credentials (user and password, token, or the credentials file's
+    /// JWT and signature), or they could not be used to sign its challenge.
+    Authentication,
+    /// The TLS handshake failed: the server's certificate is not signed by a trusted CA (or not
+    /// for this host), the server rejected our client certificate, or TLS is misconfigured.
+    Tls,
+}
+
+impl std::fmt::Display for Refusal {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Self::Authentication => {
+                "authentication failed (check NATS_USER/NATS_PASSWORD, NATS_TOKEN or NATS_CREDS_FILE)"
+            }
+            Self::Tls => {
+                "TLS handshake failed (check that NATS_TLS_CA_FILE holds the CA of the server's \
+                 certificate, and NATS_TLS_CERT_FILE/NATS_TLS_KEY_FILE when the server requires a \
+                 client certificate)"
+            }
+        })
+    }
+}
+
+/// Whether a failed connection attempt is the server's (or our TLS stack's) refusal. async-nats
+/// reports authorisation violations and signing failures by kind, but a failed TLS handshake
+/// (an untrusted certificate, a client certificate the server rejects) arrives as an `Io` error
+/// wrapping rustls' error, and a server's "Authentication Expired/Revoked" as an `Io` error
+/// wrapping its `-ERR` text: those are found in the error's sources.
+pub fn refusal_of(err: &async_nats::ConnectError) -> Option<Refusal> {
+    use async_nats::ConnectErrorKind as K;
+    match err.kind() {
+        K::Authentication | K::AuthorizationViolation => return Some(Refusal::Authentication),
+        K::Tls => return Some(Refusal::Tls),
+        K::Io => {}
+        K::ServerParse | K::Dns | K::TimedOut | K::MaxReconnects => return None,
+    }
+    let mut next: Option<&(dyn std::error::Error + 'static)> = std::error::Error::source(err);
+    while let Some(cause) = next {
+        if cause.is::<async_nats::rustls::Error>() {
+            return Some(Refusal::Tls);
+        }
+        if let Some(io) = cause.downcast_ref::<std::io::Error>() {
+            // io::Error::source skips a custom error's own value: look at it directly.
+            if io
+                .get_ref()
+                .is_some_and(|inner| inner.is::<async_nats::rustls::Error>())
+            {
+                return Some(Refusal::Tls);
+            }
+        }
+        if let Some(server) = cause.downcast_ref::<async_nats::ServerError>() {
+            let text = server.to_string().to_ascii_lowercase();
+            if text.contains("authentication") || text.contains("authorization") {
+                return Some(Refusal::Authentication);
+            }
+        }
+        next = cause.source();
+    }
+    None
+}
+
+fn connect_error(err: async_nats::ConnectError) -> NatsError {
+    match refusal_of(&err) {
+        Some(refusal) => NatsError::Refused {
+            refusal,
+            source: err,
+        },
+        None => NatsError::Connect(err),
+    }
+}
+
+impl From<async_nats::ConnectError> for NatsError {
+    fn from(err: async_nats::ConnectError) -> Self {
+        connect_error(err)
+    }
+}
+
+/// Called when the connection is refused for good after [`connect`] returned (the server was
+/// down at start and then refused us, or refused a reconnect).
+pub type RefusalHandler = Arc<dyn Fn(&NatsError) + Send + Sync>;
+
+/// Connects with the contract's settings.
+///
+/// - A server that refuses us (wrong credentials, an untrusted certificate, a rejected client
+///   certificate) or a credentials or certificate file that cannot be read is returned as a
+///   permanent error at once: the service stops with one line naming the cause.
+/// - An unreachable server is transient: the client returned retries in the background, so a
+///   service starts (and reports itself degraded) while NATS is down.
+/// - If a server reached later refuses us (at the first connection or a reconnect), the service
+///   logs one error line naming the cause and exits with status 1: nothing it could do would
+///   succeed, and the orchestrator must show the failure instead of a service quietly degraded
+///   for ever. [`connect_with_refusal_handler`] lets a caller decide instead (tests).
 pub async fn connect(
     settings: &NatsSettings,
     client_name: &str,
 ) -> Result<async_nats::Client, NatsError> {
+    connect_with_refusal_handler(settings, client_name, Arc::new(exit_on_refusal)).await
+}
+
+/// The services' reaction to a refusal after start: one error line, exit status 1.
+fn exit_on_refusal(err: &NatsError) {
+    tracing::error!(error = %crate::error::Chain(err), "NATS refuses this service's connection; stopping.");
+    std::process::exit(1);
+}
+
+/// [`connect`], with `on_refusal` called instead of exiting when the server refuses a connection
+/// after this function returned.
+pub async fn connect_with_refusal_handler(
+    settings: &NatsSettings,
+    client_name: &str,
+    on_refusal: RefusalHandler,
+) -> Result<async_nats::Client, NatsError> {
+    let addrs: Vec<async_nats::ServerAddr> = settings
+        .urls
+        .iter()
+        .filter_map(|u| u.parse().ok())
+        .collect();
+    // One attempt on every URL without retrying, to tell a refusal (permanent) from an
+    // unreachable server (transient): with `retry_on_initial_connect` async-nats retries both
+    // alike in the background and reports only the error kind's name.
+    let prober = Prober {
+        settings: Arc::new(settings.clone()),
+        client_name: client_name.to_owned(),
+    };
+    let events = Arc::new(RefusalWatch::spawn(prober.clone(), on_refusal));
+    let first = options(settings, client_name, events.clone())
+        .await?
+        .connect(addrs.clone())
+        .await;
+    match first {
+        Ok(client) => Ok(client),
+        Err(err) => {
+            let err = connect_error(err);
+            if !err.is_transient() {
+                return Err(err);
+            }
+            tracing::warn!(error = %crate::error::Chain(&err), "NATS unreachable; retrying in the background.");
+            Ok(options(settings, client_name, events)
+                .await?
+                .retry_on_initial_connect()
+                .connect(addrs)
+                .await?)
+        }
+    }
+}
+
+/// The client options for `settings`; connection events go to `events`.
+async fn options(
+    settings: &NatsSettings,
+    client_name: &str,
+    events: Arc<RefusalWatch>,
+) -> Result<ConnectOptions, NatsError> {
     let mut options = ConnectOptions::new()
         .name(client_name)
-        .retry_on_initial_connect()
         .connection_timeout(Duration::from_secs(5))
-        .event_callback(|event| async move {
-            match event {
-                async_nats::Event::Disconnected => {
-                    tracing::warn!("NATS connection lost; reconnecting.")
+        .event_callback(move |event| {
+            let events = events.clone();
+            async move {
+                match event {
+                    async_nats::Event::Disconnected => {
+                        tracing::warn!("NATS connection lost; reconnecting.")
+                    }
+                    async_nats::Event::Connected => tracing::info!("NATS connection established."),
+                    async_nats::Event::SlowConsumer(sid) => {
+                        tracing::warn!(sid, "NATS slow consumer; messages dropped.")
+                    }
+                    async_nats::Event::ServerError(err) => {
+                        tracing::warn!(error = %err, "NATS server error.")
+                    }
+                    async_nats::Event::ClientError(err) => {
+                        // A failed (re)connection attempt: find out whether it was a refusal.
+                        events.attempt_failed();
+                        tracing::debug!(error = %err, "NATS client error.")
+                    }
+                    other => tracing::debug!(event = %other, "NATS connection event."),
                 }
-                async_nats::Event::Connected => tracing::info!("NATS connection established."),
-                async_nats::Event::SlowConsumer(sid) => {
-                    tracing::warn!(sid, "NATS slow consumer; messages dropped.")
-                }
-                async_nats::Event::ServerError(err) => {
-                    tracing::warn!(error = %err, "NATS server error.")
-                }
-                async_nats::Event::ClientError(err) => {
-                    tracing::debug!(error = %err, "NATS client error.")
-                }
-                other => tracing::debug!(event = %other, "NATS connection event."),
             }
         });
     if let Some(path) = &settings.creds_file {
@@ -313,20 +520,111 @@ pub async fn connect(
                 })?;
     }
     if let (Some(user), Some(password)) = (&settings.user, &settings.password) {
-        options = options.user_and_password(user.clone(), password.clone());
+        options = options.user_and_password(user.clone(), password.expose_secret().to_owned());
     }
     if let Some(token) = &settings.token {
-        options = options.token(token.clone());
+        options = options.token(token.expose_secret().to_owned());
     }
     if let Some(ca) = &settings.tls_ca_file {
-        options = options.add_root_certificates(ca.clone()).require_tls(true);
+        options = options.add_root_certificates(ca.clone());
     }
-    let addrs: Vec<async_nats::ServerAddr> = settings
-        .urls
-        .iter()
-        .filter_map(|u| u.parse().ok())
-        .collect();
-    Ok(options.connect(addrs).await?)
+    if let Some(client) = &settings.tls_client_cert {
+        // async-nats reads these only during the handshake, where a missing or unreadable file
+        // would look like any other I/O failure (transient); read them now to fail clearly.
+        for path in [&client.cert_file, &client.key_file] {
+            std::fs::metadata(path)
+                .and_then(|_| std::fs::File::open(path).map(drop))
+                .map_err(|source| NatsError::ClientCertificate {
+                    path: path.display().to_string(),
+                    source,
+                })?;
+        }
+        options = options.add_client_certificate(client.cert_file.clone(), client.key_file.clone());
+    }
+    if settings.wants_tls() {
+        options = options.require_tls(true);
+    }
+    Ok(options)
+}
+
+/// What a background probe needs to connect once, like the service's client.
+#[derive(Clone)]
+struct Prober {
+    settings: Arc<NatsSettings>,
+    client_name: String,
+}
+
+impl Prober {
+    /// One connection attempt without retries; `Some` when the server refused it.
+    async fn refusal(&self) -> Option<NatsError> {
+        let addrs: Vec<async_nats::ServerAddr> = self
+            .settings
+            .urls
+            .iter()
+            .filter_map(|u| u.parse().ok())
+            .collect();
+        let attempt = match options(
+            &self.settings,
+            &self.client_name,
+            Arc::new(RefusalWatch::inert()),
+        )
+        .await
+        {
+            Ok(options) => options.connect(addrs).await.map_err(connect_error),
+            Err(err) => Err(err),
+        };
+        match attempt {
+            Ok(client) => {
+                // Reachable and accepted: the service's own client will get there too.
+                drop(client);
+                None
+            }
+            Err(
+                err @ (NatsError::Refused { .. }
+                | NatsError::Credentials { .. }
+                | NatsError::ClientCertificate { .. }),
+            ) => Some(err),
+            Err(_) => None,
+        }
+    }
+}
+
+/// Turns the client's "connection attempt failed" events into probes that can tell a refusal
+/// from an unreachable server. The probe task ends when the client (which owns the event
+/// callback, and with it the sender) is gone.
+struct RefusalWatch {
+    failed: Option<tokio::sync::mpsc::Sender<()>>,
+}
+
+/// At most one probe per interval, however fast the client's attempts fail.
+const PROBE_INTERVAL: Duration = Duration::from_secs(1);
+
+impl RefusalWatch {
+    fn spawn(prober: Prober, on_refusal: RefusalHandler) -> Self {
+        let (tx, mut rx) = tokio::sync::mpsc::channel::<()>(1);
+        tokio::spawn(async move {
+            while rx.recv().await.is_some() {
+                if let Some(err) = prober.refusal().await {
+                    on_refusal(&err);
+                    return;
+                }
+                tokio::time::sleep(PROBE_INTERVAL).await;
+            }
+        });
+        Self { failed: Some(tx) }
+    }
+
+    /// For the probe's own client: its events need no watching.
+    fn inert() -> Self {
+        Self { failed: None }
+    }
+
+    fn attempt_failed(&self) {
+        if let Some(tx) = &self.failed {
+            // Full: a probe is pending already.
+            let _ = tx.try_send(());
+        }
+    }
 }
 
 /// The final flush at shutdown failed or did not finish in time.
