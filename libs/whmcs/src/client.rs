@@ -3,6 +3,7 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use secrecy::ExposeSecret as _;
 use serde::de::DeserializeOwned;
 use serde_json::{Map, Value};
 use tracing::Instrument as _;
@@ -45,6 +46,21 @@ fn snippet(text: &str) -> String {
         Some((cut, _)) => format!("{}…", &trimmed[..cut]),
         None => trimmed.to_owned(),
     }
+}
+
+/// A transport failure's description without its URL (reqwest prints the whole URL, user info
+/// included, and `WHMCS_API_URL` may carry basic-auth credentials for a protected admin path),
+/// with the causes reqwest's own text leaves out (refused, reset, DNS).
+fn transport_detail(err: reqwest::Error) -> String {
+    let err = err.without_url();
+    let mut detail = err.to_string();
+    let mut source = std::error::Error::source(&err);
+    while let Some(cause) = source {
+        detail.push_str(": ");
+        detail.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    detail
 }
 
 fn host_of(url: &str) -> Option<&str> {
@@ -233,10 +249,15 @@ impl WhmcsClient {
         timeout: Duration,
     ) -> Result<Map<String, Value>, WhmcsError> {
         let mut form = Params::new();
+        // The one place the secret and the access key are read: into the request body, which
+        // goes to WHMCS and nowhere else (never into a span, a log line or an error).
         form.set("action", action)
             .set("identifier", &self.settings.identifier)
-            .set("secret", &self.settings.secret)
-            .set_opt("accesskey", self.settings.access_key.as_deref())
+            .set("secret", self.settings.secret.expose_secret())
+            .set_opt(
+                "accesskey",
+                self.settings.access_key.as_ref().map(|k| k.expose_secret()),
+            )
             .set("responsetype", "json");
         // Caller parameters may not override the envelope: a stray `action` or `secret` key
         // would be the last value PHP keeps.
@@ -258,12 +279,12 @@ impl WhmcsClient {
             } else if err.is_connect() {
                 WhmcsError::Connect {
                     action: action.to_owned(),
-                    detail: err.to_string(),
+                    detail: transport_detail(err),
                 }
             } else {
                 WhmcsError::Transport {
                     action: action.to_owned(),
-                    detail: err.to_string(),
+                    detail: transport_detail(err),
                 }
             }
         };
@@ -479,6 +500,28 @@ mod tests {
         )
         .unwrap_err();
         assert!(warning.is_business());
+    }
+
+    #[tokio::test]
+    async fn transport_errors_do_not_carry_the_url() {
+        // A port nobody listens on: the call fails to connect.
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .unwrap()
+            .port();
+        let settings = WhmcsSettings::new(
+            format!("http://admin:pw-7e21b@127.0.0.1:{port}/includes/api.php"),
+            "ident",
+            "secret-5d0c2",
+        );
+        let client = WhmcsClient::new(settings).unwrap();
+        let err = client.call("GetOrders", &Params::new()).await.unwrap_err();
+        assert_eq!(err.contract_code(), "ECONNREFUSED", "{err}");
+        let shown = format!("{err} {err:?}");
+        assert!(!shown.contains("pw-7e21b"), "{shown}");
+        assert!(!shown.contains("secret-5d0c2"), "{shown}");
+        // The cause is still there for the person reading the log.
+        assert!(shown.to_lowercase().contains("connect"), "{shown}");
     }
 
     #[test]

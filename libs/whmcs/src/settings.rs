@@ -3,14 +3,17 @@
 use std::time::Duration;
 
 use platform::config::{ConfigError, Env};
+use secrecy::{ExposeSecret as _, SecretString};
 
 /// Per-call timeout when `WHMCS_TIMEOUT_SECS` is unset. Long enough for AddOrder on a busy
 /// install (it creates services and an invoice and may send mail), short enough that a hung
 /// call ends the job well inside the consumer's ack window.
 pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(15);
 
-/// Connection settings. `Debug` shows neither the secret nor the access key: settings end up
-/// in start-up logs and panics, and the contract forbids secrets there.
+/// Connection settings. The secret and the access key are [`SecretString`]s: `Debug` shows
+/// neither (settings end up in start-up logs and panics, and the contract forbids secrets
+/// there), they are wiped from memory when dropped, and reading one takes an explicit
+/// `expose_secret()`, which only the client's request envelope does (docs/security.md).
 #[derive(Clone)]
 pub struct WhmcsSettings {
     /// `WHMCS_API_URL`: the full URL of `includes/api.php`.
@@ -18,9 +21,9 @@ pub struct WhmcsSettings {
     /// `WHMCS_API_IDENTIFIER`.
     pub identifier: String,
     /// `WHMCS_API_SECRET`.
-    pub secret: String,
+    pub secret: SecretString,
     /// `WHMCS_API_ACCESS_KEY`: sent as `accesskey` when set (bypasses WHMCS's IP allow-list).
-    pub access_key: Option<String>,
+    pub access_key: Option<SecretString>,
     /// `WHMCS_TIMEOUT_SECS`: default per-call timeout.
     pub timeout: Duration,
 }
@@ -45,7 +48,7 @@ impl WhmcsSettings {
     pub fn new(
         api_url: impl Into<String>,
         identifier: impl Into<String>,
-        secret: impl Into<String>,
+        secret: impl Into<SecretString>,
     ) -> Self {
         Self {
             api_url: api_url.into(),
@@ -56,7 +59,7 @@ impl WhmcsSettings {
         }
     }
 
-    pub fn with_access_key(mut self, access_key: impl Into<String>) -> Self {
+    pub fn with_access_key(mut self, access_key: impl Into<SecretString>) -> Self {
         self.access_key = Some(access_key.into());
         self
     }
@@ -76,10 +79,12 @@ impl WhmcsSettings {
                 format!("must be the full URL of includes/api.php, not {api_url:?}"),
             ));
         }
-        let access_key = env.get("WHMCS_API_ACCESS_KEY");
+        let access_key = env.get("WHMCS_API_ACCESS_KEY").map(SecretString::from);
         if let Some(key) = &access_key {
             // WHMCS's allowed characters; anything else can never match the configured key.
+            // The error names the rule, never the value.
             let valid = key
+                .expose_secret()
                 .chars()
                 .all(|c| c.is_ascii_alphanumeric() || "!@#$%.()*[]-_".contains(c));
             if !valid {
@@ -92,7 +97,7 @@ impl WhmcsSettings {
         Ok(Self {
             api_url,
             identifier: env.required("WHMCS_API_IDENTIFIER")?,
-            secret: env.required("WHMCS_API_SECRET")?,
+            secret: SecretString::from(env.required("WHMCS_API_SECRET")?),
             access_key,
             timeout: env.secs_or("WHMCS_TIMEOUT_SECS", DEFAULT_TIMEOUT)?,
         })
@@ -123,7 +128,11 @@ mod tests {
         pairs.push(("WHMCS_API_ACCESS_KEY", "k3y"));
         pairs.push(("WHMCS_TIMEOUT_SECS", "2.5"));
         let settings = WhmcsSettings::from_env(&Env::from_pairs(pairs)).unwrap();
-        assert_eq!(settings.access_key.as_deref(), Some("k3y"));
+        assert_eq!(
+            settings.access_key.as_ref().map(|k| k.expose_secret()),
+            Some("k3y")
+        );
+        assert_eq!(settings.secret.expose_secret(), "s3cr3t-value");
         assert_eq!(settings.timeout, Duration::from_millis(2500));
     }
 
@@ -150,9 +159,11 @@ mod tests {
         .unwrap_err();
         assert_eq!(err.variable, "WHMCS_API_URL");
         let mut pairs = base();
-        pairs.push(("WHMCS_API_ACCESS_KEY", "bad key"));
+        pairs.push(("WHMCS_API_ACCESS_KEY", "bad key-0c41d"));
         let err = WhmcsSettings::from_env(&Env::from_pairs(pairs)).unwrap_err();
         assert_eq!(err.variable, "WHMCS_API_ACCESS_KEY");
+        // A refused key is still a key: the message names the rule, not the value.
+        assert!(!err.to_string().contains("0c41d"), "{err}");
     }
 
     #[test]

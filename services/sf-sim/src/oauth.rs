@@ -135,6 +135,7 @@ fn grant(
         });
     }
     let assertion = param(params, "assertion").ok_or(INVALID_ASSERTION)?;
+    inner.record_assertion(assertion);
     verify_assertion(inner, headers, assertion)?;
     let issued_at = time::OffsetDateTime::now_utc().unix_timestamp() * 1000;
     let signature = base64::engine::general_purpose::STANDARD.encode(random_token(32));

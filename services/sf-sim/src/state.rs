@@ -295,13 +295,19 @@ impl Inner {
     pub fn issue_token(&self) -> String {
         let org15 = self.config.org_id.get(..15).unwrap_or(&self.config.org_id);
         let token = format!("{org15}!AQ{}", random_token(94));
-        self.store().tokens.insert(
+        let mut store = self.store();
+        store.tokens.insert(
             token.clone(),
             TokenInfo {
                 last_used: Instant::now(),
             },
         );
+        store.issued_tokens.push(token.clone());
         token
+    }
+
+    pub fn record_assertion(&self, assertion: &str) {
+        self.store().assertions.push(assertion.to_owned());
     }
 
     pub fn token_valid(&self, token: &str) -> bool {
@@ -612,6 +618,18 @@ impl SimHandle {
     /// A valid access token without the OAuth round trip, for tests of other paths.
     pub fn issue_token(&self) -> String {
         self.inner.issue_token()
+    }
+
+    /// Every access token issued so far (revoked ones too), oldest first. Each is
+    /// `<org id, 15 characters>!AQ` and 94 random characters, so a search for it finds nothing
+    /// but the token.
+    pub fn issued_tokens(&self) -> Vec<String> {
+        self.inner.store().issued_tokens.clone()
+    }
+
+    /// Every JWT bearer assertion the token endpoint received (valid or not), oldest first.
+    pub fn received_assertions(&self) -> Vec<String> {
+        self.inner.store().assertions.clone()
     }
 
     pub fn faults(&self) -> Faults {

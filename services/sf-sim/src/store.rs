@@ -73,6 +73,12 @@ pub struct Store {
     next_order_number: u64,
     pub events: Vec<StoredEvent>,
     pub tokens: HashMap<String, TokenInfo>,
+    /// Every access token issued, revoked ones included, oldest first: tests search logs and
+    /// telemetry for them (they must never appear there).
+    pub issued_tokens: Vec<String>,
+    /// Every JWT bearer assertion received by the token endpoint, oldest first, for the same
+    /// searches.
+    pub assertions: Vec<String>,
     pub api_usage: u64,
     /// Open query cursors (`nextRecordsUrl` of paged child results).
     pub query_locators: crate::rest::locator::QueryLocators,
