@@ -1,0 +1,744 @@
+//! Secured NATS: every authentication of the contract against a nats-server configured for it
+//! (user and password, token, an operator-mode `.creds` file, TLS with a private CA, mutual TLS),
+//! the fail-fast refusals (wrong password, untrusted certificate, missing credentials file), and
+//! the whole pipeline with each service as its own NATS user holding only the permissions of
+//! deploy/nats/permissions.conf.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::process::ExitStatus;
+use std::time::{Duration, Instant};
+
+use async_nats::jetstream;
+use platform::config::Env;
+use platform::nats::{NatsError, NatsSettings, Refusal};
+use sf_sim::{SfSim, SimConfig};
+use testkit::nats::NatsServer;
+use testkit::process::ChildProcess;
+use testkit::secure_nats::{config_args, Operator, Pki};
+use whmcs_sim::{WhmcsSim, WhmcsSimConfig};
+
+/// A refused connection must stop a service well within this.
+const FAIL_FAST: Duration = Duration::from_secs(15);
+const PIPELINE_WAIT: Duration = Duration::from_secs(90);
+
+fn settings(pairs: &[(&str, &str)]) -> NatsSettings {
+    NatsSettings::from_env(&Env::from_pairs(pairs.iter().copied())).expect("NATS settings")
+}
+
+/// Connects with `settings` and makes a JetStream round trip: creates a stream, publishes to it
+/// and reads the message back, so the connection is authenticated and JetStream usable.
+async fn jetstream_round_trip(settings: &NatsSettings, label: &str) {
+    let client = tokio::time::timeout(
+        Duration::from_secs(10),
+        platform::nats::connect(settings, "secured-nats-test"),
+    )
+    .await
+    .unwrap_or_else(|_| panic!("{label}: connect timed out"))
+    .unwrap_or_else(|e| panic!("{label}: {}", platform::error::Chain(&e)));
+    let js = jetstream::new(client);
+    let stream = platform::nats::ensure_stream(
+        &js,
+        jetstream::stream::Config {
+            name: "SECURED_TEST".to_owned(),
+            subjects: vec!["secured.test.>".to_owned()],
+            ..Default::default()
+        },
+    )
+    .await
+    .unwrap_or_else(|e| panic!("{label}: {}", platform::error::Chain(&e)));
+    let ack = js
+        .publish("secured.test.1", label.as_bytes().to_vec().into())
+        .await
+        .unwrap()
+        .await
+        .unwrap_or_else(|e| panic!("{label}: publish not acknowledged: {e}"));
+    let stored = stream.get_raw_message(ack.sequence).await.unwrap();
+    assert_eq!(stored.payload.as_ref(), label.as_bytes(), "{label}");
+}
+
+/// A connection that must be refused: the error is permanent and names the refusal.
+async fn expect_refused(settings: &NatsSettings, refusal: Refusal, label: &str) {
+    let started = Instant::now();
+    let result = tokio::time::timeout(
+        FAIL_FAST,
+        platform::nats::connect(settings, "secured-nats-test"),
+    )
+    .await
+    .unwrap_or_else(|_| panic!("{label}: connect did not fail within {FAIL_FAST:?}"));
+    let err = result.err().unwrap_or_else(|| panic!("{label}: connected"));
+    assert!(
+        matches!(&err, NatsError::Refused { refusal: r, .. } if *r == refusal),
+        "{label}: {}",
+        platform::error::Chain(&err)
+    );
+    assert!(!err.is_transient(), "{label}");
+    assert!(started.elapsed() < FAIL_FAST, "{label}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn user_and_password_and_token() {
+    let (_conf, args) = config_args(
+        "authorization { users: [ { user: svc, password: \"s3cret pass\" } ] }\n",
+    );
+    let server = NatsServer::start_with_args(args).await;
+    let url = server.url();
+    jetstream_round_trip(
+        &settings(&[
+            ("NATS_URL", &url),
+            ("NATS_USER", "svc"),
+            ("NATS_PASSWORD", "s3cret pass"),
+        ]),
+        "user and password",
+    )
+    .await;
+    expect_refused(
+        &settings(&[
+            ("NATS_URL", &url),
+            ("NATS_USER", "svc"),
+            ("NATS_PASSWORD", "wrong"),
+        ]),
+        Refusal::Authentication,
+        "wrong password",
+    )
+    .await;
+    expect_refused(
+        &settings(&[("NATS_URL", &url)]),
+        Refusal::Authentication,
+        "no credentials",
+    )
+    .await;
+
+    let (_conf, args) = config_args("authorization { token: \"t0ken-value\" }\n");
+    let server = NatsServer::start_with_args(args).await;
+    let url = server.url();
+    jetstream_round_trip(
+        &settings(&[("NATS_URL", &url), ("NATS_TOKEN", "t0ken-value")]),
+        "token",
+    )
+    .await;
+    expect_refused(
+        &settings(&[("NATS_URL", &url), ("NATS_TOKEN", "other")]),
+        Refusal::Authentication,
+        "wrong token",
+    )
+    .await;
+}
+
+#[test]
+fn secrets_stay_out_of_debug_and_client_certificates_come_in_pairs() {
+    let pki = Pki::generate();
+    let s = settings(&[
+        ("NATS_USER", "svc"),
+        ("NATS_PASSWORD", "pa55-visible?"),
+        ("NATS_TOKEN", "tok-visible?"),
+    ]);
+    let debug = format!("{s:?}");
+    assert!(!debug.contains("pa55-visible?") && !debug.contains("tok-visible?"), "{debug}");
+    assert!(debug.contains("<redacted>"), "{debug}");
+
+    let cert = pki.client_cert.display().to_string();
+    let key = pki.client_key.display().to_string();
+    let err = NatsSettings::from_env(&Env::from_pairs([("NATS_TLS_CERT_FILE", cert.as_str())]))
+        .unwrap_err();
+    assert_eq!(err.variable, "NATS_TLS_KEY_FILE", "{err}");
+    let err = NatsSettings::from_env(&Env::from_pairs([("NATS_TLS_KEY_FILE", key.as_str())]))
+        .unwrap_err();
+    assert_eq!(err.variable, "NATS_TLS_CERT_FILE", "{err}");
+    let both = settings(&[("NATS_TLS_CERT_FILE", &cert), ("NATS_TLS_KEY_FILE", &key)]);
+    let client = both.tls_client_cert.expect("client certificate");
+    assert_eq!(client.cert_file, pki.client_cert);
+    assert_eq!(client.key_file, pki.client_key);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tls_with_a_private_ca_and_mutual_tls() {
+    let pki = Pki::generate();
+    let ca = pki.ca_file.display().to_string();
+    let other_ca = pki.other_ca_file.display().to_string();
+    let cert = pki.client_cert.display().to_string();
+    let key = pki.client_key.display().to_string();
+
+    let (_conf, args) = config_args(&pki.server_tls_block(false));
+    let server = NatsServer::start_with_args(args).await;
+    let url = server.url();
+    jetstream_round_trip(
+        &settings(&[("NATS_URL", &url), ("NATS_TLS_CA_FILE", &ca)]),
+        "TLS",
+    )
+    .await;
+    expect_refused(
+        &settings(&[("NATS_URL", &url), ("NATS_TLS_CA_FILE", &other_ca)]),
+        Refusal::Tls,
+        "server certificate of an untrusted CA",
+    )
+    .await;
+
+    let (_conf, args) = config_args(&pki.server_tls_block(true));
+    let server = NatsServer::start_with_args(args).await;
+    let url = server.url();
+    jetstream_round_trip(
+        &settings(&[
+            ("NATS_URL", &url),
+            ("NATS_TLS_CA_FILE", &ca),
+            ("NATS_TLS_CERT_FILE", &cert),
+            ("NATS_TLS_KEY_FILE", &key),
+        ]),
+        "mutual TLS",
+    )
+    .await;
+    expect_refused(
+        &settings(&[("NATS_URL", &url), ("NATS_TLS_CA_FILE", &ca)]),
+        Refusal::Tls,
+        "mutual TLS without a client certificate",
+    )
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn operator_mode_credentials_file() {
+    let operator = Operator::generate();
+    let (_conf, args) = config_args(&operator.server_config());
+    let server = NatsServer::start_with_args(args).await;
+    let url = server.url();
+    let creds = operator.user_creds("svc");
+    jetstream_round_trip(
+        &settings(&[
+            ("NATS_URL", &url),
+            ("NATS_CREDS_FILE", &creds.display().to_string()),
+        ]),
+        "credentials file",
+    )
+    .await;
+    let foreign = operator.foreign_user_creds("stranger");
+    expect_refused(
+        &settings(&[
+            ("NATS_URL", &url),
+            ("NATS_CREDS_FILE", &foreign.display().to_string()),
+        ]),
+        Refusal::Authentication,
+        "user of an unknown account",
+    )
+    .await;
+}
+
+// ---------------------------------------------------------------------------------------------
+// The services as processes.
+
+/// The environment every service needs besides NATS: endpoints that are not contacted before
+/// NATS is connected (the failures below stop earlier) or the simulators' (the pipeline).
+fn service_env(
+    service: &str,
+    sf: Option<&SfSim>,
+    whmcs: Option<&WhmcsSim>,
+    nats: &[(&str, String)],
+) -> HashMap<String, String> {
+    let keys = testkit::keys::test_keys();
+    let config = SimConfig::for_tests(keys.public_pem.clone());
+    let login_url = sf.map_or_else(|| "http://127.0.0.1:9".to_owned(), SfSim::login_url);
+    let mut env: HashMap<String, String> = [
+        ("HTTP_ADDR", "127.0.0.1:0".to_owned()),
+        ("SF_LOGIN_URL", login_url),
+        ("SF_CLIENT_ID", config.client_id.clone()),
+        ("SF_USERNAME", config.username.clone()),
+        (
+            "SF_PRIVATE_KEY_PATH",
+            keys.private_key_path.display().to_string(),
+        ),
+        ("LOG_FORMAT", "json".to_owned()),
+        ("RUST_LOG", "info".to_owned()),
+    ]
+    .into_iter()
+    .map(|(k, v)| (k.to_owned(), v))
+    .collect();
+    match service {
+        "sf-bridge" => {
+            let pubsub = sf.map_or_else(|| "http://127.0.0.1:9".to_owned(), SfSim::pubsub_url);
+            env.insert("SF_PUBSUB_ENDPOINT".to_owned(), pubsub);
+            env.insert("SF_EVENTS_REPLAY".to_owned(), "ALL".to_owned());
+        }
+        "provisioner" => {
+            let (url, id, secret) = whmcs.map_or_else(
+                || ("http://127.0.0.1:9/includes/api.php".to_owned(), "id".to_owned(), "secret".to_owned()),
+                |w| (w.api_url(), w.identifier().to_owned(), w.secret().to_owned()),
+            );
+            env.insert("WHMCS_API_URL".to_owned(), url);
+            env.insert("WHMCS_API_IDENTIFIER".to_owned(), id);
+            env.insert("WHMCS_API_SECRET".to_owned(), secret);
+            env.insert("PROVISIONER_SHUTDOWN_GRACE_SECS".to_owned(), "5".to_owned());
+        }
+        "sf-writer" => {
+            env.insert("SF_WRITER_SHUTDOWN_GRACE_SECS".to_owned(), "5".to_owned());
+        }
+        _ => {}
+    }
+    for (k, v) in nats {
+        env.insert((*k).to_owned(), v.clone());
+    }
+    env
+}
+
+/// Runs `binary` until it exits (at most `limit`): its status and output (stdout then stderr).
+async fn run_to_exit(
+    binary: &Path,
+    env: &HashMap<String, String>,
+    args: &[&str],
+    limit: Duration,
+) -> (ExitStatus, String) {
+    let mut command = tokio::process::Command::new(binary);
+    command.env_clear();
+    for key in ["PATH", "HOME"] {
+        if let Ok(value) = std::env::var(key) {
+            command.env(key, value);
+        }
+    }
+    command.envs(env).args(args).kill_on_drop(true);
+    let output = tokio::time::timeout(limit, command.output())
+        .await
+        .unwrap_or_else(|_| {
+            panic!(
+                "{} {args:?} did not exit within {limit:?}",
+                binary.display()
+            )
+        })
+        .expect("run binary");
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
+    (output.status, text)
+}
+
+/// Error-level lines the service itself logged (JSON), leaving out the NATS client library's
+/// own diagnostics (target `async_nats`).
+fn own_error_lines(log: &str) -> Vec<String> {
+    log.lines()
+        .filter(|l| {
+            serde_json::from_str::<serde_json::Value>(l).is_ok_and(|v| {
+                v["level"] == "ERROR"
+                    && !v["target"]
+                        .as_str()
+                        .unwrap_or_default()
+                        .starts_with("async_nats")
+            })
+        })
+        .map(str::to_owned)
+        .collect()
+}
+
+/// A service whose connection is refused exits with status 1 and one error line saying why.
+fn assert_refused_exit(service: &str, status: ExitStatus, log: &str, cause: &str) {
+    assert_eq!(status.code(), Some(1), "{service} exit status:\n{log}");
+    let errors = own_error_lines(log);
+    assert_eq!(errors.len(), 1, "{service}: one error line:\n{log}");
+    assert!(errors[0].contains(cause), "{service}: {cause:?} in:\n{log}");
+    assert!(
+        !log.contains("wrong-password"),
+        "{service} logged the password:\n{log}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn refused_services_stop_at_once_with_one_line() {
+    let services = ["sf-bridge", "provisioner", "sf-writer"];
+    let binaries = testkit::process::workspace_binaries(&services);
+    let pki = Pki::generate();
+    let mut conf = String::from("authorization { users: [ { user: svc, password: right } ] }\n");
+    conf.push_str(&pki.untrusted_server_tls_block());
+    let (_conf, args) = config_args(&conf);
+    let server = NatsServer::start_with_args(args).await;
+    let operator_server_conf = Operator::generate();
+    let (_conf2, args2) = config_args(&operator_server_conf.server_config());
+    let plain_auth = NatsServer::start_with_args(args2).await;
+
+    for (service, binary) in services.iter().zip(&binaries) {
+        // The server's certificate is signed by a CA we do not trust.
+        let env = service_env(
+            service,
+            None,
+            None,
+            &[
+                ("NATS_URL", server.url()),
+                ("NATS_USER", "svc".to_owned()),
+                ("NATS_PASSWORD", "right".to_owned()),
+                ("NATS_TLS_CA_FILE", pki.ca_file.display().to_string()),
+            ],
+        );
+        let started = Instant::now();
+        let (status, log) = run_to_exit(binary, &env, &[], FAIL_FAST).await;
+        assert_refused_exit(service, status, &log, "TLS handshake failed");
+        eprintln!("{service}: untrusted certificate, exit after {:?}", started.elapsed());
+
+        // A wrong password (an operator-mode server refuses any user and password).
+        let env = service_env(
+            service,
+            None,
+            None,
+            &[
+                ("NATS_URL", plain_auth.url()),
+                ("NATS_USER", "svc".to_owned()),
+                ("NATS_PASSWORD", "wrong-password".to_owned()),
+            ],
+        );
+        let (status, log) = run_to_exit(binary, &env, &[], FAIL_FAST).await;
+        assert_refused_exit(service, status, &log, "authentication failed");
+
+        // A credentials file that is not there: a configuration error naming the variable.
+        let env = service_env(
+            service,
+            None,
+            None,
+            &[
+                ("NATS_URL", plain_auth.url()),
+                ("NATS_CREDS_FILE", "/nonexistent/svc.creds".to_owned()),
+            ],
+        );
+        let (status, log) = run_to_exit(binary, &env, &[], FAIL_FAST).await;
+        assert_eq!(status.code(), Some(2), "{service}:\n{log}");
+        let lines: Vec<&str> = log.lines().collect();
+        assert_eq!(lines.len(), 1, "{service}: one line:\n{log}");
+        assert!(
+            lines[0].contains("NATS_CREDS_FILE") && lines[0].contains("/nonexistent/svc.creds"),
+            "{service}:\n{log}"
+        );
+    }
+}
+
+/// NATS is down when the service starts (it starts degraded, as always); when it comes up and
+/// refuses the service's password, the service stops instead of retrying for ever.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_refusal_after_starting_degraded_stops_the_service() {
+    let binaries = testkit::process::workspace_binaries(&["sf-writer"]);
+    let (_conf, args) =
+        config_args("authorization { users: [ { user: svc, password: right } ] }\n");
+    let mut server = NatsServer::start_with_args(args).await;
+    server.kill();
+    let env = service_env(
+        "sf-writer",
+        None,
+        None,
+        &[
+            ("NATS_URL", server.url()),
+            ("NATS_USER", "svc".to_owned()),
+            ("NATS_PASSWORD", "wrong-password".to_owned()),
+        ],
+    );
+    let mut service = ChildProcess::spawn(binaries[0].to_str().unwrap(), &env);
+    // Started and waiting for NATS (the unreachable server is transient).
+    testkit::wait::until("sf-writer waiting for NATS", FAIL_FAST, || {
+        let log = service.log();
+        async move { log.contains("NATS unreachable").then_some(()) }
+    })
+    .await;
+    assert!(!service.has_exited(), "{}", service.log());
+    server.restart().await;
+    testkit::wait::until("sf-writer to stop", FAIL_FAST, || {
+        let exited = service.has_exited();
+        async move { exited.then_some(()) }
+    })
+    .await;
+    let log = service.log();
+    let errors = own_error_lines(&log);
+    assert_eq!(errors.len(), 1, "one error line:\n{log}");
+    assert!(errors[0].contains("authentication failed"), "{log}");
+    assert!(!log.contains("wrong-password"), "{log}");
+}
+
+// ---------------------------------------------------------------------------------------------
+// provctl
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn provctl_connects_with_tls_and_with_a_credentials_file() {
+    let binaries = testkit::process::workspace_binaries(&["provctl"]);
+    let provctl = &binaries[0];
+    let pki = Pki::generate();
+
+    let (_conf, args) = config_args(&pki.server_tls_block(true));
+    let server = NatsServer::start_with_args(args).await;
+    let tls_env: HashMap<String, String> = [
+        ("NATS_URL", server.url()),
+        ("NATS_TLS_CA_FILE", pki.ca_file.display().to_string()),
+        ("NATS_TLS_CERT_FILE", pki.client_cert.display().to_string()),
+        ("NATS_TLS_KEY_FILE", pki.client_key.display().to_string()),
+    ]
+    .into_iter()
+    .map(|(k, v)| (k.to_owned(), v))
+    .collect();
+    let (status, out) = run_to_exit(provctl, &tls_env, &["--json", "status"], FAIL_FAST).await;
+    assert!(status.success(), "provctl over mutual TLS:\n{out}");
+    serde_json::from_str::<serde_json::Value>(out.trim()).unwrap_or_else(|e| panic!("{e}:\n{out}"));
+
+    let mut untrusted = tls_env.clone();
+    untrusted.insert(
+        "NATS_TLS_CA_FILE".to_owned(),
+        pki.other_ca_file.display().to_string(),
+    );
+    let (status, out) = run_to_exit(provctl, &untrusted, &["--json", "status"], FAIL_FAST).await;
+    assert!(!status.success(), "{out}");
+    assert_eq!(out.trim().lines().count(), 1, "{out}");
+    assert!(out.contains("TLS handshake failed"), "{out}");
+
+    let operator = Operator::generate();
+    let (_conf, args) = config_args(&operator.server_config());
+    let server = NatsServer::start_with_args(args).await;
+    let creds_env: HashMap<String, String> = [
+        ("NATS_URL", server.url()),
+        (
+            "NATS_CREDS_FILE",
+            operator.user_creds("provctl").display().to_string(),
+        ),
+    ]
+    .into_iter()
+    .map(|(k, v)| (k.to_owned(), v))
+    .collect();
+    let (status, out) = run_to_exit(provctl, &creds_env, &["--json", "status"], FAIL_FAST).await;
+    assert!(status.success(), "provctl with a credentials file:\n{out}");
+    serde_json::from_str::<serde_json::Value>(out.trim()).unwrap_or_else(|e| panic!("{e}:\n{out}"));
+}
+
+// ---------------------------------------------------------------------------------------------
+// The pipeline with least-privilege users.
+
+fn permissions_file() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy/nats/permissions.conf")
+}
+
+/// A server configuration with one user per service (and provctl) holding its permission set
+/// from deploy/nats/permissions.conf, plus an unrestricted `admin` for the test's checks.
+fn least_privilege_config() -> (tempfile::TempDir, Vec<String>) {
+    let (dir, args) = config_args(
+        "include ./permissions.conf\n\
+         authorization { users: [\n\
+           { user: sf-bridge, password: bridge-pw, permissions: $SF_BRIDGE_PERMISSIONS }\n\
+           { user: provisioner, password: provisioner-pw, permissions: $PROVISIONER_PERMISSIONS }\n\
+           { user: sf-writer, password: writer-pw, permissions: $SF_WRITER_PERMISSIONS }\n\
+           { user: provctl, password: provctl-pw, permissions: $PROVCTL_PERMISSIONS }\n\
+           { user: admin, password: admin-pw }\n\
+         ] }\n",
+    );
+    // nats-server resolves an include relative to the including file.
+    std::fs::copy(permissions_file(), dir.path().join("permissions.conf")).expect("copy");
+    (dir, args)
+}
+
+fn server_log(server: &NatsServer) -> String {
+    std::fs::read_to_string(server.store_dir().join("nats-server.log")).unwrap_or_default()
+}
+
+fn violations(log: &str) -> Vec<&str> {
+    log.lines()
+        .filter(|l| l.contains("Permissions Violation"))
+        .collect()
+}
+
+fn status_of(sf: &SfSim, order_id: &str) -> Option<String> {
+    sf.state()
+        .order(order_id)?
+        .get("Activation_Status__c")?
+        .as_str()
+        .map(str::to_owned)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_pipeline_runs_with_least_privilege_users() {
+    let names = ["sf-bridge", "provisioner", "sf-writer", "provctl"];
+    let binaries = testkit::process::workspace_binaries(&names);
+    let (_conf, args) = least_privilege_config();
+    let server = NatsServer::start_with_args(args).await;
+    let keys = testkit::keys::test_keys();
+    let sf = SfSim::start(SimConfig::for_tests(keys.public_pem.clone()))
+        .await
+        .expect("sf-sim");
+    let whmcs = WhmcsSim::start(WhmcsSimConfig::for_tests())
+        .await
+        .expect("whmcs-sim");
+
+    // An order that provisions and one that fails at mapping (no WHMCS client).
+    let client = whmcs.state().seed_client("Acme Ltd", true);
+    let pid = whmcs.state().seed_product("Hosting S", &["monthly"]);
+    let account = sf.state().seed_account("Acme Ltd", Some(&client.to_string()));
+    let product = sf
+        .state()
+        .seed_product("Hosting S", Some(&pid.to_string()), Some("Monthly"));
+    let good = sf.state().seed_order(&account, &[(product, 1)]);
+    let no_client = sf.state().seed_account("No Client Ltd", None);
+    let product2 = sf.state().seed_product("Hosting", Some("1"), Some("Monthly"));
+    let bad = sf.state().seed_order(&no_client, &[(product2, 1)]);
+
+    let password = |s: &str| match s {
+        "sf-bridge" => "bridge-pw",
+        "provisioner" => "provisioner-pw",
+        "sf-writer" => "writer-pw",
+        _ => "provctl-pw",
+    };
+    let nats_env = |s: &str| {
+        vec![
+            ("NATS_URL", server.url()),
+            ("NATS_USER", s.to_owned()),
+            ("NATS_PASSWORD", password(s).to_owned()),
+        ]
+    };
+    let mut services: Vec<ChildProcess> = names[..3]
+        .iter()
+        .zip(&binaries)
+        .map(|(name, binary)| {
+            let env = service_env(name, Some(&sf), Some(&whmcs), &nats_env(name));
+            ChildProcess::spawn(binary.to_str().unwrap(), &env)
+        })
+        .collect();
+
+    sf.state().approve_order(&good).expect("approve good");
+    sf.state().approve_order(&bad).expect("approve bad");
+    let deadline = Instant::now() + PIPELINE_WAIT;
+    loop {
+        if status_of(&sf, &good).as_deref() == Some("Activated")
+            && status_of(&sf, &bad).as_deref() == Some("Failed")
+        {
+            break;
+        }
+        let exited = services.iter_mut().any(ChildProcess::has_exited);
+        if exited || Instant::now() > deadline {
+            let logs: Vec<String> = services.iter().map(ChildProcess::log).collect();
+            panic!(
+                "orders not final (exited: {exited}; good {:?}, bad {:?}); violations {:#?}\n{}",
+                status_of(&sf, &good),
+                status_of(&sf, &bad),
+                violations(&server_log(&server)),
+                logs.join("\n-----\n")
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+
+    // provctl reads the pipeline's state with its own user.
+    let provctl_env: HashMap<String, String> = nats_env("provctl")
+        .into_iter()
+        .map(|(k, v)| (k.to_owned(), v))
+        .collect();
+    for args in [
+        vec!["--json", "status"],
+        vec!["--json", "order", good.as_str()],
+        vec!["--json", "deadletter", "list"],
+    ] {
+        let (status, out) = run_to_exit(&binaries[3], &provctl_env, &args, FAIL_FAST).await;
+        assert!(status.success(), "provctl {args:?}:\n{out}");
+    }
+
+    for service in &mut services {
+        let status = service.terminate();
+        assert!(
+            status.is_some_and(|s| s.success()),
+            "a service did not stop cleanly: {status:?}"
+        );
+    }
+    let log = server_log(&server);
+    assert!(
+        violations(&log).is_empty(),
+        "permissions violations in the pipeline:\n{:#?}",
+        violations(&log)
+    );
+
+    forbidden_actions_are_refused(&server, &nats_env).await;
+}
+
+/// What a service may not do is refused by the server (and logged as a violation).
+async fn forbidden_actions_are_refused(
+    server: &NatsServer,
+    nats_env: &dyn Fn(&str) -> Vec<(&'static str, String)>,
+) {
+    let connect = |user: &str| {
+        let pairs = nats_env(user);
+        async move {
+            let pairs: Vec<(&str, &str)> = pairs.iter().map(|(k, v)| (*k, v.as_str())).collect();
+            platform::nats::connect(&settings(&pairs), "forbidden-test")
+                .await
+                .expect("connect")
+        }
+    };
+    let admin = jetstream::new(
+        async_nats::ConnectOptions::with_user_and_password("admin".into(), "admin-pw".into())
+            .connect(server.url())
+            .await
+            .expect("admin"),
+    );
+    let updates_before = admin
+        .get_stream("SF_ORDER_UPDATES")
+        .await
+        .unwrap()
+        .info()
+        .await
+        .unwrap()
+        .state
+        .messages;
+
+    // sf-bridge publishing a status update (the provisioner's subject).
+    let bridge = jetstream::new(connect("sf-bridge").await);
+    let published = tokio::time::timeout(
+        Duration::from_secs(10),
+        async {
+            bridge
+                .publish("sf.order.update.801000000000001AAA", "{}".into())
+                .await?
+                .await
+        },
+    )
+    .await;
+    assert!(
+        !matches!(published, Ok(Ok(_))),
+        "sf-bridge could publish to sf.order.update"
+    );
+
+    // The provisioner deleting a stream.
+    let provisioner = jetstream::new(connect("provisioner").await);
+    let deleted = tokio::time::timeout(
+        Duration::from_secs(10),
+        provisioner.delete_stream("PROVISIONING_REQUESTS"),
+    )
+    .await;
+    assert!(
+        !matches!(deleted, Ok(Ok(_))),
+        "the provisioner could delete a stream"
+    );
+
+    // provctl creating a stream.
+    let provctl = jetstream::new(connect("provctl").await);
+    let created = tokio::time::timeout(
+        Duration::from_secs(10),
+        provctl.create_stream(jetstream::stream::Config {
+            name: "ROGUE".to_owned(),
+            subjects: vec!["rogue.>".to_owned()],
+            ..Default::default()
+        }),
+    )
+    .await;
+    assert!(!matches!(created, Ok(Ok(_))), "provctl could create a stream");
+
+    // Nothing changed, and the server says why.
+    assert!(admin.get_stream("PROVISIONING_REQUESTS").await.is_ok());
+    assert!(admin.get_stream("ROGUE").await.is_err());
+    let updates_after = admin
+        .get_stream("SF_ORDER_UPDATES")
+        .await
+        .unwrap()
+        .info()
+        .await
+        .unwrap()
+        .state
+        .messages;
+    assert_eq!(updates_before, updates_after, "a status update got through");
+    let log = server_log(server);
+    let found = violations(&log);
+    for subject in [
+        "sf.order.update.801000000000001AAA",
+        "$JS.API.STREAM.DELETE.PROVISIONING_REQUESTS",
+        "$JS.API.STREAM.CREATE.ROGUE",
+    ] {
+        assert!(
+            found.iter().any(|l| l.contains(subject)),
+            "no violation logged for {subject}:\n{found:#?}"
+        );
+    }
+}
