@@ -101,12 +101,14 @@ pub(crate) async fn token(
     body: Bytes,
 ) -> Response {
     inner.stat(|s| s.token_requests += 1);
+    let params = form_params(query.as_deref(), &body);
+    // Recorded before any fault: a refused request still carried the assertion.
+    if let Some(assertion) = param(&params, "assertion") {
+        inner.record_assertion(assertion);
+    }
     let result = match inner.take_token_fault() {
         Some(status) => Err(error_for_status(status)),
-        None => {
-            let params = form_params(query.as_deref(), &body);
-            grant(&inner, &headers, &params)
-        }
+        None => grant(&inner, &headers, &params),
     };
     match result {
         Ok(body) => (StatusCode::OK, Json(body)).into_response(),
@@ -135,7 +137,6 @@ fn grant(
         });
     }
     let assertion = param(params, "assertion").ok_or(INVALID_ASSERTION)?;
-    inner.record_assertion(assertion);
     verify_assertion(inner, headers, assertion)?;
     let issued_at = time::OffsetDateTime::now_utc().unix_timestamp() * 1000;
     let signature = base64::engine::general_purpose::STANDARD.encode(random_token(32));
