@@ -326,7 +326,7 @@ async fn run(run: Run) {
         .state()
         .approve_order(&auth_failed)
         .expect("approve");
-    wait_final(&stack, &mut services, &[&auth_failed]).await;
+    wait_final(&stack, &mut services, &mut haystacks, &[&auth_failed]).await;
     assert_eq!(
         stack.status_of(&auth_failed).as_deref(),
         Some("Failed"),
@@ -336,7 +336,7 @@ async fn run(run: Run) {
         stack.whmcs.state().stats().auth_failures > 0,
         "whmcs-sim saw the failed authentication"
     );
-    scrape(&services, &mut haystacks, "after WHMCS auth failure").await;
+    scrape(&services, &mut haystacks, "after WHMCS auth failure", true).await;
     let mut wrong = services.remove(1);
     assert!(
         wrong.process.terminate().is_some_and(|s| s.success()),
@@ -376,6 +376,7 @@ async fn run(run: Run) {
     wait_final(
         &stack,
         &mut services,
+        &mut haystacks,
         &[&good, &proxy_403, &client_missing, &no_pay_method],
     )
     .await;
@@ -385,7 +386,7 @@ async fn run(run: Run) {
         stack.whmcs.state().stats().faults_fired > 0,
         "the proxy 403 was answered"
     );
-    scrape(&services, &mut haystacks, "after business failures").await;
+    scrape(&services, &mut haystacks, "after business failures", true).await;
 
     // Phase 3: Salesforce authentication failures. The session is revoked mid-stream
     // (UNAUTHENTICATED), every token is revoked (REST answers 401), and the next token requests
@@ -401,10 +402,10 @@ async fn run(run: Run) {
         .state()
         .approve_order(&after_revocation)
         .expect("approve");
-    wait_final(&stack, &mut services, &[&after_revocation]).await;
+    wait_final(&stack, &mut services, &mut haystacks, &[&after_revocation]).await;
     let later = stack.seed_good_order("Later Ltd");
     stack.sf.state().approve_order(&later).expect("approve");
-    wait_final(&stack, &mut services, &[&later]).await;
+    wait_final(&stack, &mut services, &mut haystacks, &[&later]).await;
     assert!(
         stack.sf.state().stats().token_failures > token_failures_before,
         "a token request was refused"
@@ -418,7 +419,13 @@ async fn run(run: Run) {
             .is_none(),
         "the Subscribe stream was ended UNAUTHENTICATED (the one-shot fault fired)"
     );
-    scrape(&services, &mut haystacks, "after Salesforce auth failures").await;
+    scrape(
+        &services,
+        &mut haystacks,
+        "after Salesforce auth failures",
+        true,
+    )
+    .await;
 
     // Stop everything (SIGTERM flushes spans), then collect what is left to read.
     for service in &mut services {
@@ -467,6 +474,9 @@ async fn run(run: Run) {
     for (prefix, needle) in [
         ("log provisioner", good.as_str()),
         ("log provisioner-wrong-secret", auth_failed.as_str()),
+        // The failures were logged (their error text is searched with the rest).
+        ("log provisioner-wrong-secret", "Authentication Failed"),
+        ("log ", "invalid_grant"),
         // Every service logs the org id when it obtains a token.
         ("log provisioner", org_id.as_str()),
         ("log sf-bridge", org_id.as_str()),
@@ -482,6 +492,9 @@ async fn run(run: Run) {
         ("salesforce order", good.as_str()),
         ("http provisioner /metrics", "whmcs_api_calls_total"),
         ("http sf-bridge /health/sf-events", "state"),
+        // The revoked session's error reached the bridge's status report: error text is
+        // searched too.
+        ("http sf-bridge /health/sf-events", "Unauthenticated"),
         ("http sf-writer /health", "status"),
         ("http sf-bridge /livez", "HTTP/1.1 200"),
     ] {
@@ -632,10 +645,19 @@ fn first_leak_text(haystacks: &Haystacks, needles: &[(String, String)]) -> Strin
 }
 
 /// Waits until every order in `orders` is final in Salesforce (`Activated` or `Failed`), failing
-/// with the services' logs when one exits or the time is up.
-async fn wait_final(stack: &Stack, services: &mut [Service], orders: &[&String]) {
+/// with the services' logs when one exits or the time is up. The HTTP endpoints are read on
+/// every poll, so `/health` is also seen while a failure is being reported, not only after.
+async fn wait_final(
+    stack: &Stack,
+    services: &mut [Service],
+    haystacks: &mut Haystacks,
+    orders: &[&String],
+) {
     let deadline = Instant::now() + WAIT;
+    let mut polls = 0u32;
     loop {
+        polls += 1;
+        scrape(services, haystacks, &format!("poll {polls}"), false).await;
         let done = orders
             .iter()
             .all(|o| matches!(stack.status_of(o).as_deref(), Some("Activated" | "Failed")));
@@ -668,17 +690,21 @@ fn tail(text: &str, lines: usize) -> String {
 
 /// Every HTTP answer of every service, whole (status line, headers and body), whatever its
 /// status: a `/health` that reports a failure is where an error message would show.
-async fn scrape(services: &[Service], haystacks: &mut Haystacks, when: &str) {
+/// `required`: every endpoint must answer (between phases); while polling, a service that is
+/// still starting may not listen yet.
+async fn scrape(services: &[Service], haystacks: &mut Haystacks, when: &str, required: bool) {
     for service in services {
         let mut paths = vec!["/metrics", "/health", "/livez"];
         if service.name == "sf-bridge" {
             paths.push("/health/sf-events");
         }
         for path in paths {
-            let answer = http_get(service.http_port, path)
-                .await
-                .unwrap_or_else(|| panic!("{} answers {path}", service.name));
-            haystacks.add(format!("http {} {path} ({when})", service.name), answer);
+            match http_get(service.http_port, path).await {
+                Some(answer) => {
+                    haystacks.add(format!("http {} {path} ({when})", service.name), answer);
+                }
+                None => assert!(!required, "{} answers {path}", service.name),
+            }
         }
     }
 }
