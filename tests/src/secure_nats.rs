@@ -83,8 +83,11 @@ impl Pki {
         let d = dir.path();
         let ca = new_ca("provisioning test CA");
         let other = new_ca("some other CA");
-        let (server_cert, server_key) =
-            new_leaf(&ca, "nats-server", rcgen::ExtendedKeyUsagePurpose::ServerAuth);
+        let (server_cert, server_key) = new_leaf(
+            &ca,
+            "nats-server",
+            rcgen::ExtendedKeyUsagePurpose::ServerAuth,
+        );
         let (client_cert, client_key) =
             new_leaf(&ca, "sf-bridge", rcgen::ExtendedKeyUsagePurpose::ClientAuth);
         let (untrusted_cert, untrusted_key) = new_leaf(
@@ -170,7 +173,12 @@ impl std::fmt::Debug for Operator {
 
 /// A JWT as nats-server reads it: `ed25519-nkey` header, claims signed by the issuer's NKey.
 #[allow(clippy::expect_used)]
-fn encode_jwt(issuer: &nkeys::KeyPair, subject: &str, name: &str, nats: serde_json::Value) -> String {
+fn encode_jwt(
+    issuer: &nkeys::KeyPair,
+    subject: &str,
+    name: &str,
+    nats: serde_json::Value,
+) -> String {
     let b64 = base64::engine::general_purpose::URL_SAFE_NO_PAD;
     let header = serde_json::json!({"typ": "JWT", "alg": "ed25519-nkey"});
     let now = std::time::SystemTime::now()

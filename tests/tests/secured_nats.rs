@@ -80,9 +80,8 @@ async fn expect_refused(settings: &NatsSettings, refusal: Refusal, label: &str) 
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn user_and_password_and_token() {
-    let (_conf, args) = config_args(
-        "authorization { users: [ { user: svc, password: \"s3cret pass\" } ] }\n",
-    );
+    let (_conf, args) =
+        config_args("authorization { users: [ { user: svc, password: \"s3cret pass\" } ] }\n");
     let server = NatsServer::start_with_args(args).await;
     let url = server.url();
     jetstream_round_trip(
@@ -136,7 +135,10 @@ fn secrets_stay_out_of_debug_and_client_certificates_come_in_pairs() {
         ("NATS_TOKEN", "tok-visible?"),
     ]);
     let debug = format!("{s:?}");
-    assert!(!debug.contains("pa55-visible?") && !debug.contains("tok-visible?"), "{debug}");
+    assert!(
+        !debug.contains("pa55-visible?") && !debug.contains("tok-visible?"),
+        "{debug}"
+    );
     assert!(debug.contains("<redacted>"), "{debug}");
 
     let cert = pki.client_cert.display().to_string();
@@ -261,8 +263,20 @@ fn service_env(
         }
         "provisioner" => {
             let (url, id, secret) = whmcs.map_or_else(
-                || ("http://127.0.0.1:9/includes/api.php".to_owned(), "id".to_owned(), "secret".to_owned()),
-                |w| (w.api_url(), w.identifier().to_owned(), w.secret().to_owned()),
+                || {
+                    (
+                        "http://127.0.0.1:9/includes/api.php".to_owned(),
+                        "id".to_owned(),
+                        "secret".to_owned(),
+                    )
+                },
+                |w| {
+                    (
+                        w.api_url(),
+                        w.identifier().to_owned(),
+                        w.secret().to_owned(),
+                    )
+                },
             );
             env.insert("WHMCS_API_URL".to_owned(), url);
             env.insert("WHMCS_API_IDENTIFIER".to_owned(), id);
@@ -370,7 +384,10 @@ async fn refused_services_stop_at_once_with_one_line() {
         let started = Instant::now();
         let (status, log) = run_to_exit(binary, &env, &[], FAIL_FAST).await;
         assert_refused_exit(service, status, &log, "TLS handshake failed");
-        eprintln!("{service}: untrusted certificate, exit after {:?}", started.elapsed());
+        eprintln!(
+            "{service}: untrusted certificate, exit after {:?}",
+            started.elapsed()
+        );
 
         // A wrong password (an operator-mode server refuses any user and password).
         let env = service_env(
@@ -524,13 +541,42 @@ fn least_privilege_config() -> (tempfile::TempDir, Vec<String>) {
     (dir, args)
 }
 
+#[test]
+fn the_deployment_doc_points_to_every_permission_set() {
+    let file = std::fs::read_to_string(permissions_file()).expect("permissions.conf");
+    let doc = std::fs::read_to_string(
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("../docs/deployment.md"),
+    )
+    .expect("deployment.md");
+    let sets: Vec<&str> = file
+        .lines()
+        .filter_map(|l| l.split_once(" = {").map(|(name, _)| name.trim()))
+        .collect();
+    assert_eq!(
+        sets,
+        [
+            "SF_BRIDGE_PERMISSIONS",
+            "PROVISIONER_PERMISSIONS",
+            "SF_WRITER_PERMISSIONS",
+            "PROVCTL_PERMISSIONS"
+        ],
+        "one set per service and provctl, as the pipeline test uses them"
+    );
+    assert!(doc.contains("deploy/nats/permissions.conf"));
+    for set in sets {
+        assert!(doc.contains(set), "docs/deployment.md does not name {set}");
+    }
+}
+
 fn server_log(server: &NatsServer) -> String {
     std::fs::read_to_string(server.store_dir().join("nats-server.log")).unwrap_or_default()
 }
 
+/// The server's permission refusals: "Permissions Violation for Publish to ..." (2.9) or
+/// "Publish Violation - User ..., Subject ..." (2.10 and later), and the subscribe variants.
 fn violations(log: &str) -> Vec<&str> {
     log.lines()
-        .filter(|l| l.contains("Permissions Violation"))
+        .filter(|l| l.contains("Violation") && !l.contains("Authorization Violation"))
         .collect()
 }
 
@@ -559,13 +605,17 @@ async fn the_pipeline_runs_with_least_privilege_users() {
     // An order that provisions and one that fails at mapping (no WHMCS client).
     let client = whmcs.state().seed_client("Acme Ltd", true);
     let pid = whmcs.state().seed_product("Hosting S", &["monthly"]);
-    let account = sf.state().seed_account("Acme Ltd", Some(&client.to_string()));
+    let account = sf
+        .state()
+        .seed_account("Acme Ltd", Some(&client.to_string()));
     let product = sf
         .state()
         .seed_product("Hosting S", Some(&pid.to_string()), Some("Monthly"));
     let good = sf.state().seed_order(&account, &[(product, 1)]);
     let no_client = sf.state().seed_account("No Client Ltd", None);
-    let product2 = sf.state().seed_product("Hosting", Some("1"), Some("Monthly"));
+    let product2 = sf
+        .state()
+        .seed_product("Hosting", Some("1"), Some("Monthly"));
     let bad = sf.state().seed_order(&no_client, &[(product2, 1)]);
 
     let password = |s: &str| match s {
@@ -613,7 +663,46 @@ async fn the_pipeline_runs_with_least_privilege_users() {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
 
-    // provctl reads the pipeline's state with its own user.
+    // Bodies no service can use: the provisioner and sf-writer dead-letter them (with their
+    // own users' rights), and provctl shows and replays one.
+    let admin = jetstream::new(
+        async_nats::ConnectOptions::with_user_and_password("admin".into(), "admin-pw".into())
+            .connect(server.url())
+            .await
+            .expect("admin"),
+    );
+    for subject in [
+        "provisioning.requested.801000000000009AAA",
+        "sf.order.update.801000000000009AAA",
+    ] {
+        admin
+            .publish(subject, "{\"not\": \"a request\"}".into())
+            .await
+            .unwrap()
+            .await
+            .expect("garbage stored");
+    }
+    let dead_letters = |at_least: u64| {
+        let admin = admin.clone();
+        async move {
+            let mut stream = admin.get_stream("PROVISIONING_DEADLETTER").await.ok()?;
+            let count = stream.info().await.ok()?.state.messages;
+            (count >= at_least).then_some(())
+        }
+    };
+    testkit::wait::until("two dead letters", PIPELINE_WAIT, || dead_letters(2)).await;
+    let provisioner_letter = admin
+        .get_stream("PROVISIONING_DEADLETTER")
+        .await
+        .unwrap()
+        .get_last_raw_message_by_subject("provisioning.deadletter.provisioner")
+        .await
+        .expect("the provisioner's dead letter")
+        .sequence
+        .to_string();
+
+    // provctl reads the pipeline's state, replays a dead letter and moves the cursor, with its
+    // own user.
     let provctl_env: HashMap<String, String> = nats_env("provctl")
         .into_iter()
         .map(|(k, v)| (k.to_owned(), v))
@@ -621,11 +710,24 @@ async fn the_pipeline_runs_with_least_privilege_users() {
     for args in [
         vec!["--json", "status"],
         vec!["--json", "order", good.as_str()],
+        vec!["--json", "order", bad.as_str()],
         vec!["--json", "deadletter", "list"],
+        vec!["--json", "deadletter", "show", provisioner_letter.as_str()],
+        vec![
+            "--json",
+            "deadletter",
+            "replay",
+            provisioner_letter.as_str(),
+        ],
     ] {
         let (status, out) = run_to_exit(&binaries[3], &provctl_env, &args, FAIL_FAST).await;
         assert!(status.success(), "provctl {args:?}:\n{out}");
     }
+    // The replayed body reached the provisioner, which set it aside again.
+    testkit::wait::until("the replay dead-lettered", PIPELINE_WAIT, || {
+        dead_letters(3)
+    })
+    .await;
 
     for service in &mut services {
         let status = service.terminate();
@@ -634,6 +736,11 @@ async fn the_pipeline_runs_with_least_privilege_users() {
             "a service did not stop cleanly: {status:?}"
         );
     }
+    // With the bridge stopped (its lease released), provctl may move the cursor.
+    let args = ["--json", "cursor", "set", "--latest"];
+    let (status, out) = run_to_exit(&binaries[3], &provctl_env, &args, FAIL_FAST).await;
+    assert!(status.success(), "provctl {args:?}:\n{out}");
+
     let log = server_log(&server);
     assert!(
         violations(&log).is_empty(),
@@ -676,15 +783,12 @@ async fn forbidden_actions_are_refused(
 
     // sf-bridge publishing a status update (the provisioner's subject).
     let bridge = jetstream::new(connect("sf-bridge").await);
-    let published = tokio::time::timeout(
-        Duration::from_secs(10),
-        async {
-            bridge
-                .publish("sf.order.update.801000000000001AAA", "{}".into())
-                .await?
-                .await
-        },
-    )
+    let published = tokio::time::timeout(Duration::from_secs(10), async {
+        bridge
+            .publish("sf.order.update.801000000000001AAA", "{}".into())
+            .await?
+            .await
+    })
     .await;
     assert!(
         !matches!(published, Ok(Ok(_))),
@@ -714,7 +818,10 @@ async fn forbidden_actions_are_refused(
         }),
     )
     .await;
-    assert!(!matches!(created, Ok(Ok(_))), "provctl could create a stream");
+    assert!(
+        !matches!(created, Ok(Ok(_))),
+        "provctl could create a stream"
+    );
 
     // Nothing changed, and the server says why.
     assert!(admin.get_stream("PROVISIONING_REQUESTS").await.is_ok());
@@ -731,6 +838,7 @@ async fn forbidden_actions_are_refused(
     assert_eq!(updates_before, updates_after, "a status update got through");
     let log = server_log(server);
     let found = violations(&log);
+    eprintln!("refused as expected:\n{}", found.join("\n"));
     for subject in [
         "sf.order.update.801000000000001AAA",
         "$JS.API.STREAM.DELETE.PROVISIONING_REQUESTS",

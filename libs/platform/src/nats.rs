@@ -1114,6 +1114,74 @@ mod tests {
     }
 
     #[test]
+    fn refusals_are_told_from_an_unreachable_server() {
+        use async_nats::rustls;
+        use async_nats::ConnectErrorKind as K;
+        let refused = |err: async_nats::ConnectError| {
+            let refusal = refusal_of(&err);
+            let err = NatsError::from(err);
+            assert_eq!(err.is_transient(), refusal.is_none(), "{err:?}");
+            refusal
+        };
+        assert_eq!(
+            refused(async_nats::ConnectError::new(K::AuthorizationViolation)),
+            Some(Refusal::Authentication)
+        );
+        assert_eq!(
+            refused(async_nats::ConnectError::new(K::Authentication)),
+            Some(Refusal::Authentication)
+        );
+        // A failed handshake arrives as an I/O error wrapping rustls' error.
+        let handshake = std::io::Error::new(
+            std::io::ErrorKind::InvalidData,
+            rustls::Error::InvalidCertificate(rustls::CertificateError::UnknownIssuer),
+        );
+        assert_eq!(
+            refused(async_nats::ConnectError::with_source(K::Io, handshake)),
+            Some(Refusal::Tls)
+        );
+        let expired = async_nats::ServerError::Other("User Authentication Expired".to_owned());
+        assert_eq!(
+            refused(async_nats::ConnectError::with_source(K::Io, expired)),
+            Some(Refusal::Authentication)
+        );
+        let refused_port = std::io::Error::from(std::io::ErrorKind::ConnectionRefused);
+        assert_eq!(
+            refused(async_nats::ConnectError::with_source(K::Io, refused_port)),
+            None
+        );
+        assert_eq!(refused(async_nats::ConnectError::new(K::TimedOut)), None);
+        let full = async_nats::ServerError::Other("maximum connections exceeded".to_owned());
+        assert_eq!(
+            refused(async_nats::ConnectError::with_source(K::Io, full)),
+            None
+        );
+    }
+
+    #[test]
+    fn a_password_and_token_are_secret_and_client_certificates_come_in_pairs() {
+        let s = NatsSettings::from_env(&Env::from_pairs([
+            ("NATS_USER", "svc"),
+            ("NATS_PASSWORD", "hunter2-pass"),
+            ("NATS_TOKEN", "hunter2-token"),
+        ]))
+        .unwrap();
+        assert_eq!(s.password.as_ref().unwrap().expose_secret(), "hunter2-pass");
+        let debug = format!("{s:?}");
+        assert!(!debug.contains("hunter2"), "{debug}");
+        let file = std::env::current_exe().unwrap().display().to_string();
+        let err = NatsSettings::from_env(&Env::from_pairs([("NATS_TLS_CERT_FILE", file.as_str())]))
+            .unwrap_err();
+        assert_eq!(err.variable, "NATS_TLS_KEY_FILE");
+        let both = NatsSettings::from_env(&Env::from_pairs([
+            ("NATS_TLS_CERT_FILE", file.as_str()),
+            ("NATS_TLS_KEY_FILE", file.as_str()),
+        ]))
+        .unwrap();
+        assert!(both.wants_tls());
+    }
+
+    #[test]
     fn an_unreadable_credentials_file_is_permanent() {
         let err = NatsError::Credentials {
             path: "/x.creds".to_owned(),
