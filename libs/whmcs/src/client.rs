@@ -3,6 +3,7 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use secrecy::zeroize::Zeroizing;
 use secrecy::ExposeSecret as _;
 use serde::de::DeserializeOwned;
 use serde_json::{Map, Value};
@@ -61,6 +62,32 @@ fn transport_detail(err: reqwest::Error) -> String {
         source = cause.source();
     }
     detail
+}
+
+/// Replaces every occurrence of `secrets` in the error's texts (WHMCS's message, a snippet of
+/// the reply, a transport detail) with `[REDACTED]`.
+fn redact_error(mut err: WhmcsError, secrets: &[Zeroizing<String>]) -> WhmcsError {
+    let redact = |text: &mut String| {
+        for secret in secrets.iter().filter(|s| !s.is_empty()) {
+            if text.contains(secret.as_str()) {
+                *text = text.replace(secret.as_str(), "[REDACTED]");
+            }
+        }
+    };
+    match &mut err {
+        WhmcsError::Auth { message, .. }
+        | WhmcsError::Api { message, .. }
+        | WhmcsError::Http {
+            message: Some(message),
+            ..
+        } => redact(message),
+        WhmcsError::Connect { detail, .. }
+        | WhmcsError::Transport { detail, .. }
+        | WhmcsError::Decode { detail, .. }
+        | WhmcsError::InvalidRequest { detail, .. } => redact(detail),
+        WhmcsError::Http { message: None, .. } | WhmcsError::Timeout { .. } => {}
+    }
+    err
 }
 
 fn host_of(url: &str) -> Option<&str> {
@@ -185,6 +212,26 @@ impl WhmcsClient {
         &self.settings
     }
 
+    /// The reply's text becomes part of the error (WHMCS's message, the start of a page that is
+    /// not JSON), and the error reaches logs, spans and Salesforce. A PHP error page or a
+    /// debugging proxy can echo the request, credentials included, so the secret and the access
+    /// key, as configured and as form-encoded on the wire, are blanked out of it first. This
+    /// compares with the secrets; it never sends or shows them.
+    fn redact(&self, err: WhmcsError) -> WhmcsError {
+        let mut secrets: Vec<Zeroizing<String>> = Vec::with_capacity(4);
+        let configured =
+            std::iter::once(&self.settings.secret).chain(self.settings.access_key.as_ref());
+        for secret in configured {
+            let plain = secret.expose_secret();
+            let encoded = serde_urlencoded::to_string([("", plain)]).unwrap_or_default();
+            secrets.push(Zeroizing::new(plain.to_owned()));
+            if let Some(encoded) = encoded.strip_prefix('=').filter(|e| *e != plain) {
+                secrets.push(Zeroizing::new(encoded.to_owned()));
+            }
+        }
+        redact_error(err, &secrets)
+    }
+
     /// Any action with the settings' default timeout; returns WHMCS's success body.
     pub async fn call(
         &self,
@@ -304,7 +351,7 @@ impl WhmcsClient {
         let status = response.status().as_u16();
         tracing::Span::current().record("http.response.status_code", status);
         let body = response.text().await.map_err(transport)?;
-        let outcome = classify_reply(action, status, &body);
+        let outcome = classify_reply(action, status, &body).map_err(|err| self.redact(err));
         let elapsed_ms = u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX);
         match &outcome {
             Ok(_) => tracing::debug!(action, status, elapsed_ms, "WHMCS call succeeded."),
@@ -522,6 +569,26 @@ mod tests {
         assert!(!shown.contains("secret-5d0c2"), "{shown}");
         // The cause is still there for the person reading the log.
         assert!(shown.to_lowercase().contains("connect"), "{shown}");
+    }
+
+    #[test]
+    fn an_echoed_secret_is_redacted_from_errors() {
+        let settings = WhmcsSettings::new("http://h/includes/api.php", "ident", "s3c+r/t 9a1f")
+            .with_access_key("acc-key-40de");
+        let client = WhmcsClient::new(settings).unwrap();
+        // A PHP page dumping the request, raw and form-encoded.
+        let page = "<pre>secret=s3c%2Br%2Ft+9a1f&accesskey=acc-key-40de; $_POST[secret] = s3c+r/t 9a1f</pre>";
+        let err = client.redact(classify_reply("AddOrder", 500, page).unwrap_err());
+        let json = r#"{"result":"error","message":"bad secret s3c+r/t 9a1f"}"#;
+        let api = client.redact(classify_reply("AddOrder", 200, json).unwrap_err());
+        let html = client.redact(classify_reply("AddOrder", 200, page).unwrap_err());
+        for err in [err, api, html] {
+            let shown = format!("{err} {err:?} {}", err.message());
+            assert!(!shown.contains("9a1f"), "{shown}");
+            assert!(!shown.contains("40de"), "{shown}");
+        }
+        let html = client.redact(classify_reply("AddOrder", 200, page).unwrap_err());
+        assert!(html.to_string().contains("[REDACTED]"), "{html}");
     }
 
     #[test]
