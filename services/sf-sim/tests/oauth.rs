@@ -60,6 +60,9 @@ async fn good_assertion_gets_a_token_response() {
     assert_eq!(userinfo["preferred_username"], sim.config().username);
     let stats = sim.state().stats();
     assert_eq!((stats.token_requests, stats.token_failures), (1, 0));
+    // What was exchanged is on record, for tests that search for leaked credentials.
+    assert_eq!(sim.state().issued_tokens(), vec![token.to_owned()]);
+    assert_eq!(sim.state().received_assertions(), vec![assertion]);
     sim.shutdown().await;
 }
 
@@ -187,6 +190,9 @@ async fn token_fault_answers_the_next_requests_then_recovers() {
         assert_eq!(body["error"], "unknown_error");
     }
     assert_eq!(request_token(&sim, &assertion).await.status(), 200);
+    // Refused requests carried the assertion too; one token was issued.
+    assert_eq!(sim.state().received_assertions().len(), 3);
+    assert_eq!(sim.state().issued_tokens().len(), 1);
     sim.shutdown().await;
 }
 
