@@ -8,12 +8,14 @@
 //! - [`pubsub`]: Pub/Sub API client (gRPC): schemas, topics, and a Subscribe stream the caller
 //!   drives (flow control, cursor and reconnects stay with the caller).
 //! - [`avro`]: decoding of event payloads with the writer schema from `GetSchema`.
+//! - [`trailers`]: the guard that keeps unreadable gRPC status details from panicking tonic.
 
 pub mod auth;
 pub mod avro;
 pub mod pubsub;
 pub mod rest;
 pub mod settings;
+pub mod trailers;
 
 pub use auth::{AuthError, Token, TokenProvider};
 pub use settings::SalesforceSettings;

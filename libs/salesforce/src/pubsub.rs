@@ -24,6 +24,10 @@ use tonic::transport::{Channel, ClientTlsConfig, Endpoint};
 
 use crate::auth::{AuthError, Token, TokenProvider};
 use crate::avro::{parse_schema, AvroError};
+use crate::trailers::StripStatusDetails;
+
+/// The channel every call goes through: tonic's, behind the status-details guard.
+type Transport = StripStatusDetails<Channel>;
 
 /// Where a new Subscribe stream starts.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -58,7 +62,9 @@ pub enum PubSubError {
 }
 
 impl PubSubError {
-    fn from_status(status: tonic::Status) -> Self {
+    /// A failed call's status (code, message and trailers, as tonic read them) with Salesforce's
+    /// `error-code` trailer, when it carries a readable one.
+    pub fn from_status(status: tonic::Status) -> Self {
         let error_code = status
             .metadata()
             .get(pubsub_proto::metadata::ERROR_CODE)
@@ -127,7 +133,7 @@ impl PubSubError {
 /// A Pub/Sub API client over one lazily connected HTTP/2 channel.
 #[derive(Debug)]
 pub struct PubSubClient {
-    grpc: GrpcClient<Channel>,
+    grpc: GrpcClient<Transport>,
     tokens: Arc<TokenProvider>,
     schemas: RwLock<HashMap<String, Arc<Schema>>>,
 }
@@ -154,7 +160,8 @@ impl PubSubClient {
         }
         let channel = builder.connect_lazy();
         Ok(Self {
-            grpc: GrpcClient::new(channel).max_decoding_message_size(16 * 1024 * 1024),
+            grpc: GrpcClient::new(StripStatusDetails::new(channel))
+                .max_decoding_message_size(16 * 1024 * 1024),
             tokens,
             schemas: RwLock::default(),
         })
@@ -234,7 +241,7 @@ impl PubSubClient {
     ) -> Result<Resp, PubSubError>
     where
         Req: Clone,
-        F: Fn(GrpcClient<Channel>, tonic::Request<Req>) -> Fut,
+        F: Fn(GrpcClient<Transport>, tonic::Request<Req>) -> Fut,
         Fut: std::future::Future<Output = Result<tonic::Response<Resp>, tonic::Status>>,
     {
         let token = self.tokens.token().await?;

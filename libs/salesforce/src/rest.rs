@@ -243,7 +243,7 @@ impl RestClient {
         body: Option<&serde_json::Value>,
     ) -> Result<T, RestError> {
         let bytes = self.send(action, method, target, body).await?;
-        serde_json::from_slice(&bytes).map_err(|e| RestError::Decode(e.to_string()))
+        decode_body(&bytes)
     }
 
     async fn send(
@@ -345,11 +345,7 @@ impl RestClient {
         if status.is_success() {
             return Ok((status.as_u16(), bytes));
         }
-        let errors = serde_json::from_slice::<Vec<ApiError>>(&bytes).unwrap_or_default();
-        Err(RestError::Http {
-            status: status.as_u16(),
-            errors,
-        })
+        Err(error_from_reply(status.as_u16(), &bytes))
     }
 
     fn record_usage(&self, header: &str) {
@@ -367,6 +363,20 @@ impl RestClient {
             }
         }
     }
+}
+
+/// A success body (query page, sObject Collections results, ...) as `T`. Pure, for tests and
+/// fuzzing: the client decodes every JSON answer through here.
+pub fn decode_body<T: DeserializeOwned>(body: &[u8]) -> Result<T, RestError> {
+    serde_json::from_slice(body).map_err(|e| RestError::Decode(e.to_string()))
+}
+
+/// A failed answer (`status` outside 2xx) as its error. The body is Salesforce's error list when
+/// it parses as one; anything else (an HTML page from a proxy, a truncated body) leaves the list
+/// empty: the status alone still classifies the failure.
+pub fn error_from_reply(status: u16, body: &[u8]) -> RestError {
+    let errors = serde_json::from_slice::<Vec<ApiError>>(body).unwrap_or_default();
+    RestError::Http { status, errors }
 }
 
 /// `https://host/...` → `host`.

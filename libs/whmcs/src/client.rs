@@ -181,6 +181,28 @@ pub fn classify_reply(
     }
 }
 
+/// A success body as the typed reply of `action` (a `Decode` error when it does not fit).
+fn decode_success<T: DeserializeOwned>(
+    action: &str,
+    body: Map<String, Value>,
+) -> Result<T, WhmcsError> {
+    serde_json::from_value(Value::Object(body)).map_err(|e| WhmcsError::Decode {
+        action: action.to_owned(),
+        status: 200,
+        detail: e.to_string(),
+    })
+}
+
+/// One HTTP reply as the typed reply of `action` ([`classify_reply`], then the lenient reply
+/// types): exactly what every typed call does with what WHMCS answers. Pure, for tests and fuzzing.
+pub fn parse_reply<T: DeserializeOwned>(
+    action: &str,
+    status: u16,
+    body: &str,
+) -> Result<T, WhmcsError> {
+    decode_success(action, classify_reply(action, status, body)?)
+}
+
 impl WhmcsClient {
     /// A client with its own connection pool.
     pub fn new(settings: WhmcsSettings) -> Result<Self, reqwest::Error> {
@@ -372,12 +394,7 @@ impl WhmcsClient {
         action: &str,
         params: &Params,
     ) -> Result<T, WhmcsError> {
-        let body = self.call(action, params).await?;
-        serde_json::from_value(Value::Object(body)).map_err(|e| WhmcsError::Decode {
-            action: action.to_owned(),
-            status: 200,
-            detail: e.to_string(),
-        })
+        decode_success(action, self.call(action, params).await?)
     }
 
     pub async fn get_clients_details(&self, client_id: u64) -> Result<ClientDetails, WhmcsError> {

@@ -45,12 +45,12 @@ pub mod params;
 pub mod settings;
 pub mod types;
 
-pub use client::{classify_reply, WhmcsClient};
+pub use client::{classify_reply, parse_reply, WhmcsClient};
 pub use error::WhmcsError;
 pub use params::Params;
 pub use settings::WhmcsSettings;
 pub use types::{
     order_status, AcceptOrderRequest, AddOrderRequest, AddOrderResponse, BillingCycle,
-    ClientDetails, GetOrdersRequest, GetProductsRequest, LineItem, Order, OrderLine, OrdersPage,
-    PayMethod, Product, UnknownBillingCycle,
+    ClientDetails, ClientsDetailsReply, GetOrdersRequest, GetProductsRequest, LineItem, Order,
+    OrderLine, OrdersPage, PayMethod, PayMethodsReply, Product, ProductsReply, UnknownBillingCycle,
 };

@@ -200,8 +200,9 @@ impl ClientDetails {
     }
 }
 
+/// GetClientsDetails' reply.
 #[derive(Debug, Deserialize)]
-pub(crate) struct ClientsDetailsReply {
+pub struct ClientsDetailsReply {
     pub client: ClientDetails,
 }
 
@@ -232,8 +233,9 @@ pub struct PayMethod {
     pub last_updated: Option<String>,
 }
 
+/// GetPayMethods' reply (no `paymethods` key: none).
 #[derive(Debug, Deserialize)]
-pub(crate) struct PayMethodsReply {
+pub struct PayMethodsReply {
     #[serde(default, deserialize_with = "lenient::list_any")]
     pub paymethods: Vec<PayMethod>,
 }
@@ -337,8 +339,9 @@ impl Product {
     }
 }
 
+/// GetProducts' reply (no `products` key: none).
 #[derive(Debug, Deserialize)]
-pub(crate) struct ProductsReply {
+pub struct ProductsReply {
     #[serde(default, deserialize_with = "lenient::list_any")]
     pub products: Vec<Product>,
 }

@@ -195,61 +195,19 @@ impl Ctl {
     pub async fn deadletter_show(&self, seq: u64) -> Result<DeadLetterDetail, CtlError> {
         let stream = self.deadletter_stream().await?;
         let (message, body) = self.dead_letter(&stream, seq).await?;
-        let payload = decode_payload(&body).unwrap_or_default();
-        let payload_json = serde_json::from_slice::<Value>(&payload).ok();
-        let payload_text = match payload_json {
-            Some(_) => None,
-            None => String::from_utf8(payload.clone()).ok(),
-        };
-        let mut headers: Vec<(String, String)> = message
-            .headers
-            .iter()
-            .flat_map(|(name, values)| {
-                values
-                    .iter()
-                    .map(move |v| (name.to_string(), v.as_str().to_owned()))
-            })
-            .collect();
-        headers.sort();
-        Ok(DeadLetterDetail {
-            stream: self.names.deadletter_stream.clone(),
-            seq,
-            subject: message.subject.to_string(),
-            stored_at: rfc3339(message.time),
-            headers,
-            replay_refused: replay_target(&body).err(),
-            body,
-            payload_json,
-            payload_text,
-            payload_bytes: payload.len(),
-        })
+        Ok(detail(&self.names.deadletter_stream, &message, body))
     }
 
     pub async fn deadletter_replay(&self, seq: u64) -> Result<ReplayReport, CtlError> {
         let stream = self.deadletter_stream().await?;
         let (message, body) = self.dead_letter(&stream, seq).await?;
-        let subject =
-            replay_target(&body).map_err(|reason| CtlError::ReplayRefused { seq, reason })?;
-        let payload = decode_payload(&body).unwrap_or_default();
         let msg_id = format!("provctl-replay:{seq}:{}", uuid::Uuid::new_v4());
-        let mut headers = async_nats::HeaderMap::new();
-        // Keep the order's correlation id and trace, so the replay joins the same trace.
-        for name in [
-            messages::headers::CORRELATION_ID,
-            messages::headers::TRACEPARENT,
-            messages::headers::TRACESTATE,
-        ] {
-            if let Some(value) = message.headers.get(name) {
-                platform::nats::insert_header(&mut headers, name, value.as_str());
-            }
-        }
-        if let Some(schema) = serde_json::from_slice::<Value>(&payload)
-            .ok()
-            .and_then(|v| v.get("schema").and_then(Value::as_str).map(str::to_owned))
-        {
-            platform::nats::insert_header(&mut headers, messages::headers::SCHEMA, &schema);
-        }
-        platform::nats::insert_header(&mut headers, messages::headers::NATS_MSG_ID, &msg_id);
+        let Replay {
+            subject,
+            headers,
+            payload,
+        } = replay(&message, &body, &msg_id)
+            .map_err(|reason| CtlError::ReplayRefused { seq, reason })?;
         let ack = self
             .js
             .publish_with_headers(subject.clone(), headers, payload.into())
@@ -286,18 +244,96 @@ impl Ctl {
                     stream: name.clone(),
                     seq,
                 })?;
-        let body = serde_json::from_slice::<DeadLetterV1>(&message.payload).map_err(|e| {
-            CtlError::NotADeadLetter {
-                stream: name,
-                seq,
-                detail: e.to_string(),
-            }
-        })?;
+        let body = read_dead_letter(&name, &message)?;
         Ok((message, body))
     }
 }
 
-fn summarize(message: &StreamMessage) -> DeadLetterSummary {
+/// The body of a message of the dead-letter stream, or why it is not a dead letter.
+pub fn read_dead_letter(stream: &str, message: &StreamMessage) -> Result<DeadLetterV1, CtlError> {
+    serde_json::from_slice::<DeadLetterV1>(&message.payload).map_err(|e| CtlError::NotADeadLetter {
+        stream: stream.to_owned(),
+        seq: message.sequence,
+        detail: e.to_string(),
+    })
+}
+
+/// What `deadletter show` prints for a dead letter read from `stream`.
+pub fn detail(stream: &str, message: &StreamMessage, body: DeadLetterV1) -> DeadLetterDetail {
+    let payload = decode_payload(&body).unwrap_or_default();
+    let payload_json = serde_json::from_slice::<Value>(&payload).ok();
+    let payload_text = match payload_json {
+        Some(_) => None,
+        None => String::from_utf8(payload.clone()).ok(),
+    };
+    let mut headers: Vec<(String, String)> = message
+        .headers
+        .iter()
+        .flat_map(|(name, values)| {
+            values
+                .iter()
+                .map(move |v| (name.to_string(), v.as_str().to_owned()))
+        })
+        .collect();
+    headers.sort();
+    DeadLetterDetail {
+        stream: stream.to_owned(),
+        seq: message.sequence,
+        subject: message.subject.to_string(),
+        stored_at: rfc3339(message.time),
+        headers,
+        replay_refused: replay_target(&body).err(),
+        body,
+        payload_json,
+        payload_text,
+        payload_bytes: payload.len(),
+    }
+}
+
+/// The message `deadletter replay` publishes.
+#[derive(Debug)]
+pub struct Replay {
+    pub subject: String,
+    pub headers: async_nats::HeaderMap,
+    pub payload: Vec<u8>,
+}
+
+/// The message that replays the dead letter `message` (body `body`) with message id `msg_id`, or
+/// why it cannot be replayed.
+pub fn replay(
+    message: &StreamMessage,
+    body: &DeadLetterV1,
+    msg_id: &str,
+) -> Result<Replay, String> {
+    let subject = replay_target(body)?;
+    let payload = decode_payload(body).unwrap_or_default();
+    let mut headers = async_nats::HeaderMap::new();
+    // Keep the order's correlation id and trace, so the replay joins the same trace.
+    for name in [
+        messages::headers::CORRELATION_ID,
+        messages::headers::TRACEPARENT,
+        messages::headers::TRACESTATE,
+    ] {
+        if let Some(value) = message.headers.get(name) {
+            platform::nats::insert_header(&mut headers, name, value.as_str());
+        }
+    }
+    if let Some(schema) = serde_json::from_slice::<Value>(&payload)
+        .ok()
+        .and_then(|v| v.get("schema").and_then(Value::as_str).map(str::to_owned))
+    {
+        platform::nats::insert_header(&mut headers, messages::headers::SCHEMA, &schema);
+    }
+    platform::nats::insert_header(&mut headers, messages::headers::NATS_MSG_ID, msg_id);
+    Ok(Replay {
+        subject,
+        headers,
+        payload,
+    })
+}
+
+/// One line of `deadletter list`.
+pub fn summarize(message: &StreamMessage) -> DeadLetterSummary {
     let mut summary = DeadLetterSummary {
         seq: message.sequence,
         subject: message.subject.to_string(),
