@@ -63,7 +63,7 @@ impl Stack {
             .expect("whmcs-sim");
         let client = nats.client().await;
         let seen = Arc::new(Mutex::new(Seen::default()));
-        collect(&client, &seen).await;
+        collect_outcomes(&client, &seen).await;
         let js = jetstream::new(client);
 
         let common = |service: &str, extra: &[(&str, String)]| -> HashMap<String, String> {
@@ -103,6 +103,9 @@ impl Stack {
                 ("WHMCS_API_IDENTIFIER", whmcs.identifier().to_owned()),
                 ("WHMCS_API_SECRET", whmcs.secret().to_owned()),
                 ("PROVISIONER_SHUTDOWN_GRACE_SECS", "5".to_owned()),
+                // The reconciler meets every invalid message again and dead-letters it again
+                // under the same message id: the stream must still hold one per message.
+                ("PROVISIONER_RECOVERY_INTERVAL_SECS", "1".to_owned()),
             ],
         );
         let writer = common(
@@ -123,6 +126,7 @@ impl Stack {
             services,
         };
         stack.wait_ready().await;
+        collect_dead_letters(&stack.js, &stack.seen).await;
         stack
     }
 
@@ -300,12 +304,8 @@ impl Stack {
     }
 }
 
-/// Subscribes (before anything is published) to dead letters and outcomes.
-async fn collect(client: &async_nats::Client, seen: &Arc<Mutex<Seen>>) {
-    let mut dead = client
-        .subscribe(messages::subjects::DEADLETTER_ALL)
-        .await
-        .unwrap();
+/// Subscribes (before anything is published) to outcomes.
+async fn collect_outcomes(client: &async_nats::Client, seen: &Arc<Mutex<Seen>>) {
     let mut outcomes = client
         .subscribe(messages::subjects::PROVISIONING_OUTCOME_ALL)
         .await
@@ -313,23 +313,37 @@ async fn collect(client: &async_nats::Client, seen: &Arc<Mutex<Seen>>) {
     client.flush().await.unwrap();
     let into = seen.clone();
     tokio::spawn(async move {
-        while let Some(message) = dead.next().await {
+        while let Some(message) = outcomes.next().await {
+            let body: Value = serde_json::from_slice(&message.payload).unwrap();
+            into.lock()
+                .unwrap()
+                .outcomes
+                .push((message.subject.to_string(), body));
+        }
+    });
+}
+
+/// Reads the dead-letter stream from its start: what JetStream stored, so that a dead letter
+/// published again (the reconciler meets every invalid message once more, under the same
+/// message id) counts once, as it is stored.
+async fn collect_dead_letters(js: &jetstream::Context, seen: &Arc<Mutex<Seen>>) {
+    let consumer = js
+        .get_stream(messages::subjects::streams::DEADLETTER)
+        .await
+        .unwrap()
+        .create_consumer(jetstream::consumer::pull::OrderedConfig::default())
+        .await
+        .unwrap();
+    let mut messages = consumer.messages().await.unwrap();
+    let into = seen.clone();
+    tokio::spawn(async move {
+        while let Some(Ok(message)) = messages.next().await {
             let body: DeadLetterV1 = serde_json::from_slice(&message.payload).unwrap_or_else(|e| {
                 panic!("a dead letter that is not provisioning.deadletter.v1: {e}")
             });
             into.lock()
                 .unwrap()
                 .dead_letters
-                .push((message.subject.to_string(), body));
-        }
-    });
-    let into = seen.clone();
-    tokio::spawn(async move {
-        while let Some(message) = outcomes.next().await {
-            let body: Value = serde_json::from_slice(&message.payload).unwrap();
-            into.lock()
-                .unwrap()
-                .outcomes
                 .push((message.subject.to_string(), body));
         }
     });
@@ -842,6 +856,50 @@ async fn hand_made_requests_are_dead_lettered_or_guarded_and_never_provision() {
     assert_eq!(skipped["step"], "order_details", "{skipped}");
     stack.activation_status(&tolerant, "Activated").await;
     stack.activation_status(&good, "Activated").await;
+
+    // The reconciler meets every one of these messages again and publishes its dead letter
+    // again: the stream still holds exactly one per message (its Nats-Msg-Id is fixed).
+    let last = sequences
+        .iter()
+        .map(|(_, s, _)| *s)
+        .chain([long_sequence])
+        .max()
+        .unwrap();
+    let journal = stack
+        .js
+        .get_key_value(messages::subjects::buckets::JOBS)
+        .await
+        .unwrap();
+    let deadline = std::time::Instant::now() + WAIT;
+    loop {
+        let mark = journal
+            .get("reconciled.provisioner")
+            .await
+            .unwrap()
+            .and_then(|v| serde_json::from_slice::<Value>(&v).ok())
+            .and_then(|v| v["stream_sequence"].as_u64())
+            .unwrap_or(0);
+        if mark >= last {
+            break;
+        }
+        if std::time::Instant::now() > deadline {
+            stack.fail(&format!("the reconciler stayed at {mark}, before {last}"));
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let mut stored = stack
+        .js
+        .get_stream(messages::subjects::streams::DEADLETTER)
+        .await
+        .unwrap()
+        .info_with_subjects(messages::subjects::deadletter("provisioner"))
+        .await
+        .unwrap();
+    let mut count = 0;
+    while let Some(subject) = stored.next().await {
+        count += subject.unwrap().1;
+    }
+    assert_eq!(count, sequences.len() + 1, "one dead letter per message");
 
     // Nothing was written for the bad messages.
     assert_eq!(stack.sf.state().order(&a).unwrap(), before_a);
