@@ -244,7 +244,7 @@ fn service_env(
         ("HTTP_ADDR", "127.0.0.1:0".to_owned()),
         ("SF_LOGIN_URL", login_url),
         ("SF_CLIENT_ID", config.client_id.clone()),
-        ("SF_USERNAME", config.username.clone()),
+        ("SF_USERNAME", config.username),
         (
             "SF_PRIVATE_KEY_PATH",
             keys.private_key_path.display().to_string(),

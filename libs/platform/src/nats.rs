@@ -167,13 +167,13 @@ pub enum NatsError {
         source: std::io::Error,
     },
     #[error("cannot connect to NATS")]
-    Connect(#[source] async_nats::ConnectError),
+    Connect(#[source] ConnectFailure),
     /// The server was reached and refused us, or we refused it: retrying cannot help.
     #[error("NATS connection refused: {refusal}")]
     Refused {
         refusal: Refusal,
         #[source]
-        source: async_nats::ConnectError,
+        source: ConnectFailure,
     },
     #[error("cannot read NATS client certificate or key {path}")]
     ClientCertificate {
@@ -215,7 +215,7 @@ impl NatsError {
         match self {
             // A credentials file that cannot be read stays unreadable.
             Self::Credentials { .. } => ErrorClass::Permanent,
-            Self::Connect(err) => match err.kind() {
+            Self::Connect(ConnectFailure(err)) => match err.kind() {
                 async_nats::ConnectErrorKind::TimedOut
                 | async_nats::ConnectErrorKind::Io
                 | async_nats::ConnectErrorKind::Dns
@@ -392,13 +392,27 @@ pub fn refusal_of(err: &async_nats::ConnectError) -> Option<Refusal> {
     None
 }
 
+/// async-nats' connection error. Its text already ends with its cause ("authorization
+/// violation: nats: authorization violation"), so it is the end of the printed chain: walking
+/// its sources as well would print the cause twice.
+#[derive(Debug)]
+pub struct ConnectFailure(pub async_nats::ConnectError);
+
+impl std::fmt::Display for ConnectFailure {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        self.0.fmt(f)
+    }
+}
+
+impl std::error::Error for ConnectFailure {}
+
 fn connect_error(err: async_nats::ConnectError) -> NatsError {
     match refusal_of(&err) {
         Some(refusal) => NatsError::Refused {
             refusal,
-            source: err,
+            source: ConnectFailure(err),
         },
-        None => NatsError::Connect(err),
+        None => NatsError::Connect(ConnectFailure(err)),
     }
 }
 
