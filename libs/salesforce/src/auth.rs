@@ -6,15 +6,19 @@
 use std::sync::Arc;
 use std::time::Instant;
 
+use secrecy::{ExposeSecret as _, SecretString};
 use serde::{Deserialize, Serialize};
 use tokio::sync::Mutex;
 
 use crate::settings::SalesforceSettings;
 
-/// An access token and where to use it. `Debug` hides the token itself.
+/// An access token and where to use it. The token is a [`SecretString`]: `Debug` hides it,
+/// it is wiped when the last clone is dropped, and reading it takes `expose_secret()`, which
+/// only the two places that put it on the wire do (the REST `Authorization` header and the
+/// Pub/Sub `accesstoken` metadata).
 #[derive(Clone)]
 pub struct Token {
-    access_token: String,
+    access_token: SecretString,
     /// REST base and the Pub/Sub `instanceurl`: the org's own host, not the login host.
     pub instance_url: String,
     /// Org id, from the `id` URL of the response (the Pub/Sub `tenantid`).
@@ -25,8 +29,8 @@ pub struct Token {
 }
 
 impl Token {
-    /// The secret. Only for request headers and metadata; never log it.
-    pub fn access_token(&self) -> &str {
+    /// The secret. Only for request headers and metadata, marked sensitive there; never log it.
+    pub fn access_token(&self) -> &SecretString {
         &self.access_token
     }
 }
@@ -96,6 +100,8 @@ struct Claims<'a> {
     exp: u64,
 }
 
+/// The token endpoint's success body. Not `Debug`: it holds the token until it is moved into a
+/// [`Token`].
 #[derive(Deserialize)]
 struct TokenResponse {
     access_token: String,
@@ -203,7 +209,9 @@ impl TokenProvider {
         }
     }
 
-    fn assertion(&self) -> Result<String, AuthError> {
+    /// A signed JWT bearer assertion. It is a credential while it is valid (3 minutes: anyone
+    /// holding it can exchange it for a token), so it is a secret like the key that signed it.
+    fn assertion(&self) -> Result<SecretString, AuthError> {
         let exp = time::OffsetDateTime::now_utc().unix_timestamp() as u64 + 180;
         let claims = Claims {
             iss: &self.settings.client_id,
@@ -211,11 +219,17 @@ impl TokenProvider {
             aud: &self.settings.login_url,
             exp,
         };
+        // The signing key is parsed from the secret PEM for each assertion (about one every
+        // half hour), so no unwipeable parsed copy lives between signatures.
+        let key =
+            jsonwebtoken::EncodingKey::from_rsa_pem(self.settings.private_key_pem.expose_secret())
+                .map_err(|e| AuthError::Signing(e.to_string()))?;
         jsonwebtoken::encode(
             &jsonwebtoken::Header::new(jsonwebtoken::Algorithm::RS256),
             &claims,
-            &self.settings.signing_key,
+            &key,
         )
+        .map(SecretString::from)
         .map_err(|e| AuthError::Signing(e.to_string()))
     }
 
@@ -261,9 +275,10 @@ impl TokenProvider {
 
     async fn fetch_once(&self, url: &str, generation: u64) -> Result<Token, AuthError> {
         let assertion = self.assertion()?;
+        // The one place the assertion is read: into the request body for the token endpoint.
         let form = [
             ("grant_type", "urn:ietf:params:oauth:grant-type:jwt-bearer"),
-            ("assertion", assertion.as_str()),
+            ("assertion", assertion.expose_secret()),
         ];
         let body = serde_urlencoded_pairs(&form);
         let response = self
@@ -290,35 +305,50 @@ impl TokenProvider {
             .bytes()
             .await
             .map_err(|e| AuthError::Transport(e.to_string()))?;
-        if !status.is_success() {
-            if let Ok(err) = serde_json::from_slice::<TokenErrorResponse>(&bytes) {
-                if status.is_client_error() && status.as_u16() != 429 {
-                    return Err(AuthError::Rejected {
-                        error: err.error,
-                        description: err.error_description,
-                    });
-                }
-            }
-            return Err(AuthError::Status {
-                status: status.as_u16(),
-            });
-        }
-        let parsed: TokenResponse = serde_json::from_slice(&bytes)
-            .map_err(|e| AuthError::InvalidResponse(e.to_string()))?;
-        let org_id = org_id_from_identity_url(&parsed.id).ok_or_else(|| {
-            AuthError::InvalidResponse(format!("no org id in identity URL {:?}", parsed.id))
-        })?;
+        let token = parse_token_response(status.as_u16(), &bytes, generation)?;
         self.fetches
             .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        tracing::info!(instance_url = %parsed.instance_url, %org_id, generation, "Obtained a Salesforce access token.");
-        Ok(Token {
-            access_token: parsed.access_token,
-            instance_url: parsed.instance_url.trim_end_matches('/').to_owned(),
-            org_id,
-            issued_at: Instant::now(),
-            generation,
-        })
+        tracing::info!(instance_url = %token.instance_url, org_id = %token.org_id, generation, "Obtained a Salesforce access token.");
+        Ok(token)
     }
+}
+
+/// The token endpoint's answer as a token (of `generation`, issued now) or the classified
+/// failure: a 4xx with an OAuth error body is a rejection, any other failed status is
+/// [`AuthError::Status`], a 2xx without a usable token is [`AuthError::InvalidResponse`]. Pure,
+/// for tests and fuzzing: every fetch goes through here.
+pub fn parse_token_response(status: u16, body: &[u8], generation: u64) -> Result<Token, AuthError> {
+    if !(200..300).contains(&status) {
+        if let Ok(err) = serde_json::from_slice::<TokenErrorResponse>(body) {
+            if (400..500).contains(&status) && status != 429 {
+                return Err(AuthError::Rejected {
+                    error: err.error,
+                    description: err.error_description,
+                });
+            }
+        }
+        return Err(AuthError::Status { status });
+    }
+    // serde_json's messages can quote a value of the body, and this body holds the token: the
+    // error names the kind of problem and where, nothing of the content.
+    let parsed: TokenResponse = serde_json::from_slice(body).map_err(|e| {
+        AuthError::InvalidResponse(format!(
+            "{:?} error in the body at line {} column {}",
+            e.classify(),
+            e.line(),
+            e.column()
+        ))
+    })?;
+    let org_id = org_id_from_identity_url(&parsed.id).ok_or_else(|| {
+        AuthError::InvalidResponse(format!("no org id in identity URL {:?}", parsed.id))
+    })?;
+    Ok(Token {
+        access_token: SecretString::from(parsed.access_token),
+        instance_url: parsed.instance_url.trim_end_matches('/').to_owned(),
+        org_id,
+        issued_at: Instant::now(),
+        generation,
+    })
 }
 
 /// `https://login.salesforce.com/id/<orgId>/<userId>` → `<orgId>`.
@@ -370,5 +400,26 @@ mod tests {
     #[test]
     fn form_values_are_percent_encoded() {
         assert_eq!(urlencode("urn:a b+c"), "urn%3Aa%20b%2Bc");
+    }
+
+    #[test]
+    fn the_token_is_never_shown() {
+        let body = br#"{"access_token":"00D!AQ-tok-3b9e1","instance_url":"https://i.example/","id":"https://l.example/id/00D5g000000abcdEAA/0055g000001xyzAAA"}"#;
+        let token = parse_token_response(200, body, 7).unwrap();
+        assert_eq!(token.access_token().expose_secret(), "00D!AQ-tok-3b9e1");
+        assert_eq!(token.instance_url, "https://i.example");
+        let shown = format!("{token:?}");
+        assert!(!shown.contains("tok-3b9e1"), "{shown}");
+        assert!(shown.contains("00D5g000000abcdEAA"), "{shown}");
+    }
+
+    #[test]
+    fn a_malformed_token_body_is_not_quoted() {
+        // serde_json would say "invalid type: integer `735101`, expected a string".
+        let body = br#"{"access_token":735101,"instance_url":"https://i.example","id":"https://l.example/id/00D/005"}"#;
+        let err = parse_token_response(200, body, 1).unwrap_err();
+        assert!(matches!(err, AuthError::InvalidResponse(_)), "{err}");
+        assert!(!err.to_string().contains("735101"), "{err}");
+        assert!(err.to_string().contains("column"), "{err}");
     }
 }

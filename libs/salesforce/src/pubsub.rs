@@ -17,6 +17,7 @@ use pubsub_proto::pub_sub_client::PubSubClient as GrpcClient;
 use pubsub_proto::{
     FetchRequest, FetchResponse, ReplayPreset, SchemaRequest, TopicInfo, TopicRequest,
 };
+use secrecy::ExposeSecret as _;
 use tokio::sync::{mpsc, RwLock};
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::metadata::MetadataValue;
@@ -171,22 +172,36 @@ impl PubSubClient {
         &self.tokens
     }
 
+    /// `message` with the auth metadata. The one place the Pub/Sub client reads the access
+    /// token: the `accesstoken` value is marked sensitive, so HTTP/2 never puts it in its header
+    /// compression table and `Debug` of the request or its metadata prints `Sensitive`.
     fn authorize<T>(message: T, token: &Token) -> Result<tonic::Request<T>, PubSubError> {
         let mut request = tonic::Request::new(message);
         let metadata = request.metadata_mut();
-        for (key, value) in [
-            (pubsub_proto::metadata::ACCESS_TOKEN, token.access_token()),
+        for (key, value, sensitive) in [
+            (
+                pubsub_proto::metadata::ACCESS_TOKEN,
+                token.access_token().expose_secret(),
+                true,
+            ),
             (
                 pubsub_proto::metadata::INSTANCE_URL,
                 token.instance_url.as_str(),
+                false,
             ),
-            (pubsub_proto::metadata::TENANT_ID, token.org_id.as_str()),
+            (
+                pubsub_proto::metadata::TENANT_ID,
+                token.org_id.as_str(),
+                false,
+            ),
         ] {
-            let value: MetadataValue<_> = value.parse().map_err(|_| {
+            // The error names the key, never the value.
+            let mut value: MetadataValue<_> = value.parse().map_err(|_| {
                 PubSubError::Auth(AuthError::InvalidResponse(format!(
                     "{key} holds characters gRPC metadata cannot carry"
                 )))
             })?;
+            value.set_sensitive(sensitive);
             metadata.insert(key, value);
         }
         Ok(request)
@@ -356,5 +371,28 @@ impl Subscription {
 
     pub fn token(&self) -> &Arc<Token> {
         &self.token
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_access_token_metadata_is_sensitive() {
+        let body = br#"{"access_token":"00D!AQ-tok-81f0c","instance_url":"https://i.example","id":"https://l.example/id/00D5g000000abcdEAA/005"}"#;
+        let token = crate::auth::parse_token_response(200, body, 1).unwrap();
+        let request = PubSubClient::authorize((), &token).unwrap();
+        let metadata = request.metadata();
+        let value = metadata.get(pubsub_proto::metadata::ACCESS_TOKEN).unwrap();
+        assert!(value.is_sensitive());
+        assert_eq!(value.to_str().unwrap(), "00D!AQ-tok-81f0c");
+        assert!(!metadata
+            .get(pubsub_proto::metadata::INSTANCE_URL)
+            .unwrap()
+            .is_sensitive());
+        let shown = format!("{request:?}");
+        assert!(!shown.contains("tok-81f0c"), "{shown}");
+        assert!(shown.contains("00D5g000000abcdEAA"), "{shown}");
     }
 }

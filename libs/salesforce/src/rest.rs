@@ -8,6 +8,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Instant;
 
+use secrecy::ExposeSecret as _;
 use tracing::Instrument as _;
 
 use serde::de::DeserializeOwned;
@@ -326,7 +327,9 @@ impl RestClient {
         let mut request = self
             .http
             .request(method.clone(), &url)
-            .bearer_auth(token.access_token())
+            // The one place REST reads the token: reqwest marks the header sensitive, so it is
+            // kept out of HPACK tables and `Debug` output.
+            .bearer_auth(token.access_token().expose_secret())
             .timeout(self.tokens.settings().http_timeout);
         if let Some(body) = body {
             request = request.json(body);
