@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # The whole test suite, as CI runs it:
-#   1. formatting and lints (skip with SKIP_LINT=1),
+#   1. formatting and lints (skip with SKIP_LINT=1), then a 30 s fuzzing pass per fuzz target,
 #   2. every crate's tests against Debian's nats-server 2.9,
 #   3. the NATS integration tests again against the current nats-server release.
 # Each test starts its own nats-server (free port, temporary store), so nothing else is needed.
@@ -20,6 +20,8 @@ if [ "${SKIP_LINT:-0}" != 1 ]; then
   echo "== cargo clippy"
   cargo clippy --workspace --all-targets --quiet -- -D warnings
 fi
+
+echo "== fuzzing (short pass)"; scripts/fuzz.sh 30
 
 echo "== supply chain (cargo deny)"; scripts/supply-chain.sh
 
