@@ -382,8 +382,13 @@ pub fn refusal_of(err: &async_nats::ConnectError) -> Option<Refusal> {
             }
         }
         if let Some(server) = cause.downcast_ref::<async_nats::ServerError>() {
+            // "User/Account Authentication Expired/Revoked" and violations are verdicts on the
+            // credentials; "Authentication Timeout" (a slow handshake) is not.
             let text = server.to_string().to_ascii_lowercase();
-            if text.contains("authentication") || text.contains("authorization") {
+            if text.contains("authorization violation")
+                || (text.contains("authentication")
+                    && (text.contains("expired") || text.contains("revoked")))
+            {
                 return Some(Refusal::Authentication);
             }
         }
@@ -1165,6 +1170,11 @@ mod tests {
             None
         );
         assert_eq!(refused(async_nats::ConnectError::new(K::TimedOut)), None);
+        let slow = async_nats::ServerError::Other("Authentication Timeout".to_owned());
+        assert_eq!(
+            refused(async_nats::ConnectError::with_source(K::Io, slow)),
+            None
+        );
         let full = async_nats::ServerError::Other("maximum connections exceeded".to_owned());
         assert_eq!(
             refused(async_nats::ConnectError::with_source(K::Io, full)),
