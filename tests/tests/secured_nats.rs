@@ -349,6 +349,7 @@ fn assert_refused_exit(service: &str, status: ExitStatus, log: &str, cause: &str
     let errors = own_error_lines(log);
     assert_eq!(errors.len(), 1, "{service}: one error line:\n{log}");
     assert!(errors[0].contains(cause), "{service}: {cause:?} in:\n{log}");
+    eprintln!("{service}: {}", errors[0]);
     assert!(
         !log.contains("wrong-password"),
         "{service} logged the password:\n{log}"
