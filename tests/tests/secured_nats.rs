@@ -465,6 +465,47 @@ async fn a_refusal_after_starting_degraded_stops_the_service() {
     assert!(!log.contains("wrong-password"), "{log}");
 }
 
+/// The same in process: the connection returns while the server is down (transient), and the
+/// refusal handler receives the server's later refusal (a TLS one here) instead of the client
+/// retrying for ever.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_refusal_handler_hears_of_a_refusal_after_connect_returned() {
+    let pki = Pki::generate();
+    let (_conf, args) = config_args(&pki.untrusted_server_tls_block());
+    let mut server = NatsServer::start_with_args(args).await;
+    server.kill();
+    let ca = pki.ca_file.display().to_string();
+    let url = server.url();
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<String>();
+    let handler: platform::nats::RefusalHandler = std::sync::Arc::new(move |err: &NatsError| {
+        let refusal = match err {
+            NatsError::Refused { refusal, .. } => format!("{refusal:?}"),
+            other => format!("not a refusal: {other}"),
+        };
+        let _ = tx.send(refusal);
+    });
+    let client = platform::nats::connect_with_refusal_handler(
+        &settings(&[("NATS_URL", &url), ("NATS_TLS_CA_FILE", &ca)]),
+        "secured-nats-test",
+        handler,
+    )
+    .await
+    .expect("an unreachable server is not an error");
+    assert!(
+        tokio::time::timeout(Duration::from_secs(2), rx.recv())
+            .await
+            .is_err(),
+        "no refusal while the server is down"
+    );
+    server.restart().await;
+    let heard = tokio::time::timeout(FAIL_FAST, rx.recv())
+        .await
+        .expect("the refusal within seconds")
+        .expect("handler called");
+    assert_eq!(heard, "Tls");
+    drop(client);
+}
+
 // ---------------------------------------------------------------------------------------------
 // provctl
 
