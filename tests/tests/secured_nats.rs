@@ -793,6 +793,14 @@ async fn the_pipeline_runs_with_least_privilege_users() {
     forbidden_actions_are_refused(&server, &nats_env).await;
 }
 
+/// A JetStream context whose requests give up after 2 s: a request the server refuses for lack
+/// of permission gets no answer at all.
+fn refused_quickly(client: async_nats::Client) -> jetstream::Context {
+    jetstream::ContextBuilder::new()
+        .timeout(Duration::from_secs(2))
+        .build(client)
+}
+
 /// What a service may not do is refused by the server (and logged as a violation).
 async fn forbidden_actions_are_refused(
     server: &NatsServer,
@@ -824,7 +832,7 @@ async fn forbidden_actions_are_refused(
         .messages;
 
     // sf-bridge publishing a status update (the provisioner's subject).
-    let bridge = jetstream::new(connect("sf-bridge").await);
+    let bridge = refused_quickly(connect("sf-bridge").await);
     let published = tokio::time::timeout(Duration::from_secs(10), async {
         bridge
             .publish("sf.order.update.801000000000001AAA", "{}".into())
@@ -838,7 +846,7 @@ async fn forbidden_actions_are_refused(
     );
 
     // The provisioner deleting a stream.
-    let provisioner = jetstream::new(connect("provisioner").await);
+    let provisioner = refused_quickly(connect("provisioner").await);
     let deleted = tokio::time::timeout(
         Duration::from_secs(10),
         provisioner.delete_stream("PROVISIONING_REQUESTS"),
@@ -850,7 +858,7 @@ async fn forbidden_actions_are_refused(
     );
 
     // provctl creating a stream.
-    let provctl = jetstream::new(connect("provctl").await);
+    let provctl = refused_quickly(connect("provctl").await);
     let created = tokio::time::timeout(
         Duration::from_secs(10),
         provctl.create_stream(jetstream::stream::Config {
