@@ -53,17 +53,25 @@ enum CursorCommand {
     Set(CursorSetArgs),
 }
 
+// The group names its members: a struct-level `#[group]` would take in every field, `--force`
+// included, and refuse `--latest --force`.
 #[derive(Debug, Args)]
-#[group(required = true, multiple = false, id = "target")]
+#[group(skip)]
+#[command(group(
+    clap::ArgGroup::new("target")
+        .required(true)
+        .multiple(false)
+        .args(["earliest", "latest", "replay_id"])
+))]
 struct CursorSetArgs {
     /// Delete the cursor; the bridge then starts with SF_EVENTS_REPLAY=ALL (earliest retained).
-    #[arg(long, group = "target")]
+    #[arg(long)]
     earliest: bool,
     /// Delete the cursor; the bridge then starts with SF_EVENTS_REPLAY=LATEST (skip the backlog).
-    #[arg(long, group = "target")]
+    #[arg(long)]
     latest: bool,
     /// Base64 replay id to resume after.
-    #[arg(group = "target")]
+    #[arg()]
     replay_id: Option<String>,
     /// Proceed even though an sf-bridge replica holds the lease.
     #[arg(long)]
@@ -177,5 +185,14 @@ mod tests {
         assert!(Cli::try_parse_from(["provctl", "cursor", "set"]).is_err());
         assert!(Cli::try_parse_from(["provctl", "cursor", "set", "--earliest", "AAA="]).is_err());
         assert!(Cli::try_parse_from(["provctl", "deadletter", "show", "x"]).is_err());
+        // --force is not one of the targets: it goes with any of them.
+        for target in ["--latest", "--earliest", "AAA="] {
+            let cli = Cli::try_parse_from(["provctl", "cursor", "set", target, "--force"])
+                .unwrap_or_else(|e| panic!("{target} --force: {e}"));
+            let Command::Cursor(CursorCommand::Set(args)) = cli.command else {
+                panic!("not cursor set: {cli:?}");
+            };
+            assert!(args.force, "{target}");
+        }
     }
 }
