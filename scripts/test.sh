@@ -1,8 +1,10 @@
 #!/usr/bin/env bash
 # The whole test suite, as CI runs it:
-#   1. formatting and lints (skip with SKIP_LINT=1), then a 30 s fuzzing pass per fuzz target,
-#   2. every crate's tests against Debian's nats-server 2.9,
-#   3. the NATS integration tests again against the current nats-server release.
+#   1. formatting and lints (skip with SKIP_LINT=1),
+#   2. the supply-chain check (cargo deny; advisories when ADVISORY_DB is given, as .ci/run does),
+#   3. a 30 s fuzzing pass per fuzz target,
+#   4. every crate's tests against Debian's nats-server 2.9,
+#   5. the NATS integration tests again against the current nats-server release.
 # Each test starts its own nats-server (free port, temporary store), so nothing else is needed.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -21,12 +23,13 @@ if [ "${SKIP_LINT:-0}" != 1 ]; then
   cargo clippy --workspace --all-targets --quiet -- -D warnings
 fi
 
-echo "== fuzzing (short pass)"; scripts/fuzz.sh 30
-
 echo "== supply chain (cargo deny)"; scripts/supply-chain.sh
+
+echo "== fuzzing (short pass)"; scripts/fuzz.sh 30
 
 echo "== tests (nats-server $("$NATS_SERVER_DEBIAN" --version | awk '{print $2}'))"
 NATS_SERVER_BIN="$NATS_SERVER_DEBIAN" cargo test --workspace --no-fail-fast
 
 echo "== NATS integration tests (nats-server $("$NATS_SERVER_CURRENT" --version | awk '{print $2}'))"
 NATS_SERVER_BIN="$NATS_SERVER_CURRENT" cargo test --no-fail-fast -p sf-bridge -p provisioner -p sf-writer --test it
+NATS_SERVER_BIN="$NATS_SERVER_CURRENT" cargo test --no-fail-fast -p testkit --test hostile --test secured_nats --test secrets
