@@ -239,14 +239,14 @@ async fn unreadable_cursor_starts_from_earliest(stored: &[u8]) {
 
 #[tokio::test]
 async fn cursor_that_is_not_json_falls_back_to_earliest_not_latest() {
-    unreadable_cursor_starts_from_earliest(b"\x00garbage{").await;
+    Box::pin(unreadable_cursor_starts_from_earliest(b"\x00garbage{")).await;
 }
 
 #[tokio::test]
 async fn cursor_whose_replay_id_is_not_base64_falls_back_to_earliest_not_latest() {
-    unreadable_cursor_starts_from_earliest(
+    Box::pin(unreadable_cursor_starts_from_earliest(
         br#"{"replay_id": "not base64 %%%", "updated_at": "2026-01-01T00:00:00Z"}"#,
-    )
+    ))
     .await;
 }
 
