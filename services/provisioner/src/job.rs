@@ -9,6 +9,14 @@
 //!
 //! The entry is closed before the report is published, so an operator's retry that arrives the
 //! instant after the outcome always finds a finished job to replace (CONTRACT §5 rule 7).
+//!
+//! One publisher per report (CONTRACT §5 rule 6: one outcome per message). The message ids make a
+//! repeated publish a no-op in the streams, but not for core-NATS subscribers of
+//! `provisioning.outcome.>`, who receive every publish. So a closed entry's report is published
+//! by whoever closed it (the worker, or recovery for an abandoned job), within
+//! [`report_deadline`] of the close; anyone else (the reconciler, the next claim of the Order)
+//! publishes it only after seeing it missing for a whole lease on its own clock, and only after
+//! moving the entry's revision by compare-and-swap, so of several of them one publishes.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -134,6 +142,40 @@ pub fn validate(subject: &str, payload: &[u8]) -> Result<ProvisioningRequestedV1
     Ok(request)
 }
 
+/// How long the closer of a journal entry (the worker, or recovery) keeps trying to publish its
+/// report: half a lease. Others take the report over only after seeing it missing for a whole
+/// lease that starts when they first read the closed entry, so the two never publish at once;
+/// the margin covers the closer's round trip and its last attempt in flight.
+pub fn report_deadline(lease: Duration) -> Duration {
+    lease / 2
+}
+
+/// Why a claim did not happen yet.
+#[derive(Debug, thiserror::Error)]
+pub enum ClaimError {
+    #[error(transparent)]
+    Journal(#[from] JournalError),
+    /// The order's previous job is closed and its report is not in the outcomes stream yet: its
+    /// closer is publishing it (a retry arriving the instant after the close), or died before
+    /// it could. The claim waits, holding its message, rather than publish it a second time.
+    #[error("the previous job (event {event_id}) is closed and its report not published yet")]
+    PreviousReportPending { event_id: String },
+}
+
+impl ClaimError {
+    /// A journal outage or a report on its way: both pass.
+    pub fn is_transient(&self) -> bool {
+        match self {
+            Self::Journal(err) => err.is_transient(),
+            Self::PreviousReportPending { .. } => true,
+        }
+    }
+}
+
+/// Since when (this process's monotonic clock) a closed entry, at a given revision, has been
+/// seen without its report.
+pub type UnreportedSince = Option<(u64, Instant)>;
+
 /// The outcome of a claim.
 #[derive(Debug)]
 pub enum Claim {
@@ -227,9 +269,28 @@ impl JobRunner {
         // A journal outage must not cost the order its attempt: keep the message ours and retry.
         let mut backoff =
             platform::backoff::Backoff::new(Duration::from_millis(200), Duration::from_secs(5));
+        // Polls for the previous job's report: its closer normally publishes it within
+        // milliseconds of the close.
+        let mut report_poll =
+            platform::backoff::Backoff::new(Duration::from_millis(50), Duration::from_secs(1));
+        let mut unreported: UnreportedSince = None;
         let claim = loop {
-            match self.claim(&request, traceparent.clone()).await {
+            match self
+                .claim(&request, traceparent.clone(), &mut unreported)
+                .await
+            {
                 Ok(claim) => break claim,
+                Err(err @ ClaimError::PreviousReportPending { .. }) => {
+                    tracing::debug!(error = %err, "Waiting for the previous job's report before claiming.");
+                    delivery.in_progress().await;
+                    tokio::select! {
+                        () = hard_stop.cancelled() => {
+                            tracing::warn!("Stopping before the job could be claimed; the reconciler will run it.");
+                            return;
+                        }
+                        () = tokio::time::sleep(report_poll.next_delay()) => {}
+                    }
+                }
                 Err(err) => {
                     self.metrics
                         .claim_failures
@@ -297,12 +358,15 @@ impl JobRunner {
     }
 
     /// Claims the order for `request`, atomically: the entry is created, or a finished one is
-    /// replaced at the revision read; a lost race reads and decides again.
+    /// replaced at the revision read; a lost race reads and decides again. A finished entry is
+    /// replaced only once its report is out (`unreported` keeps, across calls, since when it
+    /// was seen missing).
     pub async fn claim(
         &self,
         request: &ProvisioningRequestedV1,
         traceparent: Option<String>,
-    ) -> Result<Claim, JournalError> {
+        unreported: &mut UnreportedSince,
+    ) -> Result<Claim, ClaimError> {
         for _ in 0..8 {
             let (previous, revision) = match self.journal.read(&request.order_id).await? {
                 Stored::Absent => (None, None),
@@ -334,7 +398,13 @@ impl JobRunner {
                 return Ok(Claim::NotClaimed(reason));
             }
             if let (Some(previous), Some(revision)) = (&previous, revision) {
-                self.report_again(previous, revision).await?;
+                if !self
+                    .previous_reported(previous, revision, unreported)
+                    .await?
+                {
+                    // The entry moved under the take-over: read it again.
+                    continue;
+                }
             }
             let mut record = journal::claimed_record(
                 previous.as_ref(),
@@ -352,27 +422,82 @@ impl JobRunner {
                     })
                 }
                 Err(JournalError::Exists | JournalError::Conflict(_)) => continue,
-                Err(err) => return Err(err),
+                Err(err) => return Err(err.into()),
             }
         }
-        Err(JournalError::Store(
-            "too much contention on the journal entry".to_owned(),
-        ))
+        Err(JournalError::Store("too much contention on the journal entry".to_owned()).into())
     }
 
-    /// Before a finished entry is replaced: its report again, in case its worker died between
-    /// closing the entry and publishing (the message ids make a repeat a no-op).
-    async fn report_again(&self, previous: &JobRecord, revision: u64) -> Result<(), JournalError> {
+    /// Before a finished entry is replaced: is its report out? The entry is the only record of
+    /// it once replaced, so a report its worker never published (it died between closing the
+    /// entry and publishing) must go out first. But a report merely not out *yet* is being
+    /// published by its closer (a retry can arrive the instant after the close): publishing it
+    /// here too would give outcome subscribers the previous job's outcome twice. So a missing
+    /// report is waited for (`PreviousReportPending`), and taken over only once this worker has
+    /// seen it missing at this revision for a whole lease. `Ok(false)`: the entry moved.
+    async fn previous_reported(
+        &self,
+        previous: &JobRecord,
+        revision: u64,
+        unreported: &mut UnreportedSince,
+    ) -> Result<bool, ClaimError> {
         if !previous.finished_within(REPORT_AGAIN_WITHIN) || previous.event_id.is_empty() {
-            return Ok(());
+            return Ok(true);
         }
         let Some(report) = Report::of(previous, revision) else {
-            return Ok(());
+            return Ok(true);
         };
-        self.publisher
-            .report_if_missing(&self.outcomes_stream, &report, &tracing::Span::current())
+        let unreadable = |e: publisher::PublishError| JournalError::Store(e.to_string());
+        if self
+            .publisher
+            .outcome_published(&self.outcomes_stream, &report.outcome)
             .await
-            .map(drop)
+            .map_err(unreadable)?
+        {
+            return Ok(true);
+        }
+        let since = match unreported {
+            Some((seen, since)) if *seen == revision => *since,
+            _ => unreported.insert((revision, Instant::now())).1,
+        };
+        if since.elapsed() < self.journal.lease() {
+            return Err(ClaimError::PreviousReportPending {
+                event_id: previous.event_id.clone(),
+            });
+        }
+        tracing::warn!(previous_event_id = %previous.event_id, "The previous job's report stayed missing for a lease; publishing it from the journal before claiming.");
+        self.take_over_report(previous, revision, &tracing::Span::current())
+            .await?;
+        // Either way the entry moved (the take-over's own write, or someone else's).
+        Ok(false)
+    }
+
+    /// Publishes the report of a closed entry whose closer did not (seen missing for a whole
+    /// lease). The entry is first rewritten by compare-and-swap at `revision`: of several
+    /// replicas (reconcilers, claims) that decide so at the same moment, one write lands and
+    /// one publishes; the others see a new revision and wait a lease again. The report is the
+    /// one of the closing `revision`, as its closer would have published it. `None` when the
+    /// entry moved first (someone else publishes, or a new job claimed it), else whether this
+    /// call published (`false`: the report turned up meanwhile).
+    pub async fn take_over_report(
+        &self,
+        record: &JobRecord,
+        revision: u64,
+        span: &tracing::Span,
+    ) -> Result<Option<bool>, JournalError> {
+        let Some(report) = Report::of(record, revision) else {
+            return Ok(Some(false));
+        };
+        let mut touched = record.clone();
+        match self.journal.replace(&mut touched, revision).await {
+            Ok(_) => {}
+            Err(JournalError::Conflict(_)) => return Ok(None),
+            Err(err) => return Err(err),
+        }
+        self.publisher
+            .report_if_missing(&self.outcomes_stream, &report, span)
+            .await
+            .map(Some)
             .map_err(|e| JournalError::Store(e.to_string()))
     }
 
@@ -468,16 +593,17 @@ impl JobRunner {
         let Some(report) = Report::of(&record, revision) else {
             return;
         };
+        // Bounded, so this worker has stopped publishing before anyone else may take the report
+        // over (see `report_deadline`).
+        let publish =
+            self.publisher
+                .report_within(&report, &span, report_deadline(self.journal.lease()));
         let published = if report.update.is_some() && record.state == JobState::Activated {
             self.orchestrator
-                .step(
-                    Step::SfSuccessUpdate,
-                    job,
-                    self.publisher.report(&report, &span),
-                )
+                .step(Step::SfSuccessUpdate, job, publish)
                 .await
         } else {
-            self.publisher.report(&report, &span).await
+            publish.await
         };
         if let Err(err) = published {
             tracing::error!(error = %err, "Could not publish the job's report; the reconciler publishes it again from the journal.");

@@ -76,25 +76,56 @@ impl Publisher {
         self.outcome(&report.outcome, span).await
     }
 
+    /// [`Self::report`], giving up after `deadline` (a publish already sent may still land).
+    pub async fn report_within(
+        &self,
+        report: &Report,
+        span: &tracing::Span,
+        deadline: Duration,
+    ) -> Result<(), PublishError> {
+        tokio::time::timeout(deadline, self.report(report, span))
+            .await
+            .unwrap_or_else(|_| {
+                Err(PublishError {
+                    subject: messages::subjects::provisioning_outcome(
+                        &report.outcome.order_id,
+                        report.outcome.result.as_str(),
+                    ),
+                    detail: format!("no acknowledgement within {deadline:?}"),
+                })
+            })
+    }
+
     /// Publishes a job's report unless its outcome is already stored. A duplicate publish would
     /// be dropped by the stream, but core-NATS subscribers of `provisioning.outcome.>` would
-    /// still see it twice. Returns whether it published.
+    /// still see it twice; so this is only for a report whose closer gave up on it (see
+    /// `job::report_deadline`). Returns whether it published.
     pub async fn report_if_missing(
         &self,
         outcomes_stream: &str,
         report: &Report,
         span: &tracing::Span,
     ) -> Result<bool, PublishError> {
-        let outcome = &report.outcome;
-        let subject =
-            messages::subjects::provisioning_outcome(&outcome.order_id, outcome.result.as_str());
         if self
-            .last_outcome_is(outcomes_stream, &subject, &outcome.event_id)
+            .outcome_published(outcomes_stream, &report.outcome)
             .await?
         {
             return Ok(false);
         }
         self.report(report, span).await.map(|()| true)
+    }
+
+    /// Whether `outcome` is stored: the last outcome on its subject is its event's. Errors when
+    /// the stream cannot be read.
+    pub async fn outcome_published(
+        &self,
+        outcomes_stream: &str,
+        outcome: &ProvisioningOutcomeV1,
+    ) -> Result<bool, PublishError> {
+        let subject =
+            messages::subjects::provisioning_outcome(&outcome.order_id, outcome.result.as_str());
+        self.last_outcome_is(outcomes_stream, &subject, &outcome.event_id)
+            .await
     }
 
     /// Whether an outcome for this event is the last one stored under any of the order's

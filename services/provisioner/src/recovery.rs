@@ -8,7 +8,11 @@
 //! that the consumer has delivered (at most `max_per_scan` of them), and for each:
 //!
 //! - **Finished.** Its job is closed in the journal (or a later job replaced it): its report is
-//!   checked in the outcomes stream and published again if missing (idempotent message ids).
+//!   checked in the outcomes stream. A missing one is its closer's to publish (the worker
+//!   publishes right after closing), so it is published from the entry only once this replica
+//!   has seen it missing, at the same revision, for a whole lease; until then the message stays
+//!   open. Publishing at once would race a worker that is merely between its close and its
+//!   publish, and outcome subscribers would get the outcome twice (`job` explains the rule).
 //! - **Never claimed.** No job ran for it and no outcome exists (its worker died before the
 //!   claim, or the journal was down until it stopped): after `grace` (the consumer's ack wait,
 //!   during which a live worker holds the message with in-progress acks) it is run as a job
@@ -77,6 +81,9 @@ struct Observations {
     done: HashSet<u64>,
     /// Orders seen running during the current scan.
     seen_running: HashSet<String>,
+    /// Messages whose job is closed and whose report was missing: the entry's revision, and
+    /// since when.
+    unreported: HashMap<u64, (u64, Instant)>,
 }
 
 pub struct Recovery {
@@ -297,6 +304,7 @@ impl Recovery {
             observations
                 .unclaimed_since
                 .retain(|s, _| *s > done_through);
+            observations.unreported.retain(|s, _| *s > done_through);
         }
         Ok(open)
     }
@@ -329,10 +337,10 @@ impl Recovery {
             if record.has_processed(&request.event_id) {
                 if record.event_id == request.event_id {
                     // Its job is closed: make sure its report went out.
-                    self.ensure_reported(record, *revision).await;
+                    return Ok(self.ensure_reported(sequence, record, *revision).await);
                 }
-                // Otherwise a later job replaced the entry, and its claim published this
-                // job's report again first.
+                // Otherwise a later job replaced the entry, and its claim made sure this job's
+                // report was out first.
                 return Ok(MessageState::Done);
             }
         }
@@ -391,26 +399,67 @@ impl Recovery {
         });
     }
 
-    async fn ensure_reported(&self, record: &JobRecord, revision: u64) {
+    /// A closed job's report: `Done` once it is stored; published from the entry only after
+    /// this replica has seen it missing at the same revision for a whole lease (its closer
+    /// gives up on it within half of one), else the message stays `Open`.
+    async fn ensure_reported(
+        &self,
+        sequence: u64,
+        record: &JobRecord,
+        revision: u64,
+    ) -> MessageState {
         if !record.finished_within(crate::job::REPORT_AGAIN_WITHIN) {
-            return;
+            return MessageState::Done;
         }
         let Some(report) = Report::of(record, revision) else {
-            return;
+            return MessageState::Done;
         };
         let span = self.report_span(record, "report_missing");
         match self
             .runner
             .publisher
-            .report_if_missing(&self.outcomes_stream, &report, &span)
+            .outcome_published(&self.outcomes_stream, &report.outcome)
             .await
         {
-            Ok(false) => {}
             Ok(true) => {
-                self.runner.metrics.reports_republished.inc();
-                span.in_scope(|| tracing::warn!("A finished job's report was missing; published it from the journal."));
+                self.observations.lock().await.unreported.remove(&sequence);
+                return MessageState::Done;
             }
-            Err(err) => span.in_scope(|| tracing::error!(error = %err, "Could not check or publish a finished job's report; trying again next scan.")),
+            Ok(false) => {}
+            Err(err) => {
+                span.in_scope(|| tracing::warn!(error = %err, "Could not check a finished job's report; trying again next scan."));
+                return MessageState::Open;
+            }
+        }
+        let since = {
+            let mut observations = self.observations.lock().await;
+            let seen = observations
+                .unreported
+                .entry(sequence)
+                .or_insert((revision, Instant::now()));
+            if seen.0 != revision {
+                *seen = (revision, Instant::now());
+            }
+            seen.1
+        };
+        if since.elapsed() < self.journal().lease() {
+            return MessageState::Open;
+        }
+        match self.runner.take_over_report(record, revision, &span).await {
+            Ok(Some(published)) => {
+                self.observations.lock().await.unreported.remove(&sequence);
+                if published {
+                    self.runner.metrics.reports_republished.inc();
+                    span.in_scope(|| tracing::warn!("A finished job's report stayed missing for a lease; published it from the journal."));
+                }
+                MessageState::Done
+            }
+            // Someone else moved the entry (and publishes), or a new job claimed it: next scan.
+            Ok(None) => MessageState::Open,
+            Err(err) => {
+                span.in_scope(|| tracing::error!(error = %err, "Could not publish a finished job's report; trying again next scan."));
+                MessageState::Open
+            }
         }
     }
 
@@ -510,7 +559,9 @@ impl Recovery {
                 platform::telemetry::record_error(&span, code, message);
             }
             if let Some(report) = Report::of(&record, closed) {
-                if let Err(err) = self.runner.publisher.report(&report, &span).await {
+                // Bounded like a worker's report: others may take it over after a lease.
+                let deadline = crate::job::report_deadline(self.journal().lease());
+                if let Err(err) = self.runner.publisher.report_within(&report, &span, deadline).await {
                     tracing::error!(error = %err, "Could not publish the abandoned job's report; the next scan publishes it.");
                 }
             }

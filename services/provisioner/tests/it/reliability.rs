@@ -382,3 +382,164 @@ async fn a_checkpoint_whose_caller_stopped_waiting_does_not_fence_out_its_own_jo
     };
     assert_eq!(stored.step, "step-19");
 }
+
+/// As a worker does up to its close: takes the order's message from the durable consumer,
+/// acknowledges it (after its claim), and closes the order's entry as failed at AddOrder. Its
+/// report is not published. Returns the closed entry and its revision.
+async fn take_and_close(
+    h: &Harness,
+    request: &messages::ProvisioningRequestedV1,
+) -> (provisioner::journal::JobRecord, u64) {
+    use futures::StreamExt;
+    use provisioner::journal::{claimed_record, Journal};
+    use provisioner::steps::JobResult;
+
+    let js = jetstream::new(h.nats.client().await);
+    let consumer: jetstream::consumer::PullConsumer = js
+        .get_stream("PROVISIONING_REQUESTS")
+        .await
+        .unwrap()
+        .get_consumer("provisioner")
+        .await
+        .unwrap();
+    let mut batch = consumer.fetch().max_messages(1).messages().await.unwrap();
+    let taken = batch.next().await.unwrap().unwrap();
+    assert!(taken.subject.ends_with(&request.order_id));
+    taken.ack().await.unwrap();
+
+    let journal = Journal::new(journal(h).await, Duration::from_secs(3), Default::default());
+    let mut record = claimed_record(None, request, "slow-worker", journal.lease(), None);
+    record.close(&JobResult::failed(
+        "500",
+        "WHMCS AddOrder answered HTTP 500",
+    ));
+    record.step = "whmcs_create".to_owned();
+    let revision = journal.write(&mut record, None).await.unwrap();
+    (record, revision)
+}
+
+/// The reconciler's watermark (every message up to it has its outcome).
+async fn watermark(h: &Harness) -> Option<u64> {
+    let entry = journal(h)
+        .await
+        .entry("reconciled.provisioner")
+        .await
+        .ok()??;
+    serde_json::from_slice::<serde_json::Value>(&entry.value)
+        .ok()?
+        .get("stream_sequence")?
+        .as_u64()
+}
+
+/// Every outcome a core subscriber of the order got so far: a round trip on its connection
+/// first, so whatever the server sent it before now has arrived.
+async fn received(
+    client: &async_nats::Client,
+    subscriber: &mut async_nats::Subscriber,
+) -> Vec<messages::ProvisioningOutcomeV1> {
+    use futures::StreamExt;
+    client.flush().await.unwrap();
+    let mut out = Vec::new();
+    while let Ok(Some(message)) =
+        tokio::time::timeout(Duration::from_millis(50), subscriber.next()).await
+    {
+        out.push(serde_json::from_slice(&message.payload).unwrap());
+    }
+    out
+}
+
+/// A worker between closing its entry and publishing its report (slow, not dead): the reconciler
+/// must leave the report to it. The streams store a second publish once (message ids), but core
+/// subscribers of the outcome subjects get it twice — that was the intermittent failure of
+/// `retry_after_add_order_timeout_reuses_the_whmcs_order`, which read the reconciler's copy of
+/// the first attempt's `failed` outcome as the retry's.
+#[tokio::test]
+async fn a_report_on_its_way_is_not_published_again_by_the_reconciler() {
+    let h = Harness::start().await;
+    h.start_provisioner(&[]).await.stop().await;
+    let seeded = h.seed_order();
+    let request = h.request(&seeded.order_id);
+    let sequence = h.publish(&request).await.sequence;
+    let (record, revision) = take_and_close(&h, &request).await;
+    let client = h.nats.client().await;
+    let mut subscriber = client
+        .subscribe(format!("provisioning.outcome.{}.>", seeded.order_id))
+        .await
+        .unwrap();
+    client.flush().await.unwrap();
+
+    let provisioner = h.start_provisioner(&[]).await;
+    // The reconciler has seen the closed entry without its report (or, wrongly, published it).
+    let mut seen = Vec::new();
+    testkit::wait::until("the reconciler to look at the message", WAIT, || async {
+        let text = provisioner.metrics().await;
+        let open = sample(&text, "provisioner_reconciler_open").unwrap_or(0.0);
+        (open >= 1.0 || !h.outcomes_for(&seeded.order_id).await.is_empty()).then_some(())
+    })
+    .await;
+    seen.extend(received(&client, &mut subscriber).await);
+    // The worker publishes its report now, as it would have a moment after its close.
+    let js = jetstream::new(h.nats.client().await);
+    let report = provisioner::publisher::Report::of(&record, revision).unwrap();
+    provisioner::publisher::Publisher::new(js)
+        .report(&report, &tracing::Span::none())
+        .await
+        .unwrap();
+    // The reconciler then counts the message done: its watermark passes it.
+    testkit::wait::until("the watermark to pass the message", WAIT, || async {
+        (watermark(&h).await? >= sequence).then_some(())
+    })
+    .await;
+    seen.extend(received(&client, &mut subscriber).await);
+    assert_eq!(seen.len(), 1, "one outcome per message: {seen:?}");
+    assert_eq!(seen[0].event_id, request.event_id);
+    assert_eq!(h.outcomes_for(&seeded.order_id).await.len(), 1);
+    provisioner.stop().await;
+}
+
+/// A worker that died between its close and its report: the next event for the Order waits for
+/// the report, which is published once (by that claim or by the reconciler, whichever takes it
+/// over first), and then runs.
+#[tokio::test]
+async fn a_report_its_worker_never_published_goes_out_once_before_the_next_job_runs() {
+    let h = Harness::start().await;
+    h.start_provisioner(&[]).await.stop().await;
+    let seeded = h.seed_order();
+    let first = h.request(&seeded.order_id);
+    h.publish(&first).await;
+    take_and_close(&h, &first).await;
+    let client = h.nats.client().await;
+    let mut subscriber = client
+        .subscribe(format!("provisioning.outcome.{}.>", seeded.order_id))
+        .await
+        .unwrap();
+    client.flush().await.unwrap();
+
+    let provisioner = h.start_provisioner(&[]).await;
+    let retry = h.request(&seeded.order_id);
+    let retry_sequence = h.publish(&retry).await.sequence;
+    let mut seen: Vec<messages::ProvisioningOutcomeV1> = Vec::new();
+    while !seen.iter().any(|o| o.event_id == retry.event_id) {
+        use futures::StreamExt;
+        let message = tokio::time::timeout(WAIT, subscriber.next())
+            .await
+            .unwrap_or_else(|_| panic!("the retry's outcome; so far {seen:?}"))
+            .expect("subscription open");
+        seen.push(serde_json::from_slice(&message.payload).unwrap());
+    }
+    testkit::wait::until("the watermark to pass the retry", WAIT, || async {
+        (watermark(&h).await? >= retry_sequence).then_some(())
+    })
+    .await;
+    seen.extend(received(&client, &mut subscriber).await);
+    let events: Vec<&str> = seen.iter().map(|o| o.event_id.as_str()).collect();
+    assert_eq!(
+        events,
+        [first.event_id.as_str(), retry.event_id.as_str()],
+        "the first job's report once, before the retry's: {seen:?}"
+    );
+    assert_eq!(seen[0].result, OutcomeResult::Failed);
+    assert_eq!(seen[1].result, OutcomeResult::Activated, "{seen:?}");
+    assert_eq!(h.whmcs_calls("AddOrder"), 1);
+    provisioner.stop().await;
+}
