@@ -476,7 +476,8 @@ impl JobRunner {
     /// lease). The entry is first rewritten by compare-and-swap at `revision`: of several
     /// replicas (reconcilers, claims) that decide so at the same moment, one write lands and
     /// one publishes; the others see a new revision and wait a lease again. The report is the
-    /// one of the closing `revision`, as its closer would have published it. `None` when the
+    /// one of `revision` (the closing write's, unless an earlier take-over failed to publish),
+    /// so its update's sequence stays between the previous job's and the next one's. `None` when the
     /// entry moved first (someone else publishes, or a new job claimed it), else whether this
     /// call published (`false`: the report turned up meanwhile).
     pub async fn take_over_report(
