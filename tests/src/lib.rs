@@ -11,6 +11,8 @@
 //! - [`keys`]: RSA key pairs for the OAuth JWT bearer flow.
 //! - [`secure_nats`]: a private CA and certificates, operator-mode JWTs and `.creds` files,
 //!   nats-server configuration files for authentication and TLS.
+//! - [`stack`]: what the cross-service tests share when they run the services as processes:
+//!   the Salesforce login environment, environment maps, an HTTP GET for the services' endpoints.
 //! - [`wait`]: polling with a deadline, for conditions no event announces.
 
 pub mod cluster;
@@ -19,5 +21,6 @@ pub mod nats;
 pub mod otlp;
 pub mod process;
 pub mod secure_nats;
+pub mod stack;
 pub mod telemetry;
 pub mod wait;

@@ -23,11 +23,13 @@ use std::time::Duration;
 use async_nats::jetstream;
 use messages::{DeadLetterV1, OrderUpdateV1, ProvisioningRequestedV1};
 use serde_json::{json, Value};
-use sf_sim::{EventSpec, PoisonKind, SfSim, SimConfig};
+use sf_sim::{EventSpec, PoisonKind, SfSim};
 use testkit::nats::NatsServer;
 use testkit::process::ChildProcess;
 use tokio_stream::StreamExt as _;
-use whmcs_sim::{WhmcsSim, WhmcsSimConfig};
+use whmcs_sim::WhmcsSim;
+
+mod support;
 
 const WAIT: Duration = Duration::from_secs(90);
 /// NATS's default max_payload, which the test server keeps.
@@ -53,41 +55,28 @@ impl Stack {
     async fn start() -> Stack {
         let binaries =
             testkit::process::workspace_binaries(&["sf-bridge", "provisioner", "sf-writer"]);
-        let keys = testkit::keys::test_keys();
-        let config = SimConfig::for_tests(keys.public_pem.clone());
-        let (client_id, username) = (config.client_id.clone(), config.username.clone());
         let nats = NatsServer::start().await;
-        let sf = SfSim::start(config).await.expect("sf-sim");
-        let whmcs = WhmcsSim::start(WhmcsSimConfig::for_tests())
-            .await
-            .expect("whmcs-sim");
+        let sims = support::Simulators::start().await;
+        let login = sims.salesforce_login();
+        let (sf, whmcs) = (sims.sf, sims.whmcs);
         let client = nats.client().await;
         let seen = Arc::new(Mutex::new(Seen::default()));
         collect_outcomes(&client, &seen).await;
         let js = jetstream::new(client);
 
         let common = |service: &str, extra: &[(&str, String)]| -> HashMap<String, String> {
-            let mut env: HashMap<String, String> = [
+            let base = [
                 ("NATS_URL", nats.url()),
                 ("HTTP_ADDR", "127.0.0.1:0".to_owned()),
-                ("SF_LOGIN_URL", sf.login_url()),
-                ("SF_CLIENT_ID", client_id.clone()),
-                ("SF_USERNAME", username.clone()),
-                (
-                    "SF_PRIVATE_KEY_PATH",
-                    keys.private_key_path.display().to_string(),
-                ),
                 ("OTEL_SERVICE_NAME", service.to_owned()),
                 ("LOG_FORMAT", "json".to_owned()),
                 ("RUST_LOG", "info".to_owned()),
-            ]
-            .into_iter()
-            .map(|(k, v)| (k.to_owned(), v))
-            .collect();
-            for (k, v) in extra {
-                env.insert((*k).to_owned(), v.clone());
-            }
-            env
+            ];
+            testkit::stack::env(
+                base.into_iter()
+                    .chain(login.iter().cloned())
+                    .chain(extra.iter().cloned()),
+            )
         };
         let bridge = common(
             "sf-bridge",
@@ -350,23 +339,12 @@ async fn collect_dead_letters(js: &jetstream::Context, seen: &Arc<Mutex<Seen>>) 
 }
 
 fn status_of(stack: &Stack, order_id: &str) -> Option<String> {
-    stack
-        .sf
-        .state()
-        .order(order_id)?
-        .get("Activation_Status__c")?
-        .as_str()
-        .map(str::to_owned)
+    support::status_of(&stack.sf, order_id)
 }
 
 /// A Draft order that provisions once approved (WHMCS client with a pay method, mapped product).
 fn seed_good_order(stack: &Stack) -> String {
-    let client = stack.whmcs.state().seed_client("Acme Ltd", true);
-    let pid = stack.whmcs.state().seed_product("Hosting S", &["monthly"]);
-    let sf = stack.sf.state();
-    let account = sf.seed_account("Acme Ltd", Some(&client.to_string()));
-    let product = sf.seed_product("Hosting S", Some(&pid.to_string()), Some("Monthly"));
-    sf.seed_order(&account, &[(product, 1)])
+    support::seed_good_order(&stack.sf, &stack.whmcs, "Acme Ltd")
 }
 
 /// A good order marked `Activating` without an event (as if its event were the hostile one).

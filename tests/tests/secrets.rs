@@ -25,13 +25,14 @@
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
-use sf_sim::{Faults, PoisonKind, SfSim, SimConfig};
+use sf_sim::{Faults, PoisonKind, SfSim};
 use testkit::nats::{free_port, NatsServer};
 use testkit::otlp::Collector;
 use testkit::process::ChildProcess;
-use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 use tokio_stream::StreamExt as _;
 use whmcs_sim::{ActionFaults, WhmcsSim, WhmcsSimConfig};
+
+mod support;
 
 const WAIT: Duration = Duration::from_secs(90);
 
@@ -63,24 +64,28 @@ struct Run {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn no_secret_in_logs_spans_metrics_health_or_messages_at_info() {
-    let _serial = SERIAL.lock().await;
-    Box::pin(run(Run {
+    run_alone(Run {
         log_level: "info",
         log_format: "json",
         nats: NatsAuth::Token,
-    }))
+    })
     .await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn no_secret_in_logs_spans_metrics_health_or_messages_at_debug() {
-    let _serial = SERIAL.lock().await;
-    Box::pin(run(Run {
+    run_alone(Run {
         log_level: "debug",
         log_format: "pretty",
         nats: NatsAuth::UserPassword,
-    }))
+    })
     .await;
+}
+
+/// One run at a time (see [`SERIAL`]).
+async fn run_alone(settings: Run) {
+    let _serial = SERIAL.lock().await;
+    Box::pin(run(settings)).await;
 }
 
 /// One service process and where its HTTP endpoints are.
@@ -136,27 +141,24 @@ impl Stack {
         http_port: u16,
         extra: &[(&str, &str)],
     ) -> HashMap<String, String> {
-        let keys = testkit::keys::test_keys();
-        let mut env: HashMap<String, String> = [
+        let mut env = vec![
             ("NATS_URL", self.nats.url()),
             ("HTTP_ADDR", format!("127.0.0.1:{http_port}")),
-            ("SF_LOGIN_URL", self.sf.login_url()),
-            ("SF_CLIENT_ID", self.client_id.clone()),
-            ("SF_USERNAME", self.username.clone()),
-            (
-                "SF_PRIVATE_KEY_PATH",
-                keys.private_key_path.display().to_string(),
-            ),
+        ];
+        env.extend(testkit::stack::salesforce_login(
+            self.sf.login_url(),
+            &self.client_id,
+            &self.username,
+        ));
+        env.extend([
             ("SF_HTTP_TIMEOUT_SECS", "5".to_owned()),
             ("OTEL_EXPORTER_OTLP_ENDPOINT", self.collector.endpoint()),
             ("OTEL_SERVICE_NAME", service.to_owned()),
             ("OTEL_BSP_SCHEDULE_DELAY", "200".to_owned()),
             ("LOG_FORMAT", self.run.log_format.to_owned()),
             ("RUST_LOG", self.run.log_level.to_owned()),
-        ]
-        .into_iter()
-        .map(|(k, v)| (k.to_owned(), v))
-        .collect();
+        ]);
+        let mut env = testkit::stack::env(env);
         match self.run.nats {
             NatsAuth::Token => {
                 env.insert("NATS_TOKEN".into(), NATS_TOKEN.into());
@@ -202,30 +204,17 @@ impl Stack {
     }
 
     fn status_of(&self, order_id: &str) -> Option<String> {
-        self.sf
-            .state()
-            .order(order_id)?
-            .get("Activation_Status__c")?
-            .as_str()
-            .map(str::to_owned)
+        support::status_of(&self.sf, order_id)
     }
 
     /// A provisionable order: WHMCS client with a pay method, a mapped product.
     fn seed_good_order(&self, name: &str) -> String {
-        let client = self.whmcs.state().seed_client(name, true);
-        let pid = self.whmcs.state().seed_product("Hosting S", &["monthly"]);
-        let sf = self.sf.state();
-        let account = sf.seed_account(name, Some(&client.to_string()));
-        let product = sf.seed_product("Hosting S", Some(&pid.to_string()), Some("Monthly"));
-        sf.seed_order(&account, &[(product, 1)])
+        support::seed_good_order(&self.sf, &self.whmcs, name)
     }
 
     /// Fails at `mapping` (`CLIENT_MISSING`): the Account has no WHMCS client.
     fn seed_client_missing_order(&self) -> String {
-        let sf = self.sf.state();
-        let account = sf.seed_account("No Client Ltd", None);
-        let product = sf.seed_product("Hosting", Some("1"), Some("Monthly"));
-        sf.seed_order(&account, &[(product, 1)])
+        support::seed_client_missing_order(&self.sf)
     }
 
     /// Fails at `payment_method` (409): the WHMCS client has no pay method.
@@ -243,9 +232,6 @@ async fn run(run: Run) {
     let started = Instant::now();
     let binaries = testkit::process::workspace_binaries(&["sf-bridge", "provisioner", "sf-writer"]);
     let keys = testkit::keys::test_keys();
-    let config = SimConfig::for_tests(keys.public_pem.clone());
-    let (client_id, username) = (config.client_id.clone(), config.username.clone());
-    let org_id = config.org_id.clone();
     let nats_args: Vec<String> = match run.nats {
         NatsAuth::Token => vec!["--auth".into(), NATS_TOKEN.into()],
         NatsAuth::UserPassword => vec![
@@ -260,14 +246,17 @@ async fn run(run: Run) {
         access_key: Some(WHMCS_ACCESS_KEY.to_owned()),
         ..WhmcsSimConfig::for_tests()
     };
+    let nats = NatsServer::start_with_args(nats_args).await;
+    let sims = support::Simulators::start_with(whmcs_config).await;
+    let org_id = sims.config.org_id.clone();
     let stack = Stack {
         run,
-        nats: NatsServer::start_with_args(nats_args).await,
-        sf: SfSim::start(config).await.expect("sf-sim"),
-        whmcs: WhmcsSim::start(whmcs_config).await.expect("whmcs-sim"),
+        nats,
+        sf: sims.sf,
+        whmcs: sims.whmcs,
         collector: Collector::start().await.expect("collector"),
-        client_id,
-        username,
+        client_id: sims.config.client_id,
+        username: sims.config.username,
     };
     // The server really requires the credentials: a plain client is refused.
     assert!(
@@ -699,7 +688,7 @@ async fn scrape(services: &[Service], haystacks: &mut Haystacks, when: &str, req
             paths.push("/health/sf-events");
         }
         for path in paths {
-            match http_get(service.http_port, path).await {
+            match testkit::stack::http_get(service.http_port, path, Duration::from_secs(5)).await {
                 Some(answer) => {
                     haystacks.add(format!("http {} {path} ({when})", service.name), answer);
                 }
@@ -707,25 +696,6 @@ async fn scrape(services: &[Service], haystacks: &mut Haystacks, when: &str, req
             }
         }
     }
-}
-
-async fn http_get(port: u16, path: &str) -> Option<String> {
-    let fut = async {
-        let mut stream = tokio::net::TcpStream::connect(("127.0.0.1", port))
-            .await
-            .ok()?;
-        let request =
-            format!("GET {path} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nConnection: close\r\n\r\n");
-        stream.write_all(request.as_bytes()).await.ok()?;
-        let mut response = Vec::new();
-        stream.read_to_end(&mut response).await.ok()?;
-        let text = String::from_utf8_lossy(&response).into_owned();
-        text.starts_with("HTTP/1.1 ").then_some(text)
-    };
-    tokio::time::timeout(Duration::from_secs(5), fut)
-        .await
-        .ok()
-        .flatten()
 }
 
 /// Every message still stored in every stream (the pipeline's streams and the KV buckets'):

@@ -15,10 +15,13 @@ use async_nats::jetstream;
 use platform::config::Env;
 use platform::nats::{NatsError, NatsSettings, Refusal};
 use sf_sim::{SfSim, SimConfig};
+use support::{seed_client_missing_order, seed_good_order, status_of, Simulators};
 use testkit::nats::NatsServer;
 use testkit::process::ChildProcess;
 use testkit::secure_nats::{config_args, Operator, Pki};
-use whmcs_sim::{WhmcsSim, WhmcsSimConfig};
+use whmcs_sim::WhmcsSim;
+
+mod support;
 
 /// A refused connection must stop a service well within this.
 const FAIL_FAST: Duration = Duration::from_secs(15);
@@ -237,24 +240,19 @@ fn service_env(
     whmcs: Option<&WhmcsSim>,
     nats: &[(&str, String)],
 ) -> HashMap<String, String> {
-    let keys = testkit::keys::test_keys();
-    let config = SimConfig::for_tests(keys.public_pem.clone());
+    let config = SimConfig::for_tests(testkit::keys::test_keys().public_pem.clone());
     let login_url = sf.map_or_else(|| "http://127.0.0.1:9".to_owned(), SfSim::login_url);
-    let mut env: HashMap<String, String> = [
-        ("HTTP_ADDR", "127.0.0.1:0".to_owned()),
-        ("SF_LOGIN_URL", login_url),
-        ("SF_CLIENT_ID", config.client_id.clone()),
-        ("SF_USERNAME", config.username),
-        (
-            "SF_PRIVATE_KEY_PATH",
-            keys.private_key_path.display().to_string(),
-        ),
+    let mut env = vec![("HTTP_ADDR", "127.0.0.1:0".to_owned())];
+    env.extend(testkit::stack::salesforce_login(
+        login_url,
+        &config.client_id,
+        &config.username,
+    ));
+    env.extend([
         ("LOG_FORMAT", "json".to_owned()),
         ("RUST_LOG", "info".to_owned()),
-    ]
-    .into_iter()
-    .map(|(k, v)| (k.to_owned(), v))
-    .collect();
+    ]);
+    let mut env = testkit::stack::env(env);
     match service {
         "sf-bridge" => {
             let pubsub = sf.map_or_else(|| "http://127.0.0.1:9".to_owned(), SfSim::pubsub_url);
@@ -622,43 +620,18 @@ fn violations(log: &str) -> Vec<&str> {
         .collect()
 }
 
-fn status_of(sf: &SfSim, order_id: &str) -> Option<String> {
-    sf.state()
-        .order(order_id)?
-        .get("Activation_Status__c")?
-        .as_str()
-        .map(str::to_owned)
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_pipeline_runs_with_least_privilege_users() {
     let names = ["sf-bridge", "provisioner", "sf-writer", "provctl"];
     let binaries = testkit::process::workspace_binaries(&names);
     let (_conf, args) = least_privilege_config();
     let server = NatsServer::start_with_args(args).await;
-    let keys = testkit::keys::test_keys();
-    let sf = SfSim::start(SimConfig::for_tests(keys.public_pem.clone()))
-        .await
-        .expect("sf-sim");
-    let whmcs = WhmcsSim::start(WhmcsSimConfig::for_tests())
-        .await
-        .expect("whmcs-sim");
+    let sims = Simulators::start().await;
+    let (sf, whmcs) = (&sims.sf, &sims.whmcs);
 
     // An order that provisions and one that fails at mapping (no WHMCS client).
-    let client = whmcs.state().seed_client("Acme Ltd", true);
-    let pid = whmcs.state().seed_product("Hosting S", &["monthly"]);
-    let account = sf
-        .state()
-        .seed_account("Acme Ltd", Some(&client.to_string()));
-    let product = sf
-        .state()
-        .seed_product("Hosting S", Some(&pid.to_string()), Some("Monthly"));
-    let good = sf.state().seed_order(&account, &[(product, 1)]);
-    let no_client = sf.state().seed_account("No Client Ltd", None);
-    let product2 = sf
-        .state()
-        .seed_product("Hosting", Some("1"), Some("Monthly"));
-    let bad = sf.state().seed_order(&no_client, &[(product2, 1)]);
+    let good = seed_good_order(sf, whmcs, "Acme Ltd");
+    let bad = seed_client_missing_order(sf);
 
     let password = |s: &str| match s {
         "sf-bridge" => "bridge-pw",
@@ -677,7 +650,7 @@ async fn the_pipeline_runs_with_least_privilege_users() {
         .iter()
         .zip(&binaries)
         .map(|(name, binary)| {
-            let env = service_env(name, Some(&sf), Some(&whmcs), &nats_env(name));
+            let env = service_env(name, Some(sf), Some(whmcs), &nats_env(name));
             ChildProcess::spawn(binary.to_str().unwrap(), &env)
         })
         .collect();
@@ -686,8 +659,8 @@ async fn the_pipeline_runs_with_least_privilege_users() {
     sf.state().approve_order(&bad).expect("approve bad");
     let deadline = Instant::now() + PIPELINE_WAIT;
     loop {
-        if status_of(&sf, &good).as_deref() == Some("Activated")
-            && status_of(&sf, &bad).as_deref() == Some("Failed")
+        if status_of(sf, &good).as_deref() == Some("Activated")
+            && status_of(sf, &bad).as_deref() == Some("Failed")
         {
             break;
         }
@@ -696,8 +669,8 @@ async fn the_pipeline_runs_with_least_privilege_users() {
             let logs: Vec<String> = services.iter().map(ChildProcess::log).collect();
             panic!(
                 "orders not final (exited: {exited}; good {:?}, bad {:?}); violations {:#?}\n{}",
-                status_of(&sf, &good),
-                status_of(&sf, &bad),
+                status_of(sf, &good),
+                status_of(sf, &bad),
                 violations(&server_log(&server)),
                 logs.join("\n-----\n")
             );
@@ -707,12 +680,7 @@ async fn the_pipeline_runs_with_least_privilege_users() {
 
     // Bodies no service can use: the provisioner and sf-writer dead-letter them (with their
     // own users' rights), and provctl shows and replays one.
-    let admin = jetstream::new(
-        async_nats::ConnectOptions::with_user_and_password("admin".into(), "admin-pw".into())
-            .connect(server.url())
-            .await
-            .expect("admin"),
-    );
+    let admin = admin_context(&server).await;
     for subject in [
         "provisioning.requested.801000000000009AAA",
         "sf.order.update.801000000000009AAA",
@@ -801,6 +769,37 @@ fn refused_quickly(client: async_nats::Client) -> jetstream::Context {
         .build(client)
 }
 
+/// Whether `action` failed or got no answer within 10 s.
+async fn refused<T, E>(action: impl std::future::Future<Output = Result<T, E>>) -> bool {
+    !matches!(
+        tokio::time::timeout(Duration::from_secs(10), action).await,
+        Ok(Ok(_))
+    )
+}
+
+/// Messages in the status updates stream, as the admin user sees them.
+async fn stored_updates(admin: &jetstream::Context) -> u64 {
+    admin
+        .get_stream("SF_ORDER_UPDATES")
+        .await
+        .unwrap()
+        .info()
+        .await
+        .unwrap()
+        .state
+        .messages
+}
+
+/// A JetStream context of the configuration's `admin` user, who may do anything.
+async fn admin_context(server: &NatsServer) -> jetstream::Context {
+    jetstream::new(
+        async_nats::ConnectOptions::with_user_and_password("admin".into(), "admin-pw".into())
+            .connect(server.url())
+            .await
+            .expect("admin"),
+    )
+}
+
 /// What a service may not do is refused by the server (and logged as a violation).
 async fn forbidden_actions_are_refused(
     server: &NatsServer,
@@ -815,76 +814,45 @@ async fn forbidden_actions_are_refused(
                 .expect("connect")
         }
     };
-    let admin = jetstream::new(
-        async_nats::ConnectOptions::with_user_and_password("admin".into(), "admin-pw".into())
-            .connect(server.url())
-            .await
-            .expect("admin"),
-    );
-    let updates_before = admin
-        .get_stream("SF_ORDER_UPDATES")
-        .await
-        .unwrap()
-        .info()
-        .await
-        .unwrap()
-        .state
-        .messages;
+    let admin = admin_context(server).await;
+    let updates_before = stored_updates(&admin).await;
 
     // sf-bridge publishing a status update (the provisioner's subject).
     let bridge = refused_quickly(connect("sf-bridge").await);
-    let published = tokio::time::timeout(Duration::from_secs(10), async {
-        bridge
-            .publish("sf.order.update.801000000000001AAA", "{}".into())
-            .await?
-            .await
-    })
-    .await;
     assert!(
-        !matches!(published, Ok(Ok(_))),
+        refused(async {
+            bridge
+                .publish("sf.order.update.801000000000001AAA", "{}".into())
+                .await?
+                .await
+        })
+        .await,
         "sf-bridge could publish to sf.order.update"
     );
 
     // The provisioner deleting a stream.
     let provisioner = refused_quickly(connect("provisioner").await);
-    let deleted = tokio::time::timeout(
-        Duration::from_secs(10),
-        provisioner.delete_stream("PROVISIONING_REQUESTS"),
-    )
-    .await;
     assert!(
-        !matches!(deleted, Ok(Ok(_))),
+        refused(provisioner.delete_stream("PROVISIONING_REQUESTS")).await,
         "the provisioner could delete a stream"
     );
 
     // provctl creating a stream.
     let provctl = refused_quickly(connect("provctl").await);
-    let created = tokio::time::timeout(
-        Duration::from_secs(10),
-        provctl.create_stream(jetstream::stream::Config {
+    assert!(
+        refused(provctl.create_stream(jetstream::stream::Config {
             name: "ROGUE".to_owned(),
             subjects: vec!["rogue.>".to_owned()],
             ..Default::default()
-        }),
-    )
-    .await;
-    assert!(
-        !matches!(created, Ok(Ok(_))),
+        }))
+        .await,
         "provctl could create a stream"
     );
 
     // Nothing changed, and the server says why.
     assert!(admin.get_stream("PROVISIONING_REQUESTS").await.is_ok());
     assert!(admin.get_stream("ROGUE").await.is_err());
-    let updates_after = admin
-        .get_stream("SF_ORDER_UPDATES")
-        .await
-        .unwrap()
-        .info()
-        .await
-        .unwrap()
-        .state
-        .messages;
+    let updates_after = stored_updates(&admin).await;
     assert_eq!(updates_before, updates_after, "a status update got through");
     let log = server_log(server);
     let found = violations(&log);

@@ -12,11 +12,13 @@
 use std::collections::HashMap;
 use std::time::Duration;
 
-use sf_sim::{SfSim, SimConfig};
+mod support;
+
+use sf_sim::SfSim;
 use testkit::nats::NatsServer;
 use testkit::otlp::{Collector, ReceivedSpan};
 use testkit::process::ChildProcess;
-use whmcs_sim::{WhmcsSim, WhmcsSimConfig};
+use whmcs_sim::WhmcsSim;
 
 const WAIT: Duration = Duration::from_secs(60);
 const PRODUCER: i32 = 4;
@@ -34,60 +36,40 @@ struct Stack {
 
 impl Stack {
     fn env(&self, service: &str, extra: &[(&str, &str)]) -> HashMap<String, String> {
-        let keys = testkit::keys::test_keys();
-        let mut env: HashMap<String, String> = [
+        let mut env = vec![
             ("NATS_URL", self.nats.url()),
             ("HTTP_ADDR", "127.0.0.1:0".to_owned()),
-            ("SF_LOGIN_URL", self.sf.login_url()),
-            ("SF_CLIENT_ID", self.client_id.clone()),
-            ("SF_USERNAME", self.username.clone()),
-            (
-                "SF_PRIVATE_KEY_PATH",
-                keys.private_key_path.display().to_string(),
-            ),
+        ];
+        env.extend(testkit::stack::salesforce_login(
+            self.sf.login_url(),
+            &self.client_id,
+            &self.username,
+        ));
+        env.extend([
             ("OTEL_EXPORTER_OTLP_ENDPOINT", self.collector.endpoint()),
             ("OTEL_SERVICE_NAME", service.to_owned()),
             // Export quickly; SIGTERM flushes the rest.
             ("OTEL_BSP_SCHEDULE_DELAY", "200".to_owned()),
             ("LOG_FORMAT", "json".to_owned()),
             ("RUST_LOG", "info".to_owned()),
-        ]
-        .into_iter()
-        .map(|(k, v)| (k.to_owned(), v))
-        .collect();
-        for (k, v) in extra {
-            env.insert((*k).to_owned(), (*v).to_owned());
-        }
-        env
+        ]);
+        let extra = extra.iter().map(|(k, v)| (*k, (*v).to_owned()));
+        testkit::stack::env(env.into_iter().chain(extra))
     }
 }
 
 /// Sets up an order that provisions (WHMCS client with a pay method, a mapped product).
 fn seed_good_order(stack: &Stack) -> String {
-    let client = stack.whmcs.state().seed_client("Acme Ltd", true);
-    let pid = stack.whmcs.state().seed_product("Hosting S", &["monthly"]);
-    let sf = stack.sf.state();
-    let account = sf.seed_account("Acme Ltd", Some(&client.to_string()));
-    let product = sf.seed_product("Hosting S", Some(&pid.to_string()), Some("Monthly"));
-    sf.seed_order(&account, &[(product, 1)])
+    support::seed_good_order(&stack.sf, &stack.whmcs, "Acme Ltd")
 }
 
 /// An order whose Account has no WHMCS client: fails at `mapping` with `CLIENT_MISSING`.
 fn seed_failing_order(stack: &Stack) -> String {
-    let sf = stack.sf.state();
-    let account = sf.seed_account("No Client Ltd", None);
-    let product = sf.seed_product("Hosting", Some("1"), Some("Monthly"));
-    sf.seed_order(&account, &[(product, 1)])
+    support::seed_client_missing_order(&stack.sf)
 }
 
 fn status_of(stack: &Stack, order_id: &str) -> Option<String> {
-    stack
-        .sf
-        .state()
-        .order(order_id)?
-        .get("Activation_Status__c")?
-        .as_str()
-        .map(str::to_owned)
+    support::status_of(&stack.sf, order_id)
 }
 
 fn dump(spans: &[ReceivedSpan]) -> String {
@@ -114,18 +96,15 @@ async fn one_trace_per_order_across_the_three_services() {
     let started = std::time::Instant::now();
     let binaries = testkit::process::workspace_binaries(&["sf-bridge", "provisioner", "sf-writer"]);
     eprintln!("binaries ready after {:?}", started.elapsed());
-    let keys = testkit::keys::test_keys();
-    let config = SimConfig::for_tests(keys.public_pem.clone());
-    let (client_id, username) = (config.client_id.clone(), config.username.clone());
+    let nats = NatsServer::start().await;
+    let sims = support::Simulators::start().await;
     let stack = Stack {
-        nats: NatsServer::start().await,
-        sf: SfSim::start(config).await.expect("sf-sim"),
-        whmcs: WhmcsSim::start(WhmcsSimConfig::for_tests())
-            .await
-            .expect("whmcs-sim"),
+        nats,
+        sf: sims.sf,
+        whmcs: sims.whmcs,
         collector: Collector::start().await.expect("collector"),
-        client_id,
-        username,
+        client_id: sims.config.client_id,
+        username: sims.config.username,
     };
     let good = seed_good_order(&stack);
     let bad = seed_failing_order(&stack);

@@ -16,7 +16,6 @@ use sf_sim::{SfSim, SimConfig, SimHandle};
 use testkit::cluster::NatsCluster;
 use testkit::nats::{free_port, NatsServer};
 use testkit::process::ChildProcess;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use whmcs_sim::{WhmcsSim, WhmcsSimConfig};
 
 use super::rng::{seed_from_env, Rng};
@@ -172,23 +171,8 @@ impl Service {
 
 /// `GET path` on 127.0.0.1:port; the body when the status is 200.
 async fn http_get(port: u16, path: &str) -> Option<String> {
-    let fut = async {
-        let mut stream = tokio::net::TcpStream::connect(("127.0.0.1", port))
-            .await
-            .ok()?;
-        let request =
-            format!("GET {path} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nConnection: close\r\n\r\n");
-        stream.write_all(request.as_bytes()).await.ok()?;
-        let mut response = Vec::new();
-        stream.read_to_end(&mut response).await.ok()?;
-        let text = String::from_utf8_lossy(&response).into_owned();
-        let (head, body) = text.split_once("\r\n\r\n")?;
-        head.starts_with("HTTP/1.1 200").then(|| body.to_owned())
-    };
-    tokio::time::timeout(Duration::from_secs(2), fut)
-        .await
-        .ok()
-        .flatten()
+    let answer = testkit::stack::http_get(port, path, Duration::from_secs(2)).await?;
+    testkit::stack::ok_body(&answer)
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -297,20 +281,18 @@ impl Chaos {
 
         let orders = seed_orders(&sf, &whmcs, &mut rng, order_count());
         whmcs.state().set_latency_all(options.whmcs_latency);
-        let common: Vec<(&str, String)> = vec![
+        let mut common: Vec<(&str, String)> = vec![
             ("NATS_URL", broker.urls()),
             ("JETSTREAM_REPLICAS", broker.replicas().to_string()),
-            ("SF_LOGIN_URL", sf.login_url()),
-            ("SF_CLIENT_ID", client_id),
-            ("SF_USERNAME", username),
-            (
-                "SF_PRIVATE_KEY_PATH",
-                keys.private_key_path.display().to_string(),
-            ),
             ("SF_HTTP_TIMEOUT_SECS", "3".to_owned()),
             ("LOG_FORMAT", "json".to_owned()),
             ("RUST_LOG", "info".to_owned()),
         ];
+        common.extend(testkit::stack::salesforce_login(
+            sf.login_url(),
+            &client_id,
+            &username,
+        ));
         let per_kind = |kind: Kind| -> Vec<(&'static str, String)> {
             match kind {
                 Kind::Bridge => vec![
