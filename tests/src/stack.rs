@@ -30,6 +30,17 @@ pub fn salesforce_login(
     ]
 }
 
+/// Export of a service's spans over OTLP/gRPC to `endpoint` (a [`crate::otlp::Collector`]),
+/// named `service`, in batches sent every 200 ms so the test need not wait long (SIGTERM
+/// flushes the rest).
+pub fn otlp_export(endpoint: String, service: &str) -> [(&'static str, String); 3] {
+    [
+        ("OTEL_EXPORTER_OTLP_ENDPOINT", endpoint),
+        ("OTEL_SERVICE_NAME", service.to_owned()),
+        ("OTEL_BSP_SCHEDULE_DELAY", "200".to_owned()),
+    ]
+}
+
 /// A service's environment from `(name, value)` pairs; a later pair overrides an earlier one
 /// with the same name, so extras go last.
 pub fn env<K, V>(pairs: impl IntoIterator<Item = (K, V)>) -> HashMap<String, String>

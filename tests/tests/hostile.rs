@@ -275,15 +275,22 @@ impl Stack {
             .count()
     }
 
-    /// Whether anything was ever published on `subject` in `stream`.
-    async fn stored_on(&self, stream: &str, subject: &str) -> bool {
+    /// Whether a status update for `order_id` was ever published (on the updates stream).
+    async fn update_queued_for(&self, order_id: &str) -> bool {
         self.js
-            .get_stream(stream)
+            .get_stream(messages::subjects::streams::ORDER_UPDATES)
             .await
             .unwrap()
-            .get_last_raw_message_by_subject(subject)
+            .get_last_raw_message_by_subject(&messages::subjects::order_update(order_id))
             .await
             .is_ok()
+    }
+
+    /// WHMCS saw AddOrder and AcceptOrder exactly `n` times each.
+    fn assert_whmcs_calls(&self, n: u64) {
+        let stats = self.whmcs.state().stats();
+        assert_eq!(stats.calls("AddOrder"), n, "{stats:?}");
+        assert_eq!(stats.calls("AcceptOrder"), n, "{stats:?}");
     }
 
     fn stop(mut self) {
@@ -607,16 +614,9 @@ async fn salesforce_events_that_cannot_be_orders_are_dead_lettered_by_the_bridge
     assert_eq!(stack.whmcs_orders_of(&target), 0);
     assert_eq!(stack.whmcs_orders_of(&oversized_order), 0);
     assert_eq!(stack.whmcs_orders_of(&account), 0);
-    let stats = stack.whmcs.state().stats();
-    assert_eq!(stats.calls("AddOrder"), 2, "{stats:?}");
-    assert_eq!(stats.calls("AcceptOrder"), 2, "{stats:?}");
+    stack.assert_whmcs_calls(2);
     assert!(
-        !stack
-            .stored_on(
-                messages::subjects::streams::ORDER_UPDATES,
-                &messages::subjects::order_update(&account)
-            )
-            .await,
+        !stack.update_queued_for(&account).await,
         "an update for an id that is no Order"
     );
     stack.stop();
@@ -888,18 +888,11 @@ async fn hand_made_requests_are_dead_lettered_or_guarded_and_never_provision() {
     }
     for order in [&a, &b, &draft, &ghost] {
         assert!(
-            !stack
-                .stored_on(
-                    messages::subjects::streams::ORDER_UPDATES,
-                    &messages::subjects::order_update(order)
-                )
-                .await,
+            !stack.update_queued_for(order).await,
             "an update was queued for {order}"
         );
     }
-    let stats = stack.whmcs.state().stats();
-    assert_eq!(stats.calls("AddOrder"), 2, "{stats:?}");
-    assert_eq!(stats.calls("AcceptOrder"), 2, "{stats:?}");
+    stack.assert_whmcs_calls(2);
     stack.stop();
 }
 

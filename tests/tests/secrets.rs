@@ -95,6 +95,21 @@ struct Service {
     process: ChildProcess,
 }
 
+impl Service {
+    fn spawn(
+        name: &'static str,
+        http_port: u16,
+        binary: &std::path::Path,
+        env: &HashMap<String, String>,
+    ) -> Service {
+        Service {
+            name,
+            http_port,
+            process: ChildProcess::spawn(binary.to_str().unwrap(), env),
+        }
+    }
+}
+
 /// Everything a secret could leak into, as (where, text).
 #[derive(Default)]
 struct Haystacks(Vec<(String, String)>);
@@ -130,8 +145,8 @@ struct Stack {
     sf: SfSim,
     whmcs: WhmcsSim,
     collector: Collector,
-    client_id: String,
-    username: String,
+    /// `SF_*` login variables for sf-sim.
+    login: Vec<(&'static str, String)>,
 }
 
 impl Stack {
@@ -145,16 +160,13 @@ impl Stack {
             ("NATS_URL", self.nats.url()),
             ("HTTP_ADDR", format!("127.0.0.1:{http_port}")),
         ];
-        env.extend(testkit::stack::salesforce_login(
-            self.sf.login_url(),
-            &self.client_id,
-            &self.username,
+        env.extend(self.login.iter().cloned());
+        env.extend(testkit::stack::otlp_export(
+            self.collector.endpoint(),
+            service,
         ));
         env.extend([
             ("SF_HTTP_TIMEOUT_SECS", "5".to_owned()),
-            ("OTEL_EXPORTER_OTLP_ENDPOINT", self.collector.endpoint()),
-            ("OTEL_SERVICE_NAME", service.to_owned()),
-            ("OTEL_BSP_SCHEDULE_DELAY", "200".to_owned()),
             ("LOG_FORMAT", self.run.log_format.to_owned()),
             ("RUST_LOG", self.run.log_level.to_owned()),
         ]);
@@ -249,14 +261,14 @@ async fn run(run: Run) {
     let nats = NatsServer::start_with_args(nats_args).await;
     let sims = support::Simulators::start_with(whmcs_config).await;
     let org_id = sims.config.org_id.clone();
+    let login = sims.salesforce_login();
     let stack = Stack {
         run,
         nats,
         sf: sims.sf,
         whmcs: sims.whmcs,
         collector: Collector::start().await.expect("collector"),
-        client_id: sims.config.client_id,
-        username: sims.config.username,
+        login,
     };
     // The server really requires the credentials: a plain client is refused.
     assert!(
@@ -269,42 +281,36 @@ async fn run(run: Run) {
     let provisioner_port = free_port();
     let writer_port = free_port();
     let mut services = vec![
-        Service {
-            name: "sf-bridge",
-            http_port: bridge_port,
-            process: ChildProcess::spawn(
-                binaries[0].to_str().unwrap(),
-                &stack.env(
-                    "sf-bridge",
-                    bridge_port,
-                    &[
-                        ("SF_PUBSUB_ENDPOINT", &stack.sf.pubsub_url()),
-                        ("SF_EVENTS_REPLAY", "ALL"),
-                    ],
-                ),
+        Service::spawn(
+            "sf-bridge",
+            bridge_port,
+            &binaries[0],
+            &stack.env(
+                "sf-bridge",
+                bridge_port,
+                &[
+                    ("SF_PUBSUB_ENDPOINT", &stack.sf.pubsub_url()),
+                    ("SF_EVENTS_REPLAY", "ALL"),
+                ],
             ),
-        },
+        ),
         // First a provisioner with the wrong WHMCS secret: its job fails authentication.
-        Service {
-            name: "provisioner-wrong-secret",
-            http_port: provisioner_port,
-            process: ChildProcess::spawn(
-                binaries[1].to_str().unwrap(),
-                &stack.provisioner_env(provisioner_port, WHMCS_WRONG_SECRET),
+        Service::spawn(
+            "provisioner-wrong-secret",
+            provisioner_port,
+            &binaries[1],
+            &stack.provisioner_env(provisioner_port, WHMCS_WRONG_SECRET),
+        ),
+        Service::spawn(
+            "sf-writer",
+            writer_port,
+            &binaries[2],
+            &stack.env(
+                "sf-writer",
+                writer_port,
+                &[("SF_WRITER_SHUTDOWN_GRACE_SECS", "5")],
             ),
-        },
-        Service {
-            name: "sf-writer",
-            http_port: writer_port,
-            process: ChildProcess::spawn(
-                binaries[2].to_str().unwrap(),
-                &stack.env(
-                    "sf-writer",
-                    writer_port,
-                    &[("SF_WRITER_SHUTDOWN_GRACE_SECS", "5")],
-                ),
-            ),
-        },
+        ),
     ];
     let mut finished: Vec<Service> = Vec::new();
 
@@ -337,14 +343,12 @@ async fn run(run: Run) {
     let provisioner_port = free_port();
     services.insert(
         1,
-        Service {
-            name: "provisioner",
-            http_port: provisioner_port,
-            process: ChildProcess::spawn(
-                binaries[1].to_str().unwrap(),
-                &stack.provisioner_env(provisioner_port, WHMCS_SECRET),
-            ),
-        },
+        Service::spawn(
+            "provisioner",
+            provisioner_port,
+            &binaries[1],
+            &stack.provisioner_env(provisioner_port, WHMCS_SECRET),
+        ),
     );
     let good = stack.seed_good_order("Acme Ltd");
     let proxy_403 = stack.seed_good_order("Behind A Proxy Ltd");

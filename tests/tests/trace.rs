@@ -30,8 +30,8 @@ struct Stack {
     sf: SfSim,
     whmcs: WhmcsSim,
     collector: Collector,
-    client_id: String,
-    username: String,
+    /// `SF_*` login variables for sf-sim.
+    login: Vec<(&'static str, String)>,
 }
 
 impl Stack {
@@ -40,16 +40,12 @@ impl Stack {
             ("NATS_URL", self.nats.url()),
             ("HTTP_ADDR", "127.0.0.1:0".to_owned()),
         ];
-        env.extend(testkit::stack::salesforce_login(
-            self.sf.login_url(),
-            &self.client_id,
-            &self.username,
+        env.extend(self.login.iter().cloned());
+        env.extend(testkit::stack::otlp_export(
+            self.collector.endpoint(),
+            service,
         ));
         env.extend([
-            ("OTEL_EXPORTER_OTLP_ENDPOINT", self.collector.endpoint()),
-            ("OTEL_SERVICE_NAME", service.to_owned()),
-            // Export quickly; SIGTERM flushes the rest.
-            ("OTEL_BSP_SCHEDULE_DELAY", "200".to_owned()),
             ("LOG_FORMAT", "json".to_owned()),
             ("RUST_LOG", "info".to_owned()),
         ]);
@@ -98,13 +94,13 @@ async fn one_trace_per_order_across_the_three_services() {
     eprintln!("binaries ready after {:?}", started.elapsed());
     let nats = NatsServer::start().await;
     let sims = support::Simulators::start().await;
+    let login = sims.salesforce_login();
     let stack = Stack {
         nats,
         sf: sims.sf,
         whmcs: sims.whmcs,
         collector: Collector::start().await.expect("collector"),
-        client_id: sims.config.client_id,
-        username: sims.config.username,
+        login,
     };
     let good = seed_good_order(&stack);
     let bad = seed_failing_order(&stack);
