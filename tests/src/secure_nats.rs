@@ -241,20 +241,19 @@ impl Operator {
             "test-operator",
             serde_json::json!({"type": "operator", "version": 2}),
         );
-        let system = nkeys::KeyPair::new_account();
-        let system_jwt = encode_jwt(
-            &operator,
-            &system.public_key(),
-            "SYS",
-            account_claims(false),
-        );
-        let account = nkeys::KeyPair::new_account();
-        let account_jwt = encode_jwt(
-            &operator,
-            &account.public_key(),
-            "PROVISIONING",
-            account_claims(true),
-        );
+        // The system account, and the one the services' users belong to (with JetStream).
+        let new_account = |name: &str, jetstream: bool| {
+            let account = nkeys::KeyPair::new_account();
+            let jwt = encode_jwt(
+                &operator,
+                &account.public_key(),
+                name,
+                account_claims(jetstream),
+            );
+            (account, jwt)
+        };
+        let (system, system_jwt) = new_account("SYS", false);
+        let (account, account_jwt) = new_account("PROVISIONING", true);
         Self {
             dir,
             operator_jwt,
