@@ -37,7 +37,11 @@ fuzz_target!(|data: &[u8]| {
         }
         3 => {
             // Only a failed status reaches error_from_reply.
-            let status = if (200..300).contains(&status) { 500 } else { status };
+            let status = if (200..300).contains(&status) {
+                500
+            } else {
+                status
+            };
             let err = error_from_reply(status, body);
             assert_eq!(err.http_status(), Some(status));
             let _ = (err.contract_code(), err.is_transient(), err.to_string());

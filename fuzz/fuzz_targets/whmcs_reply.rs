@@ -42,7 +42,8 @@ fuzz_target!(|data: &[u8]| {
             let _ = whmcs::parse_reply::<whmcs::PayMethodsReply>("GetPayMethods", status, &body);
         }
         2 => {
-            if let Ok(reply) = whmcs::parse_reply::<whmcs::ProductsReply>("GetProducts", status, &body)
+            if let Ok(reply) =
+                whmcs::parse_reply::<whmcs::ProductsReply>("GetProducts", status, &body)
             {
                 for product in &reply.products {
                     for cycle in whmcs::BillingCycle::ALL {
@@ -57,7 +58,11 @@ fuzz_target!(|data: &[u8]| {
         }
         4 => {
             if let Err(err) = whmcs::classify_reply("AcceptOrder", status, &body) {
-                let _ = (err.contract_code(), err.outcome_unknown(), err.is_transient());
+                let _ = (
+                    err.contract_code(),
+                    err.outcome_unknown(),
+                    err.is_transient(),
+                );
                 let _ = err.to_string();
             }
         }

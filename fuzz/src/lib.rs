@@ -97,7 +97,10 @@ pub fn read_trace_headers(headers: &async_nats::HeaderMap) {
     // A context taken from headers is remote, and valid only with non-zero ids.
     if span_context.is_valid() {
         assert!(span_context.is_remote());
-        assert_ne!(span_context.trace_id(), opentelemetry::trace::TraceId::INVALID);
+        assert_ne!(
+            span_context.trace_id(),
+            opentelemetry::trace::TraceId::INVALID
+        );
     }
 }
 
