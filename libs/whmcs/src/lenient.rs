@@ -10,8 +10,10 @@ use serde_json::Value;
 fn number_from(value: &Value) -> Option<u64> {
     match value {
         Value::Number(n) => n.as_u64().or_else(|| {
+            // `u64::MAX as f64` rounds up to 2^64, one past the range: the bound is strict, or
+            // 2^64 and above would saturate to u64::MAX instead of being refused.
             n.as_f64()
-                .filter(|f| f.fract() == 0.0 && *f >= 0.0 && *f <= u64::MAX as f64)
+                .filter(|f| f.fract() == 0.0 && *f >= 0.0 && *f < u64::MAX as f64)
                 .map(|f| f as u64)
         }),
         Value::String(s) => s.trim().parse().ok(),
@@ -209,6 +211,12 @@ mod tests {
         assert!(parse(json!({"id": "x"})).is_err());
         assert!(parse(json!({"id": -1})).is_err());
         assert!(parse(json!({"id": 1, "ids": "1,a"})).is_err());
+        // Found by fuzzing (whmcs_reply): a float id of 2^64 became u64::MAX.
+        assert!(parse(json!({"id": 18446744073709551616.0_f64})).is_err());
+        assert_eq!(
+            parse(json!({"id": 9007199254740992.0_f64})).unwrap().id,
+            9_007_199_254_740_992
+        );
     }
 
     #[test]
