@@ -121,6 +121,16 @@ fn replay_target(body: &DeadLetterV1) -> Result<String, String> {
     if decode_payload(body).is_none() {
         return Err("its payload_base64 is not valid base64".to_owned());
     }
+    if let Some(size) = body.origin.payload_size {
+        // Replaying the prefix would only be dead-lettered again as malformed.
+        let source = match (&body.origin.stream, body.origin.stream_sequence) {
+            (Some(stream), Some(seq)) => format!("; the whole message is {stream} sequence {seq}"),
+            _ => String::new(),
+        };
+        return Err(format!(
+            "it holds only the first bytes of a {size}-byte message (origin.payload_size){source}"
+        ));
+    }
     Ok(subject)
 }
 
@@ -508,6 +518,20 @@ mod tests {
         ))
         .is_err());
         assert!(replay_target(&body("x", Some("provisioning.requested."), b"{}")).is_err());
+        let mut prefix = body(
+            "provisioner",
+            Some("provisioning.requested.801x"),
+            b"{\"sch",
+        );
+        prefix.origin.payload_size = Some(2_000_000);
+        prefix.origin.stream = Some("PROVISIONING_REQUESTS".to_owned());
+        prefix.origin.stream_sequence = Some(42);
+        let refusal = replay_target(&prefix).unwrap_err();
+        assert!(
+            refusal.contains("2000000-byte")
+                && refusal.contains("PROVISIONING_REQUESTS sequence 42"),
+            "{refusal}"
+        );
     }
 
     #[test]
