@@ -10,20 +10,10 @@ use libfuzzer_sys::fuzz_target;
 fuzz_target!(|data: &[u8]| {
     let message = provisioning_fuzz::nats_message(data);
     provisioning_fuzz::read_trace_headers(&message.headers);
-    let _traceparent = message
-        .headers
-        .get(messages::headers::TRACEPARENT)
-        .map(|v| v.as_str().to_owned());
     let Ok(update) = sf_writer::batch::parse(&message.subject, &message.payload) else {
         return;
     };
-    provisioning_fuzz::assert_canonical_id(&update.order_id);
-    let named = message
-        .subject
-        .rsplit('.')
-        .next()
-        .and_then(|token| messages::salesforce_id::canonical(token).ok());
-    assert_eq!(named.as_deref(), Some(update.order_id.as_str()));
+    provisioning_fuzz::assert_named_by_subject(&message.subject, &update.order_id);
     let json = serde_json::to_vec(&update).expect("an update serialises");
     let again = sf_writer::batch::parse(&message.subject, &json)
         .unwrap_or_else(|e| panic!("an accepted update no longer validates: {e}"));

@@ -9,20 +9,10 @@ use libfuzzer_sys::fuzz_target;
 fuzz_target!(|data: &[u8]| {
     let message = provisioning_fuzz::nats_message(data);
     provisioning_fuzz::read_trace_headers(&message.headers);
-    let _traceparent = message
-        .headers
-        .get(messages::headers::TRACEPARENT)
-        .map(|v| v.as_str().to_owned());
     let Ok(request) = provisioner::job::validate(&message.subject, &message.payload) else {
         return;
     };
-    provisioning_fuzz::assert_canonical_id(&request.order_id);
-    let named = message
-        .subject
-        .rsplit('.')
-        .next()
-        .and_then(|token| messages::salesforce_id::canonical(token).ok());
-    assert_eq!(named.as_deref(), Some(request.order_id.as_str()));
+    provisioning_fuzz::assert_named_by_subject(&message.subject, &request.order_id);
     let json = serde_json::to_vec(&request).expect("a request serialises");
     let again = provisioner::job::validate(&message.subject, &json)
         .unwrap_or_else(|e| panic!("an accepted request no longer validates: {e}"));

@@ -114,6 +114,17 @@ pub fn assert_canonical_id(id: &str) {
     );
 }
 
+/// An accepted message's Order id is canonical and is the one its subject's last token names
+/// (read here independently of the consumers' own subject check).
+pub fn assert_named_by_subject(subject: &str, id: &str) {
+    assert_canonical_id(id);
+    let named = subject
+        .rsplit('.')
+        .next()
+        .and_then(|token| messages::salesforce_id::canonical(token).ok());
+    assert_eq!(named.as_deref(), Some(id), "{subject:?}");
+}
+
 fn find(haystack: &[u8], needle: &[u8]) -> Option<usize> {
     haystack
         .windows(needle.len())

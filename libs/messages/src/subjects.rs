@@ -28,6 +28,15 @@ pub fn order_update(order_id: &str) -> String {
 pub const ORDER_UPDATE_PREFIX: &str = "sf.order.update";
 pub const ORDER_UPDATE_ALL: &str = "sf.order.update.>";
 
+/// The Order a `<prefix>.<OrderId>` subject names, in its canonical 18-character form; `None`
+/// when the subject has another prefix, more tokens, or a last token that is not a Salesforce id.
+/// Consumers compare it with the body's order id, so a message cannot name one Order in its
+/// subject (what permissions and stream filters see) and act on another.
+pub fn order_named(subject: &str, prefix: &str) -> Option<String> {
+    let token = subject.strip_prefix(prefix)?.strip_prefix('.')?;
+    crate::salesforce_id::canonical(token).ok()
+}
+
 /// Default stream names (overridable by configuration; documented in docs/configuration.md).
 pub mod streams {
     /// Captures `provisioning.requested.>`.
@@ -75,6 +84,37 @@ pub fn channel_key(channel: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_order_a_subject_names() {
+        let canonical = "801000000000001AAA";
+        for subject in [
+            order_update("801000000000001"),
+            order_update(canonical),
+            provisioning_requested("801000000000001aaa"),
+        ] {
+            let prefix = if subject.starts_with(ORDER_UPDATE_PREFIX) {
+                ORDER_UPDATE_PREFIX
+            } else {
+                PROVISIONING_REQUESTED_PREFIX
+            };
+            assert_eq!(
+                order_named(&subject, prefix).as_deref(),
+                Some(canonical),
+                "{subject}"
+            );
+        }
+        for subject in [
+            "sf.order.update",
+            "sf.order.update.",
+            "sf.order.update.801000000000001.x",
+            "sf.order.updates.801000000000001",
+            "sf.order.update.801' OR 1=1",
+            "provisioning.requested.801000000000001",
+        ] {
+            assert_eq!(order_named(subject, ORDER_UPDATE_PREFIX), None, "{subject}");
+        }
+    }
 
     #[test]
     fn channel_key_is_a_valid_kv_key() {

@@ -129,10 +129,8 @@ pub fn validate(subject: &str, payload: &[u8]) -> Result<ProvisioningRequestedV1
     if request.event_id.trim().is_empty() {
         return Err("event_id is empty".to_owned());
     }
-    let named = subject
-        .strip_prefix(messages::subjects::PROVISIONING_REQUESTED_PREFIX)
-        .and_then(|rest| rest.strip_prefix('.'))
-        .and_then(|token| messages::salesforce_id::canonical(token).ok());
+    let named =
+        messages::subjects::order_named(subject, messages::subjects::PROVISIONING_REQUESTED_PREFIX);
     if named.as_deref() != Some(request.order_id.as_str()) {
         return Err(format!(
             "subject {subject:?} does not name the body's order {}",
@@ -275,21 +273,14 @@ impl JobRunner {
             platform::backoff::Backoff::new(Duration::from_millis(50), Duration::from_secs(1));
         let mut unreported: UnreportedSince = None;
         let claim = loop {
-            match self
+            let delay = match self
                 .claim(&request, traceparent.clone(), &mut unreported)
                 .await
             {
                 Ok(claim) => break claim,
                 Err(err @ ClaimError::PreviousReportPending { .. }) => {
                     tracing::debug!(error = %err, "Waiting for the previous job's report before claiming.");
-                    delivery.in_progress().await;
-                    tokio::select! {
-                        () = hard_stop.cancelled() => {
-                            tracing::warn!("Stopping before the job could be claimed; the reconciler will run it.");
-                            return;
-                        }
-                        () = tokio::time::sleep(report_poll.next_delay()) => {}
-                    }
+                    report_poll.next_delay()
                 }
                 Err(err) => {
                     self.metrics
@@ -299,15 +290,16 @@ impl JobRunner {
                         })
                         .inc();
                     tracing::warn!(error = %err, "Cannot claim the job yet; retrying with the message held.");
-                    delivery.in_progress().await;
-                    tokio::select! {
-                        () = hard_stop.cancelled() => {
-                            tracing::warn!("Stopping before the job could be claimed; the reconciler will run it.");
-                            return;
-                        }
-                        () = tokio::time::sleep(backoff.next_delay()) => {}
-                    }
+                    backoff.next_delay()
                 }
+            };
+            delivery.in_progress().await;
+            tokio::select! {
+                () = hard_stop.cancelled() => {
+                    tracing::warn!("Stopping before the job could be claimed; the reconciler will run it.");
+                    return;
+                }
+                () = tokio::time::sleep(delay) => {}
             }
         };
         delivery.ack().await;

@@ -60,10 +60,7 @@ pub fn parse(subject: &str, payload: &[u8]) -> Result<OrderUpdateV1, Invalid> {
             WRITABLE_FIELDS.join(", ")
         ));
     }
-    let named = subject
-        .strip_prefix(messages::subjects::ORDER_UPDATE_PREFIX)
-        .and_then(|rest| rest.strip_prefix('.'))
-        .and_then(|token| messages::salesforce_id::canonical(token).ok());
+    let named = messages::subjects::order_named(subject, messages::subjects::ORDER_UPDATE_PREFIX);
     if named.as_deref() != Some(update.order_id.as_str()) {
         return Err(format!(
             "subject {subject:?} does not name the body's order {}",
