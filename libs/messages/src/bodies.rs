@@ -97,6 +97,40 @@ impl OrderUpdateV1 {
     pub const SCHEMA: &'static str = "sf.order.update.v1";
 }
 
+/// Body of the `provisioning.status.<OrderId>` reply and of `GET /orders/{OrderId}`: where an
+/// order's job is, from the provisioner's journal.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ProvisioningStatusV1 {
+    /// Always [`ProvisioningStatusV1::SCHEMA`].
+    pub schema: String,
+    /// The 18-character Order id, whichever spelling was asked for.
+    pub order_id: String,
+    pub state: crate::journal::JobState,
+    /// Whether `state` is final (everything but `running`).
+    #[serde(rename = "final")]
+    pub r#final: bool,
+    /// The last step reached (contract §5 step names).
+    pub step: String,
+    pub error_code: Option<String>,
+    /// The error message of a failed job, or the reason of a skipped one.
+    pub error_message: Option<String>,
+    pub whmcs_order_id: Option<u64>,
+    #[serde(default)]
+    pub whmcs_service_ids: Vec<u64>,
+    pub whmcs_invoice_id: Option<u64>,
+    pub correlation_id: String,
+    /// The W3C trace id of the job's trace (search it in Jaeger), when known.
+    pub trace_id: Option<String>,
+    /// Jobs started for this order so far (retries from Salesforce included).
+    pub attempts: u32,
+    pub started_at: String,
+    pub updated_at: String,
+}
+
+impl ProvisioningStatusV1 {
+    pub const SCHEMA: &'static str = "provisioning.status.v1";
+}
+
 /// Body of `provisioning.deadletter.<service>`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct DeadLetterV1 {

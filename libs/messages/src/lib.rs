@@ -5,15 +5,17 @@
 //! - [`subjects`]: subject builders and wildcard filters.
 //! - [`headers`]: header names carried by every message.
 //! - [`bodies`]: `provisioning.requested.v1`, `provisioning.outcome.v1`, `sf.order.update.v1`,
-//!   `provisioning.deadletter.v1`.
+//!   `provisioning.deadletter.v1`, `provisioning.status.v1`.
+//! - [`journal`]: the provisioner's job journal entry, which the status answer is made from.
 //! - [`salesforce_id`]: validation of 15/18-character Salesforce ids.
 
 pub mod bodies;
 pub mod headers;
+pub mod journal;
 pub mod salesforce_id;
 pub mod subjects;
 
 pub use bodies::{
     DeadLetterOrigin, DeadLetterV1, OrderUpdateV1, OutcomeResult, ProvisioningOutcomeV1,
-    ProvisioningRequestedV1,
+    ProvisioningRequestedV1, ProvisioningStatusV1,
 };

@@ -144,19 +144,7 @@ fn is_no_message(err: &stream::RawMessageError) -> bool {
     }
 }
 
-/// The trace id of a W3C `traceparent` (`00-<32 hex>-<16 hex>-<2 hex>`), if well formed.
-pub fn trace_id_of(traceparent: &str) -> Option<String> {
-    let mut parts = traceparent.trim().split('-');
-    let (version, trace, span, flags) =
-        (parts.next()?, parts.next()?, parts.next()?, parts.next()?);
-    let hex = |s: &str, len: usize| s.len() == len && s.bytes().all(|b| b.is_ascii_hexdigit());
-    let valid = hex(version, 2)
-        && hex(trace, 32)
-        && hex(span, 16)
-        && hex(flags, 2)
-        && trace.bytes().any(|b| b != b'0');
-    valid.then(|| trace.to_ascii_lowercase())
-}
+pub use messages::headers::trace_id_of;
 
 /// RFC 3339 of a JetStream timestamp.
 fn rfc3339(at: time::OffsetDateTime) -> String {

@@ -27,7 +27,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
 use crate::journal::{
-    self, Decision, JobRecord, JobState, Journal, JournalError, NotClaimed, Stored,
+    self, Close, Decision, JobRecord, JobState, Journal, JournalError, NotClaimed, Stored,
 };
 use crate::metrics::{ProvisionerMetrics, ReasonLabel};
 use crate::orchestrator::{Finished, JobJournal, JobLost, Orchestrator};

@@ -24,95 +24,25 @@ use std::time::Duration;
 
 use async_nats::jetstream::kv;
 use messages::ProvisioningRequestedV1;
-use serde::{Deserialize, Serialize};
 
 use crate::steps::{codes, JobResult};
 
 /// How many processed event ids and idempotency keys an entry remembers.
 const REMEMBERED: usize = 50;
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum JobState {
-    Running,
-    Activated,
-    Failed,
-    Skipped,
-    Interrupted,
-}
+pub use messages::journal::{JobRecord, JobState};
 
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct JobRecord {
-    pub order_id: String,
-    pub state: JobState,
-    /// The event that claimed the current (or last) job.
-    pub event_id: String,
-    pub idem_key: Option<String>,
-    pub correlation_id: String,
-    /// Last step reached (CONTRACT §5 names).
-    pub step: String,
-    pub worker: Option<String>,
-    /// Informational only (operators read it); no decision compares it with another clock.
-    pub lease_until_ms: Option<i64>,
-    pub whmcs_client_id: Option<u64>,
-    pub whmcs_order_id: Option<u64>,
-    #[serde(default)]
-    pub whmcs_service_ids: Vec<u64>,
-    pub whmcs_invoice_id: Option<u64>,
-    pub error_code: Option<String>,
-    /// The error message of a failed job, or the reason of a skipped one.
-    #[serde(default)]
-    pub error_message: Option<String>,
-    pub attempts: u32,
-    #[serde(default)]
-    pub processed_event_ids: Vec<String>,
-    #[serde(default)]
-    pub processed_idem_keys: Vec<String>,
-    /// The claiming event's trace context, so recovery can report in the same trace.
-    pub traceparent: Option<String>,
-    pub started_at: String,
-    pub updated_at: String,
-    /// When the job reached its final state (set by the closing write).
-    #[serde(default)]
-    pub finished_at: Option<String>,
-}
-
-impl JobRecord {
-    fn new(order_id: &str) -> Self {
-        Self {
-            order_id: order_id.to_owned(),
-            state: JobState::Running,
-            event_id: String::new(),
-            idem_key: None,
-            correlation_id: String::new(),
-            step: String::new(),
-            worker: None,
-            lease_until_ms: None,
-            whmcs_client_id: None,
-            whmcs_order_id: None,
-            whmcs_service_ids: Vec::new(),
-            whmcs_invoice_id: None,
-            error_code: None,
-            error_message: None,
-            attempts: 0,
-            processed_event_ids: Vec::new(),
-            processed_idem_keys: Vec::new(),
-            traceparent: None,
-            started_at: String::new(),
-            updated_at: String::new(),
-            finished_at: None,
-        }
-    }
-
-    /// Whether the event has been handled under this entry (claimed, whatever came of it).
-    pub fn has_processed(&self, event_id: &str) -> bool {
-        self.processed_event_ids.iter().any(|id| id == event_id)
-    }
-
+/// Closing an entry with a job's result (the provisioner's rule; the entry's type is shared
+/// with the readers in `messages::journal`).
+pub trait Close {
     /// Closes the entry with a job's result: the final state (a failure coded `INTERRUPTED` is
     /// `interrupted`), code and message, the WHMCS ids of an activation, and when. The step is
     /// the caller's to set: the worker records where it ended, recovery keeps where it stopped.
-    pub fn close(&mut self, result: &JobResult) {
+    fn close(&mut self, result: &JobResult);
+}
+
+impl Close for JobRecord {
+    fn close(&mut self, result: &JobResult) {
         self.state = match result {
             JobResult::Activated { .. } => JobState::Activated,
             JobResult::Failed { code, .. } if code == codes::INTERRUPTED => JobState::Interrupted,
@@ -138,22 +68,6 @@ impl JobRecord {
             self.whmcs_invoice_id = *invoice_id;
         }
         self.finished_at = Some(now_rfc3339());
-    }
-
-    /// Whether the job finished less than `within` ago (by this host's clock: a margin of hours
-    /// makes skew irrelevant). An entry of an older version has no `finished_at` and is not.
-    pub fn finished_within(&self, within: time::Duration) -> bool {
-        self.finished_at
-            .as_deref()
-            .and_then(|at| {
-                time::OffsetDateTime::parse(at, &time::format_description::well_known::Rfc3339).ok()
-            })
-            .is_some_and(|at| time::OffsetDateTime::now_utc() - at < within)
-    }
-
-    /// Whether the job claimed by `event_id` is still running under this entry.
-    pub fn runs(&self, event_id: &str) -> bool {
-        self.state == JobState::Running && self.event_id == event_id
     }
 }
 
@@ -328,7 +242,7 @@ impl Journal {
     }
 
     pub fn key(order_id: &str) -> String {
-        format!("order.{order_id}")
+        messages::journal::key(order_id)
     }
 
     pub fn store(&self) -> &kv::Store {

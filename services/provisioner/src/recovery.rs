@@ -39,7 +39,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
 use crate::job::{Delivery, JobRunner};
-use crate::journal::{self, JobRecord, Journal, Stored};
+use crate::journal::{self, Close, JobRecord, Journal, Stored};
 use crate::metrics::ReasonLabel;
 use crate::publisher::Report;
 use crate::steps::{codes, JobResult};

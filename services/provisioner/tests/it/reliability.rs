@@ -391,7 +391,7 @@ async fn take_and_close(
     request: &messages::ProvisioningRequestedV1,
 ) -> (provisioner::journal::JobRecord, u64) {
     use futures::StreamExt;
-    use provisioner::journal::{claimed_record, Journal};
+    use provisioner::journal::{claimed_record, Close, Journal};
     use provisioner::steps::JobResult;
 
     let js = jetstream::new(h.nats.client().await);
