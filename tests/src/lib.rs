@@ -11,6 +11,7 @@
 //! - [`keys`]: RSA key pairs for the OAuth JWT bearer flow.
 //! - [`secure_nats`]: a private CA and certificates, operator-mode JWTs and `.creds` files,
 //!   nats-server configuration files for authentication and TLS.
+//! - [`schemas`]: the published JSON Schemas (docs/schemas) as validators: `assert_valid`.
 //! - [`stack`]: what the cross-service tests share when they run the services as processes:
 //!   the Salesforce login environment, environment maps, an HTTP GET for the services' endpoints.
 //! - [`wait`]: polling with a deadline, for conditions no event announces.
@@ -20,6 +21,7 @@ pub mod keys;
 pub mod nats;
 pub mod otlp;
 pub mod process;
+pub mod schemas;
 pub mod secure_nats;
 pub mod stack;
 pub mod telemetry;

@@ -8,11 +8,13 @@
 //!   `provisioning.deadletter.v1`, `provisioning.status.v1`.
 //! - [`journal`]: the provisioner's job journal entry, which the status answer is made from.
 //! - [`salesforce_id`]: validation of 15/18-character Salesforce ids.
+//! - [`schemas`]: the bodies' JSON Schemas, published under `docs/schemas/`.
 
 pub mod bodies;
 pub mod headers;
 pub mod journal;
 pub mod salesforce_id;
+pub mod schemas;
 pub mod subjects;
 
 pub use bodies::{
