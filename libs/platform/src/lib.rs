@@ -1,6 +1,7 @@
 //! Shared plumbing for every service of the pipeline, written once:
 //!
 //! - [`config`]: environment variables with errors that name the variable.
+//! - [`cli`]: `--help` and `--version` for the service binaries (configured by environment only).
 //! - [`nats`]: connecting (URLs, auth, TLS from the contract's variables), creating streams and
 //!   KV buckets when absent.
 //! - [`telemetry`]: tracing subscriber (JSON or pretty), OpenTelemetry export over OTLP, and W3C
@@ -17,6 +18,7 @@
 //! - [`error`]: an error with its causes on one log line.
 
 pub mod backoff;
+pub mod cli;
 pub mod config;
 pub mod deadletter;
 pub mod error;

@@ -1,18 +1,18 @@
 //! sf-bridge binary: configuration, telemetry and shutdown wiring; the work is in the library.
 //!
-//! Exit codes: 0 after a requested stop, 2 for a configuration error (one line naming the
-//! variable), 1 for any other failure: a permanent JetStream error at start, or a background
-//! task that died (the orchestrator restarts the process).
+//! Exit codes: 0 after a requested stop (and for `--help`, `--version`), 2 for a configuration
+//! error or any other argument (one line naming it), 1 for any other failure: a permanent
+//! JetStream error at start, or a background task that died (the orchestrator restarts it).
 
 use std::process::ExitCode;
 
 use anyhow::Context;
 use platform::config::Env;
-use sf_bridge::app::AppError;
-use sf_bridge::{App, BridgeSettings};
+use sf_bridge::{app::AppError, App, BridgeSettings};
 
 #[tokio::main]
 async fn main() -> ExitCode {
+    platform::answer_help_or_version!();
     let settings = match BridgeSettings::from_env(&Env::process()) {
         Ok(settings) => settings,
         Err(err) => {

@@ -8,6 +8,7 @@ use sf_sim::{SfSim, SimConfig};
 
 #[tokio::main]
 async fn main() -> ExitCode {
+    platform::answer_help_or_version!();
     match run().await {
         Ok(()) => ExitCode::SUCCESS,
         Err(err) => {

@@ -1,8 +1,8 @@
 //! sf-writer binary: configuration, telemetry and shutdown wiring; the work is in the library.
 //!
-//! Exit codes: 0 after a requested stop, 2 for a configuration error (one line naming the
-//! variable), 1 for any other failure: a permanent JetStream error at start, or a background
-//! task that died (the orchestrator restarts the process).
+//! Exit codes: 0 after a requested stop (and for `--help`, `--version`), 2 for a configuration
+//! error or any other argument (one line naming it), 1 for any other failure: a permanent
+//! JetStream error at start, or a background task that died (the orchestrator restarts it).
 
 use std::process::ExitCode;
 
@@ -13,6 +13,7 @@ use sf_writer::{App, WriterSettings};
 
 #[tokio::main]
 async fn main() -> ExitCode {
+    platform::answer_help_or_version!();
     let settings = match WriterSettings::from_env(&Env::process()) {
         Ok(settings) => settings,
         Err(err) => {

@@ -9,6 +9,7 @@ use whmcs_sim::{WhmcsSim, WhmcsSimConfig};
 
 #[tokio::main]
 async fn main() -> ExitCode {
+    platform::answer_help_or_version!();
     match run().await {
         Ok(()) => ExitCode::SUCCESS,
         Err(err) => {
