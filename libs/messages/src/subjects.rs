@@ -22,6 +22,18 @@ pub const PROVISIONING_OUTCOME_PREFIX: &str = "provisioning.outcome";
 pub const PROVISIONING_OUTCOME_ALL: &str = "provisioning.outcome.>";
 
 /// `sf.order.update.<OrderId>`: field changes for sf-writer to apply.
+/// Request/reply subject of an order's status (`provisioning.status.<OrderId>`), answered by
+/// the provisioner's NATS service [`STATUS_SERVICE`].
+pub fn provisioning_status(order_id: &str) -> String {
+    format!("{PROVISIONING_STATUS_PREFIX}.{order_id}")
+}
+pub const PROVISIONING_STATUS_PREFIX: &str = "provisioning.status";
+/// The subject the status service's endpoint listens on (one token: the Order id).
+pub const PROVISIONING_STATUS_ENDPOINT: &str = "provisioning.status.*";
+/// Name of the NATS service (micro protocol) answering `provisioning.status.<OrderId>`, as
+/// `$SRV.PING`, `$SRV.INFO` and `$SRV.STATS` show it.
+pub const STATUS_SERVICE: &str = "provisioning-status";
+
 pub fn order_update(order_id: &str) -> String {
     format!("{ORDER_UPDATE_PREFIX}.{order_id}")
 }

@@ -6,17 +6,17 @@
 //! NATS is flushed (acks and publishes, within [`platform::nats::SHUTDOWN_FLUSH_DEADLINE`]); the
 //! HTTP listener closes last.
 //!
-//! Background tasks (the HTTP listener, the reconciler, the consumer-lag poller) run under a
+//! Background tasks (the HTTP listener, the reconciler, the consumer-lag poller, the NATS status
+//! service) run under a
 //! [`Supervisor`]: one that dies cancels the root token, the service shuts down in the order
 //! above, and [`App::run_until_stopped`] returns [`AppError::Task`] (exit non-zero). So does a
 //! pull loop that ends while nobody asked it to.
 
 use std::net::SocketAddr;
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use async_nats::jetstream::{self, kv};
-use axum::Router;
 use platform::http::Health;
 use platform::nats::{JetStreamResources, ReplicaMetrics};
 use platform::supervise::{Supervisor, TaskEnd, TaskFailure};
@@ -32,6 +32,7 @@ use crate::metrics::ProvisionerMetrics;
 use crate::orchestrator::Orchestrator;
 use crate::publisher::Publisher;
 use crate::recovery::Recovery;
+use crate::status::{self, StatusApi, StatusMetrics};
 use crate::worker;
 use platform::deadletter::DeadLetters;
 
@@ -75,6 +76,7 @@ pub struct App {
     runner: Arc<JobRunner>,
     recovery: Arc<Recovery>,
     consumer: jetstream::consumer::PullConsumer,
+    status: Arc<StatusApi>,
 }
 
 impl App {
@@ -95,13 +97,20 @@ impl App {
         let supervisor = Supervisor::new(health.clone(), cancel.clone());
         let mut registry = Registry::default();
         let metrics = ProvisionerMetrics::register(&mut registry);
+        let status_metrics = StatusMetrics::register(&mut registry);
+        // Set once the journal is open; until then /orders answers 503.
+        let status_api: Arc<OnceLock<Arc<StatusApi>>> = Arc::default();
         let replica_metrics = ReplicaMetrics::register(&mut registry);
         let http_cancel = CancellationToken::new();
         let http = platform::http::serve(
             settings.common.http_addr,
             health.clone(),
             Arc::new(registry),
-            Router::new(),
+            status::routes(
+                status_api.clone(),
+                settings.status_api_token.clone(),
+                status_metrics.clone(),
+            ),
             http_cancel.clone(),
         )
         .await?;
@@ -114,6 +123,9 @@ impl App {
                 .with_metrics(replica_metrics);
         let (journal_kv, consumer) =
             Box::pin(ensure_resources(&resources, &settings, cancel)).await?;
+        let status = StatusApi::new(journal_kv.clone(), status_metrics);
+        // Only `build` sets it, once.
+        let _ = status_api.set(status.clone());
         let journal = Journal::new(
             journal_kv,
             settings.job_lease,
@@ -170,6 +182,7 @@ impl App {
             runner,
             recovery,
             consumer,
+            status,
         })
     }
 
@@ -211,6 +224,16 @@ impl App {
             self.runner.metrics.consumer.clone().poll(
                 self.consumer.clone(),
                 CONSUMER_INFO_EVERY,
+                recovery_cancel.clone(),
+            ),
+        );
+        // Answers until the pull loop has drained, like the reconciler; the HTTP status routes
+        // answer until the listener closes last.
+        self.supervisor.spawn(
+            "status-service",
+            status::serve_nats(
+                self.nats.clone(),
+                self.status.clone(),
                 recovery_cancel.clone(),
             ),
         );

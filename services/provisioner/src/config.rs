@@ -37,6 +37,8 @@ pub struct ProvisionerSettings {
     /// Gateway used for AddOrder when the client's stored pay method names none.
     pub default_payment_method: String,
     pub worker_id: String,
+    /// `STATUS_API_TOKEN`: when set, `GET /orders/…` requires `Authorization: Bearer <token>`.
+    pub status_api_token: Option<secrecy::SecretString>,
 }
 
 impl ProvisionerSettings {
@@ -81,7 +83,21 @@ impl ProvisionerSettings {
             worker_id: env
                 .get("PROVISIONER_WORKER_ID")
                 .unwrap_or_else(platform::telemetry::instance_id),
+            status_api_token: status_api_token(env)?,
         })
+    }
+}
+
+/// An empty token is refused rather than read as "unset": a secret that failed to mount must
+/// not leave the status API open.
+fn status_api_token(env: &Env) -> Result<Option<secrecy::SecretString>, ConfigError> {
+    match env.get("STATUS_API_TOKEN") {
+        None => Ok(None),
+        Some(token) if token.trim().is_empty() => Err(ConfigError::new(
+            "STATUS_API_TOKEN",
+            "is set but empty (unset it to leave /orders open)",
+        )),
+        Some(token) => Ok(Some(token.trim().to_owned().into())),
     }
 }
 
@@ -145,6 +161,19 @@ mod tests {
         ])
         .unwrap_err();
         assert_eq!(err.variable, "SF_BRIDGE_DUPLICATE_WINDOW_SECS");
+    }
+
+    #[test]
+    fn the_status_api_token_is_optional_but_never_empty() {
+        use secrecy::ExposeSecret as _;
+        assert!(settings(&[]).unwrap().status_api_token.is_none());
+        let set = settings(&[("STATUS_API_TOKEN", "t0ken")]).unwrap();
+        assert_eq!(set.status_api_token.unwrap().expose_secret(), "t0ken");
+        let err = settings(&[("STATUS_API_TOKEN", " ")]).unwrap_err();
+        assert_eq!(err.variable, "STATUS_API_TOKEN");
+        assert!(
+            !format!("{:?}", settings(&[("STATUS_API_TOKEN", "t0ken")]).unwrap()).contains("t0ken")
+        );
     }
 
     #[test]

@@ -8,6 +8,7 @@
 //! - [`orchestrator`]: the steps, from the Salesforce read to AcceptOrder.
 //! - [`publisher`]: outcome and Salesforce-update messages.
 //! - [`recovery`]: abandoned jobs (expired leases, max-deliveries advisories) → INTERRUPTED.
+//! - [`status`]: the order status API (`GET /orders/{id}`, `provisioning.status.<id>`).
 //! - [`catalog`]: WHMCS products, checked before AddOrder.
 //! - [`salesforce_order`], [`steps`], [`metrics`].
 
@@ -21,6 +22,7 @@ pub mod orchestrator;
 pub mod publisher;
 pub mod recovery;
 pub mod salesforce_order;
+pub mod status;
 pub mod steps;
 pub mod worker;
 

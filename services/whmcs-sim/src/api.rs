@@ -258,6 +258,13 @@ pub(crate) async fn api_php(
         .entry(canonical.clone())
         .or_insert(0) += 1;
 
+    let gate = lock(&sim.inner.faults)
+        .gates
+        .get(&normalize_action(&canonical))
+        .cloned();
+    if let Some(gate) = gate {
+        gate.pass().await;
+    }
     let drawn = draw_faults(&sim, &normalize_action(&canonical));
     if !drawn.latency.is_zero() {
         tokio::time::sleep(drawn.latency).await;

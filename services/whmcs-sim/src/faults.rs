@@ -154,6 +154,63 @@ impl ActionFaults {
     }
 }
 
+/// A gate closed in front of an action: calls wait before running until it opens. Opening
+/// (or dropping) it lets every waiting and later call through.
+#[derive(Debug)]
+pub struct Gate {
+    open: tokio::sync::watch::Sender<bool>,
+    arrived: tokio::sync::watch::Receiver<u64>,
+}
+
+/// The simulator's side of a [`Gate`].
+#[derive(Debug, Clone)]
+pub struct GateState {
+    open: tokio::sync::watch::Receiver<bool>,
+    arrived: std::sync::Arc<tokio::sync::watch::Sender<u64>>,
+}
+
+impl Gate {
+    pub(crate) fn closed() -> (Self, GateState) {
+        let (open_tx, open_rx) = tokio::sync::watch::channel(false);
+        let (arrived_tx, arrived_rx) = tokio::sync::watch::channel(0);
+        (
+            Self {
+                open: open_tx,
+                arrived: arrived_rx,
+            },
+            GateState {
+                open: open_rx,
+                arrived: std::sync::Arc::new(arrived_tx),
+            },
+        )
+    }
+
+    /// Waits until `calls` calls in all have reached the gate.
+    pub async fn arrived(&mut self, calls: u64) {
+        // The sender lives in the simulator's state as long as the gate is installed.
+        let _ = self.arrived.wait_for(|n| *n >= calls).await;
+    }
+
+    /// Opens the gate: waiting calls run, later calls pass.
+    pub fn open(self) {
+        drop(self);
+    }
+}
+
+impl Drop for Gate {
+    fn drop(&mut self) {
+        self.open.send_replace(true);
+    }
+}
+
+impl GateState {
+    /// Counts the call as arrived and waits until the gate opens.
+    pub(crate) async fn pass(mut self) {
+        self.arrived.send_modify(|n| *n += 1);
+        let _ = self.open.wait_for(|open| *open).await;
+    }
+}
+
 fn millis(duration: Duration) -> u64 {
     u64::try_from(duration.as_millis()).unwrap_or(u64::MAX)
 }

@@ -302,6 +302,8 @@ impl Data {
 pub(crate) struct FaultState {
     pub per_action: BTreeMap<String, ActionFaults>,
     pub latency_all: Duration,
+    /// Actions whose calls wait at a gate the test opens ([`WhmcsHandle::gate`]).
+    pub gates: BTreeMap<String, crate::faults::GateState>,
 }
 
 #[derive(Debug, Default)]
@@ -672,11 +674,22 @@ impl WhmcsHandle {
             .collect()
     }
 
+    /// Closes a gate in front of `action` (any spelling): its calls wait there, before running,
+    /// until the returned [`crate::faults::Gate`] is opened or dropped. For tests that must
+    /// observe a job in the middle of a call without racing a timer.
+    pub fn gate(&self, action: &str) -> crate::faults::Gate {
+        let key = crate::api::normalize_action(action);
+        let (gate, state) = crate::faults::Gate::closed();
+        lock(&self.inner.faults).gates.insert(key, state);
+        gate
+    }
+
     /// Clears every fault, including the latency of all actions.
     pub fn clear_faults(&self) {
         let mut state = lock(&self.inner.faults);
         state.per_action.clear();
         state.latency_all = Duration::ZERO;
+        state.gates.clear();
     }
 
     /// Latency added to every call (before any per-action latency).

@@ -14,6 +14,9 @@ async fn run_once(h: &Harness, order_id: &str, extra: &[(&str, &str)]) -> Provis
     let mut outcomes = h.outcomes(order_id).await;
     h.publish(&h.request(order_id)).await;
     let outcome = outcomes.next().await;
+    // The journal is closed before the outcome is published: the status API already says so.
+    let status = crate::status::status_of(&provisioner, order_id).await;
+    crate::status::assert_matches_outcome(&status, &outcome);
     provisioner.stop().await;
     if outcome.result == OutcomeResult::Failed {
         let updates = h.updates_for(order_id).await;

@@ -12,3 +12,4 @@ mod orchestration;
 mod paging;
 mod reliability;
 mod shutdown;
+mod status;
