@@ -63,6 +63,23 @@ pub struct DeadLetterDetail {
     pub replay_refused: Option<String>,
 }
 
+/// What `deadletter replay <seq> --dry-run` shows: the message replay would publish, or why it
+/// would refuse. Nothing is published.
+#[derive(Debug, Clone, Serialize)]
+pub struct ReplayPlan {
+    pub dead_letter_seq: u64,
+    pub service: String,
+    /// The subject replay publishes to; the dead letter's origin subject when refused.
+    pub subject: Option<String>,
+    /// The headers replay sends (`Nats-Msg-Id` is made new for every replay).
+    pub headers: Vec<(String, String)>,
+    pub payload_bytes: usize,
+    /// Why replay would refuse, if it would.
+    pub refused: Option<String>,
+    /// Always `false`: a dry run publishes nothing.
+    pub published: bool,
+}
+
 #[derive(Debug, Clone, Serialize)]
 pub struct ReplayReport {
     pub dead_letter_seq: u64,
@@ -239,6 +256,47 @@ impl Ctl {
             stream_sequence: ack.sequence,
             duplicate: ack.duplicate,
         })
+    }
+
+    /// What [`Ctl::deadletter_replay`] would publish for dead letter `seq`, without publishing.
+    pub async fn deadletter_replay_plan(&self, seq: u64) -> Result<ReplayPlan, CtlError> {
+        let stream = self.deadletter_stream().await?;
+        let (message, body) = self.dead_letter(&stream, seq).await?;
+        // The same construction as the real replay; only the message id's UUID is a placeholder.
+        let msg_id = format!("provctl-replay:{seq}:<a new UUID>");
+        let plan = match replay(&message, &body, &msg_id) {
+            Ok(replay) => {
+                let mut headers: Vec<(String, String)> = replay
+                    .headers
+                    .iter()
+                    .flat_map(|(name, values)| {
+                        values
+                            .iter()
+                            .map(move |v| (name.to_string(), v.as_str().to_owned()))
+                    })
+                    .collect();
+                headers.sort();
+                ReplayPlan {
+                    dead_letter_seq: seq,
+                    service: body.service.clone(),
+                    subject: Some(replay.subject),
+                    headers,
+                    payload_bytes: replay.payload.len(),
+                    refused: None,
+                    published: false,
+                }
+            }
+            Err(reason) => ReplayPlan {
+                dead_letter_seq: seq,
+                service: body.service.clone(),
+                subject: body.origin.subject.clone(),
+                headers: Vec::new(),
+                payload_bytes: decode_payload(&body).map_or(0, |p| p.len()),
+                refused: Some(reason),
+                published: false,
+            },
+        };
+        Ok(plan)
     }
 
     async fn dead_letter(
@@ -461,6 +519,35 @@ impl DeadLetterDetail {
             )),
             Some(reason) => out.push_str(&format!("replay: not possible: {reason}\n")),
         }
+        out
+    }
+}
+
+impl ReplayPlan {
+    pub fn render(&self) -> String {
+        let mut out = match &self.refused {
+            None => format!(
+                "dry run: dead letter {} ({}) would be replayed; nothing was published\n",
+                self.dead_letter_seq, self.service
+            ),
+            Some(reason) => format!(
+                "dry run: dead letter {} ({}) would NOT be replayed: {reason}\n",
+                self.dead_letter_seq, self.service
+            ),
+        };
+        let mut table = Table::new(["FIELD", "VALUE"]);
+        table.row([
+            "subject".to_owned(),
+            self.subject.clone().unwrap_or_else(|| "-".to_owned()),
+        ]);
+        table.row([
+            "payload".to_owned(),
+            format!("{} bytes", self.payload_bytes),
+        ]);
+        for (name, value) in &self.headers {
+            table.row([format!("header {name}"), value.clone()]);
+        }
+        out.push_str(&table.render());
         out
     }
 }

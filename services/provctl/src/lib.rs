@@ -5,23 +5,35 @@
 //!   dead letters per service.
 //! - [`Ctl::order`]: an order's journal entry, last outcome, trace id and Jaeger link.
 //! - [`Ctl::cursor_set`]: move the bridge's replay cursor for a deliberate backfill or skip.
-//! - [`Ctl::deadletter_list`], [`Ctl::deadletter_show`], [`Ctl::deadletter_replay`].
+//! - [`Ctl::check`]: the status report judged: problems that need attention (`status --check`).
+//! - [`Ctl::orders`]: the journal's orders in one state, newest first.
+//! - [`Ctl::deadletter_list`], [`Ctl::deadletter_show`], [`Ctl::deadletter_replay`],
+//!   [`Ctl::deadletter_replay_plan`] (`--dry-run`).
+//!
+//! Exit codes are [`exit::Exit`].
 //!
 //! Every command returns a report that serialises to JSON (`--json`) and renders as text.
 //! Resource names follow the services' variables ([`settings::Names`]).
 
+pub mod check;
 pub mod cursor;
 pub mod deadletter;
+pub mod duration;
+pub mod exit;
 pub mod order;
+pub mod orders;
 pub mod settings;
 pub mod status;
 pub mod table;
 
 use async_nats::jetstream::{self, kv, stream};
 
+pub use check::{CheckReport, CheckSettings, Problem, ProblemKind};
 pub use cursor::{CursorSetReport, CursorTarget};
-pub use deadletter::{DeadLetterDetail, DeadLetterList, ReplayReport};
+pub use deadletter::{DeadLetterDetail, DeadLetterList, ReplayPlan, ReplayReport};
+pub use exit::Exit;
 pub use order::OrderReport;
+pub use orders::{OrdersQuery, OrdersReport};
 pub use settings::{CtlSettings, Names};
 pub use status::StatusReport;
 

@@ -5,9 +5,13 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use anyhow::Context as _;
-use clap::{Args, Parser, Subcommand};
+use clap::{Args, CommandFactory as _, Parser, Subcommand};
+use messages::journal::JobState;
 use platform::config::Env;
-use provctl::{Ctl, CtlSettings, CursorTarget};
+use provctl::check::DEFAULT_MAX_LAG;
+use provctl::duration::parse_duration;
+use provctl::exit::EXIT_CODES_HELP;
+use provctl::{CheckSettings, Ctl, CtlSettings, CursorTarget, Exit, OrdersQuery};
 
 #[derive(Debug, Parser)]
 #[command(
@@ -17,7 +21,9 @@ use provctl::{Ctl, CtlSettings, CursorTarget};
     long_about = "Operator CLI for the provisioning pipeline. Connects with the services' variables: \
                   NATS_URL (default nats://127.0.0.1:4222), NATS_CREDS_FILE, NATS_USER/NATS_PASSWORD, \
                   NATS_TOKEN, NATS_TLS_CA_FILE; resource names follow the services' variables \
-                  (SF_BRIDGE_STREAM, DEADLETTER_STREAM, ...); JAEGER_UI_URL for trace links."
+                  (SF_BRIDGE_STREAM, DEADLETTER_STREAM, ...); JAEGER_UI_URL for trace links. \
+                  docs/runbook.md, section \"provctl\", explains every command.",
+    after_help = EXIT_CODES_HELP
 )]
 struct Cli {
     /// Print machine-readable JSON instead of tables.
@@ -33,18 +39,66 @@ struct Cli {
 #[derive(Debug, Subcommand)]
 enum Command {
     /// sf-bridge leader and cursor age, stream and consumer lag, dead letters per service.
-    Status,
-    /// An order's journal entry, last outcome, trace id and Jaeger link.
+    Status(StatusArgs),
+    /// An order's journal entry, last outcome, trace id and Jaeger link (exit 4: unknown order).
     Order {
         /// The Salesforce Order id (15 or 18 characters).
         order_id: String,
     },
+    /// The journal's orders in one state, newest first (error code, step, attempts, message).
+    Orders(OrdersArgs),
     /// The sf-bridge replay cursor.
     #[command(subcommand)]
     Cursor(CursorCommand),
     /// Messages the services set aside (PROVISIONING_DEADLETTER).
     #[command(subcommand)]
     Deadletter(DeadletterCommand),
+    /// Print a shell completion script (bash, zsh, fish, elvish, powershell); needs no NATS.
+    ///
+    /// bash: `provctl completions bash > /etc/bash_completion.d/provctl`;
+    /// zsh: `provctl completions zsh > "${fpath[1]}/_provctl"`;
+    /// fish: `provctl completions fish > ~/.config/fish/completions/provctl.fish`.
+    Completions {
+        #[arg(value_enum)]
+        shell: clap_complete::Shell,
+    },
+}
+
+#[derive(Debug, Args)]
+struct StatusArgs {
+    /// Judge the report: print one line per problem and exit 3 when something needs attention
+    /// (no bridge leader, cursor not following events, lag, recent dead letters, missing or
+    /// under-replicated streams and buckets), 0 when nothing does.
+    #[arg(long)]
+    check: bool,
+    /// With --check: most messages a consumer may have pending.
+    #[arg(long, requires = "check", default_value_t = DEFAULT_MAX_LAG)]
+    max_lag: u64,
+    /// With --check: dead letters younger than this need attention (30m, 24h, 7d; 0s: ignore).
+    #[arg(long, requires = "check", value_parser = parse_duration,
+          default_value = "24h")]
+    deadletter_window: Duration,
+    /// With --check: how long an event received by the bridge may stay newer than the cursor.
+    #[arg(long, requires = "check", value_parser = parse_duration,
+          default_value = "2m")]
+    cursor_grace: Duration,
+}
+
+#[derive(Debug, Args)]
+struct OrdersArgs {
+    /// running, activated, failed, skipped or interrupted; every state when absent.
+    #[arg(long, value_parser = parse_state)]
+    state: Option<JobState>,
+    /// Only orders whose entry was updated at most this long ago (30m, 1h, 2d).
+    #[arg(long, value_parser = parse_duration)]
+    since: Option<Duration>,
+    /// At most this many, the newest.
+    #[arg(long, default_value_t = 50)]
+    limit: usize,
+}
+
+fn parse_state(s: &str) -> Result<JobState, String> {
+    s.parse()
 }
 
 #[derive(Debug, Subcommand)]
@@ -92,17 +146,34 @@ enum DeadletterCommand {
     /// One dead letter with its decoded body and original payload.
     Show { seq: u64 },
     /// Republish the original payload to its original subject, with a new Nats-Msg-Id.
-    Replay { seq: u64 },
+    Replay {
+        seq: u64,
+        /// Show the subject, headers and payload size replay would publish (or why it would
+        /// refuse), and publish nothing.
+        #[arg(long)]
+        dry_run: bool,
+    },
 }
 
 #[tokio::main(flavor = "current_thread")]
 async fn main() -> ExitCode {
+    // Usage errors exit 2 and --help/--version 0, from clap itself (Exit::Usage).
     let cli = Cli::parse();
+    if let Command::Completions { shell } = cli.command {
+        // Before any variable is read or NATS is dialled: completions need neither.
+        clap_complete::generate(
+            shell,
+            &mut Cli::command(),
+            "provctl",
+            &mut std::io::stdout(),
+        );
+        return Exit::Ok.into();
+    }
     match run(cli).await {
-        Ok(()) => ExitCode::SUCCESS,
+        Ok(exit) => exit.into(),
         Err(err) => {
             eprintln!("provctl: {err:#}");
-            ExitCode::FAILURE
+            Exit::Failed.into()
         }
     }
 }
@@ -119,7 +190,7 @@ fn emit<T: serde::Serialize>(json: bool, report: &T, text: impl FnOnce(&T) -> St
     }
 }
 
-async fn run(cli: Cli) -> anyhow::Result<()> {
+async fn run(cli: Cli) -> anyhow::Result<Exit> {
     let settings = CtlSettings::from_env(&Env::process())?;
     let timeout = Duration::from_secs(cli.timeout.max(1));
     let work = async {
@@ -133,8 +204,38 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             .with_wanted_replicas(settings.nats.jetstream_replicas);
         let json = cli.json;
         match cli.command {
-            Command::Status => emit(json, &ctl.status().await?, |r| r.render()),
-            Command::Order { order_id } => emit(json, &ctl.order(&order_id).await?, |r| r.render()),
+            Command::Status(args) if args.check => {
+                let settings = CheckSettings {
+                    max_lag: args.max_lag,
+                    deadletter_window: args.deadletter_window,
+                    cursor_grace: args.cursor_grace,
+                };
+                let report = ctl.check(&settings).await?;
+                emit(json, &report, |r| r.render());
+                if report.needs_attention() {
+                    return Ok(Exit::NeedsAttention);
+                }
+            }
+            Command::Status(_) => emit(json, &ctl.status().await?, |r| r.render()),
+            Command::Order { order_id } => {
+                let report = ctl.order(&order_id).await?;
+                emit(json, &report, |r| r.render());
+                if !report.found() {
+                    eprintln!(
+                        "provctl: order {} not found: no journal entry and no outcome",
+                        report.order_id
+                    );
+                    return Ok(Exit::NotFound);
+                }
+            }
+            Command::Orders(args) => {
+                let query = OrdersQuery {
+                    state: args.state,
+                    since: args.since,
+                    limit: args.limit,
+                };
+                emit(json, &ctl.orders(&query).await?, |r| r.render());
+            }
             Command::Cursor(CursorCommand::Set(args)) => {
                 let target = match (args.earliest, args.latest, args.replay_id) {
                     (true, _, _) => CursorTarget::Earliest,
@@ -156,11 +257,23 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             Command::Deadletter(DeadletterCommand::Show { seq }) => {
                 emit(json, &ctl.deadletter_show(seq).await?, |r| r.render())
             }
-            Command::Deadletter(DeadletterCommand::Replay { seq }) => {
-                emit(json, &ctl.deadletter_replay(seq).await?, |r| r.render())
+            Command::Deadletter(DeadletterCommand::Replay { seq, dry_run: true }) => {
+                let plan = ctl.deadletter_replay_plan(seq).await?;
+                emit(json, &plan, |r| r.render());
+                // The same verdict as the real replay: a refusal is exit 1.
+                if let Some(reason) = &plan.refused {
+                    eprintln!("provctl: dead letter {seq} cannot be replayed: {reason}");
+                    return Ok(Exit::Failed);
+                }
             }
+            Command::Deadletter(DeadletterCommand::Replay {
+                seq,
+                dry_run: false,
+            }) => emit(json, &ctl.deadletter_replay(seq).await?, |r| r.render()),
+            // Answered in main, before connecting.
+            Command::Completions { .. } => {}
         }
-        anyhow::Ok(())
+        anyhow::Ok(Exit::Ok)
     };
     tokio::time::timeout(timeout, work).await.map_err(|_| {
         anyhow::anyhow!(
@@ -174,7 +287,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use clap::CommandFactory;
+    use provctl::check::{DEFAULT_CURSOR_GRACE, DEFAULT_DEADLETTER_WINDOW};
 
     #[test]
     fn cli_is_well_formed() {
@@ -185,6 +298,41 @@ mod tests {
         assert!(Cli::try_parse_from(["provctl", "cursor", "set"]).is_err());
         assert!(Cli::try_parse_from(["provctl", "cursor", "set", "--earliest", "AAA="]).is_err());
         assert!(Cli::try_parse_from(["provctl", "deadletter", "show", "x"]).is_err());
+        // Thresholds go with --check only; durations need a unit.
+        assert!(Cli::try_parse_from(["provctl", "status", "--max-lag", "5"]).is_err());
+        let cli = Cli::try_parse_from([
+            "provctl",
+            "status",
+            "--check",
+            "--max-lag",
+            "5",
+            "--deadletter-window",
+            "1h",
+        ])
+        .unwrap();
+        let Command::Status(args) = cli.command else {
+            panic!("not status: {cli:?}");
+        };
+        assert!(args.check && args.max_lag == 5);
+        assert_eq!(args.deadletter_window, Duration::from_secs(3_600));
+        assert_eq!(args.cursor_grace, DEFAULT_CURSOR_GRACE);
+        let cli = Cli::try_parse_from(["provctl", "status", "--check"]).unwrap();
+        let Command::Status(args) = cli.command else {
+            panic!("not status: {cli:?}");
+        };
+        assert_eq!(args.deadletter_window, DEFAULT_DEADLETTER_WINDOW);
+        assert!(Cli::try_parse_from(["provctl", "orders", "--since", "30"]).is_err());
+        assert!(Cli::try_parse_from(["provctl", "orders", "--state", "done"]).is_err());
+        let cli = Cli::try_parse_from(["provctl", "orders", "--state", "failed", "--since", "2d"])
+            .unwrap();
+        let Command::Orders(args) = cli.command else {
+            panic!("not orders: {cli:?}");
+        };
+        assert_eq!(args.state, Some(JobState::Failed));
+        assert_eq!(args.since, Some(Duration::from_secs(172_800)));
+        assert!(Cli::try_parse_from(["provctl", "completions", "tcsh"]).is_err());
+        let help = Cli::command().render_long_help().to_string();
+        assert!(help.contains("Exit codes:"), "{help}");
         // --force is not one of the targets: it goes with any of them.
         for target in ["--latest", "--earliest", "AAA="] {
             let cli = Cli::try_parse_from(["provctl", "cursor", "set", target, "--force"])

@@ -138,6 +138,13 @@ impl Ctl {
     }
 }
 
+impl OrderReport {
+    /// Whether the pipeline knows the order at all: a journal entry or an outcome.
+    pub fn found(&self) -> bool {
+        self.journal.is_some() || self.outcome.is_some()
+    }
+}
+
 fn field(value: &Value, name: &str) -> String {
     match value.get(name) {
         None | Some(Value::Null) => "-".to_owned(),
