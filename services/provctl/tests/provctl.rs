@@ -8,9 +8,10 @@ use std::time::Duration;
 
 use async_nats::jetstream::{self, consumer, kv};
 use base64::Engine;
+use messages::journal::{JobRecord, JobState};
 use messages::subjects::{self, buckets, streams};
 use messages::{DeadLetterOrigin, DeadLetterV1};
-use provctl::{Ctl, CtlError, CursorTarget, Names};
+use provctl::{CheckSettings, Ctl, CtlError, CursorTarget, Names, OrdersQuery, ProblemKind};
 use serde_json::{json, Value};
 use testkit::nats::NatsServer;
 
@@ -536,4 +537,503 @@ async fn binary_prints_tables_and_json() {
     let (code, _, err) = run(&["deadletter", "replay", "2"]);
     assert_eq!(code, Some(1));
     assert!(err.contains("cannot be replayed"), "{err}");
+}
+
+/// Runs the provctl binary against `url`: (exit code, stdout, stderr).
+fn run_provctl(url: &str, args: &[&str]) -> (Option<i32>, String, String) {
+    let output = std::process::Command::new(env!("CARGO_BIN_EXE_provctl"))
+        .args(args)
+        .env("NATS_URL", url)
+        .env("JAEGER_UI_URL", "http://localhost:16686")
+        .output()
+        .unwrap();
+    (
+        output.status.code(),
+        String::from_utf8_lossy(&output.stdout).into_owned(),
+        String::from_utf8_lossy(&output.stderr).into_owned(),
+    )
+}
+
+fn kinds(report: &provctl::CheckReport) -> Vec<ProblemKind> {
+    report.problems.iter().map(|p| p.kind).collect()
+}
+
+fn rfc3339_ago(secs: i64) -> String {
+    messages::bodies::rfc3339(time::OffsetDateTime::now_utc() - time::Duration::seconds(secs))
+}
+
+async fn last_seq(js: &jetstream::Context, stream: &str) -> u64 {
+    let mut stream = js.get_stream(stream).await.unwrap();
+    stream.info().await.unwrap().state.last_sequence
+}
+
+#[tokio::test]
+async fn status_check_names_each_problem_and_exits_3() {
+    let p = Box::pin(pipeline()).await;
+    let quiet = CheckSettings {
+        deadletter_window: Duration::ZERO,
+        ..CheckSettings::default()
+    };
+
+    // The running pipeline with its two dead letters of a moment ago: those need attention.
+    let report = p.ctl.check(&CheckSettings::default()).await.unwrap();
+    assert_eq!(
+        kinds(&report),
+        [ProblemKind::DeadLetters, ProblemKind::DeadLetters],
+        "{:?}",
+        report.problems
+    );
+    assert_eq!(
+        report.problems[0].resource,
+        "provisioning.deadletter.provisioner"
+    );
+    assert!(
+        report.problems[1]
+            .message
+            .contains("provctl deadletter list --service sf-bridge"),
+        "{}",
+        report.problems[1].message
+    );
+    // Ignoring dead letters: healthy. The request in the stream was received before the cursor
+    // was written, and one pending message is under the lag threshold.
+    let report = p.ctl.check(&quiet).await.unwrap();
+    assert!(report.problems.is_empty(), "{:?}", report.problems);
+    assert!(report.render().contains("check: nothing needs attention"));
+    let lag = CheckSettings {
+        max_lag: 0,
+        ..quiet
+    };
+    let report = p.ctl.check(&lag).await.unwrap();
+    assert_eq!(kinds(&report), [ProblemKind::ConsumerLag]);
+    assert_eq!(
+        report.problems[0].resource,
+        "PROVISIONING_REQUESTS/provisioner"
+    );
+
+    // The binary: exit 0 when healthy, 3 with one line per problem, JSON with the list.
+    let (code, out, err) = run_provctl(&p.url, &["status", "--check", "--deadletter-window", "0s"]);
+    assert_eq!(code, Some(0), "{out}{err}");
+    assert!(out.contains("check: nothing needs attention"), "{out}");
+    let (code, out, err) = run_provctl(&p.url, &["status", "--check"]);
+    assert_eq!(code, Some(3), "{out}{err}");
+    let lines: Vec<&str> = out
+        .lines()
+        .filter(|l| l.starts_with("ATTENTION "))
+        .collect();
+    assert_eq!(lines.len(), 2, "{out}");
+    assert!(
+        lines
+            .iter()
+            .all(|l| l.starts_with("ATTENTION dead_letters: ")),
+        "{out}"
+    );
+    let (code, out, _) = run_provctl(
+        &p.url,
+        &[
+            "--json",
+            "status",
+            "--check",
+            "--max-lag",
+            "0",
+            "--deadletter-window",
+            "0s",
+        ],
+    );
+    assert_eq!(code, Some(3));
+    let v: Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(v["problems"].as_array().unwrap().len(), 1, "{v}");
+    assert_eq!(v["problems"][0]["kind"], "consumer_lag");
+    assert_eq!(
+        v["bridge"]["lease_holder"], "bridge-a-1234",
+        "the status report is there too"
+    );
+    assert_eq!(v["thresholds"]["max_lag"], 0);
+
+    // An event the bridge received ten minutes ago, newer than the stored cursor: the cursor does
+    // not follow the events.
+    let mut event = requested(OTHER_ORDER, "evt-3");
+    event["received_at"] = json!(rfc3339_ago(600));
+    publish(
+        &p.js,
+        subjects::provisioning_requested(OTHER_ORDER),
+        &[("Nats-Msg-Id", "evt-3")],
+        serde_json::to_vec(&event).unwrap(),
+    )
+    .await;
+    let report = p.ctl.check(&quiet).await.unwrap();
+    assert_eq!(
+        kinds(&report),
+        [ProblemKind::CursorStalled],
+        "{:?}",
+        report.problems
+    );
+    assert_eq!(
+        report.problems[0].resource,
+        format!("{}/{CHANNEL_KEY}", buckets::BRIDGE_CURSOR)
+    );
+    // Within the grace it is not yet a problem; a cursor written after it is none either.
+    let patient = CheckSettings {
+        cursor_grace: Duration::from_secs(3_600),
+        ..quiet
+    };
+    assert!(p.ctl.check(&patient).await.unwrap().problems.is_empty());
+    let cursor = p.js.get_key_value(buckets::BRIDGE_CURSOR).await.unwrap();
+    let fresh = json!({
+        "replay_id": b64(b"\x00\x00\x00\x2b"), "updated_at": rfc3339_ago(5),
+        "written_by": "bridge-a-1234"
+    });
+    cursor
+        .put(CHANNEL_KEY, serde_json::to_vec(&fresh).unwrap().into())
+        .await
+        .unwrap();
+    assert!(p.ctl.check(&quiet).await.unwrap().problems.is_empty());
+
+    // The lease gone (expired or released): no leader, and the cursor is not judged.
+    let lease = p.js.get_key_value(buckets::BRIDGE_LEASE).await.unwrap();
+    lease.delete(CHANNEL_KEY).await.unwrap();
+    let report = p.ctl.check(&quiet).await.unwrap();
+    assert_eq!(kinds(&report), [ProblemKind::NoLeader]);
+    let (code, out, _) = run_provctl(&p.url, &["status", "--check", "--deadletter-window", "0s"]);
+    assert_eq!(code, Some(3));
+    assert!(out.contains("ATTENTION no_leader: "), "{out}");
+
+    // JETSTREAM_REPLICAS=3 against these R1 streams and buckets: each one is named.
+    let strict =
+        Ctl::new(p.js.client(), Names::default(), "http://j:16686").with_wanted_replicas(3);
+    let report = strict.check(&quiet).await.unwrap();
+    let under: Vec<&str> = report
+        .problems
+        .iter()
+        .filter(|p| p.kind == ProblemKind::UnderReplicated)
+        .map(|p| p.resource.as_str())
+        .collect();
+    assert_eq!(under.len(), 7, "{:?}", report.problems);
+    assert!(under.contains(&"KV_provisioning_jobs"));
+}
+
+#[tokio::test]
+async fn status_check_of_an_empty_server_names_what_is_missing() {
+    let server = NatsServer::start().await;
+    let ctl = Ctl::new(server.client().await, Names::default(), "http://j:16686");
+    let report = ctl.check(&CheckSettings::default()).await.unwrap();
+    let missing = report
+        .problems
+        .iter()
+        .filter(|p| p.kind == ProblemKind::Missing)
+        .count();
+    assert_eq!(
+        missing,
+        4 + 3 + 2,
+        "streams, buckets, consumers: {:?}",
+        report.problems
+    );
+    assert!(report
+        .problems
+        .iter()
+        .any(|p| p.kind == ProblemKind::NoLeader));
+    let (code, _, err) = run_provctl(&server.url(), &["status", "--check"]);
+    assert_eq!(code, Some(3), "{err}");
+}
+
+#[tokio::test]
+async fn order_unknown_to_the_pipeline_exits_4() {
+    let p = Box::pin(pipeline()).await;
+    let (code, out, err) = run_provctl(&p.url, &["order", OTHER_ORDER]);
+    assert_eq!(code, Some(4), "{out}{err}");
+    assert!(err.contains("not found"), "{err}");
+    assert!(
+        out.contains("journal: no entry"),
+        "the report is printed too: {out}"
+    );
+    let (code, out, _) = run_provctl(&p.url, &["--json", "order", &OTHER_ORDER[..15]]);
+    assert_eq!(code, Some(4));
+    let v: Value = serde_json::from_str(&out).unwrap();
+    assert!(v["journal"].is_null() && v["outcome"].is_null(), "{v}");
+    // Known orders, and ids that are not ids, keep their codes.
+    assert_eq!(run_provctl(&p.url, &["order", ORDER]).0, Some(0));
+    assert_eq!(run_provctl(&p.url, &["order", "not-an-id"]).0, Some(1));
+}
+
+fn job(order: &str, state: JobState, updated_secs_ago: i64, code: Option<&str>) -> JobRecord {
+    let mut record = JobRecord::new(order);
+    record.state = state;
+    record.step = "whmcs_create".to_owned();
+    record.attempts = 2;
+    record.correlation_id = format!("corr-{order}");
+    record.error_code = code.map(str::to_owned);
+    record.error_message = code.map(|c| format!("{c}: {}", "WHMCS said no. ".repeat(10)));
+    record.started_at = rfc3339_ago(updated_secs_ago + 5);
+    record.updated_at = rfc3339_ago(updated_secs_ago);
+    record
+}
+
+#[tokio::test]
+async fn orders_lists_a_state_newest_first() {
+    let p = Box::pin(pipeline()).await;
+    let journal = p.js.get_key_value(buckets::JOBS).await.unwrap();
+    let put = |record: JobRecord| {
+        let journal = journal.clone();
+        async move {
+            journal
+                .put(
+                    messages::journal::key(&record.order_id),
+                    serde_json::to_vec(&record).unwrap().into(),
+                )
+                .await
+                .unwrap();
+        }
+    };
+    // Three failed orders of different ages, and other states around them.
+    put(job(
+        "801000000000010AAA",
+        JobState::Failed,
+        3 * 86_400,
+        Some("CLIENT_MISSING"),
+    ))
+    .await;
+    put(job(
+        "801000000000011AAA",
+        JobState::Failed,
+        60,
+        Some("MAPPING_MISSING"),
+    ))
+    .await;
+    put(job(
+        "801000000000012AAA",
+        JobState::Failed,
+        7_200,
+        Some("WHMCS_ADD_ORDER"),
+    ))
+    .await;
+    put(job("801000000000013AAA", JobState::Running, 10, None)).await;
+    put(job(
+        "801000000000014AAA",
+        JobState::Interrupted,
+        30,
+        Some("INTERRUPTED"),
+    ))
+    .await;
+    // An order that failed, then was activated by a retry: only its current state counts.
+    put(job(
+        "801000000000015AAA",
+        JobState::Failed,
+        120,
+        Some("NO_ITEMS"),
+    ))
+    .await;
+    put(job("801000000000015AAA", JobState::Activated, 20, None)).await;
+    // A deleted entry, keys that are not order entries, and an entry that is not a JobRecord.
+    put(job("801000000000016AAA", JobState::Failed, 40, Some("X"))).await;
+    journal.delete("order.801000000000016AAA").await.unwrap();
+    journal.put("skipped.evt-9", "{}".into()).await.unwrap();
+    journal
+        .put("reconciled.provisioner", "17".into())
+        .await
+        .unwrap();
+    journal
+        .put("order.801000000000017AAA.extra", "{}".into())
+        .await
+        .unwrap();
+    journal
+        .put("order.801000000000018AAA", "not json".into())
+        .await
+        .unwrap();
+
+    let query = |state, since: Option<u64>, limit| OrdersQuery {
+        state,
+        since: since.map(Duration::from_secs),
+        limit,
+    };
+    let ids = |report: &provctl::OrdersReport| -> Vec<String> {
+        report.orders.iter().map(|o| o.order_id.clone()).collect()
+    };
+
+    let failed = p
+        .ctl
+        .orders(&query(Some(JobState::Failed), None, 50))
+        .await
+        .unwrap();
+    assert_eq!(
+        ids(&failed),
+        [
+            "801000000000011AAA",
+            "801000000000012AAA",
+            "801000000000010AAA"
+        ],
+        "newest first"
+    );
+    assert_eq!(failed.matching, 3);
+    assert_eq!(
+        failed.orders[0].error_code.as_deref(),
+        Some("MAPPING_MISSING")
+    );
+    assert_eq!(failed.orders[0].step, "whmcs_create");
+    assert_eq!(failed.orders[0].attempts, 2);
+    assert_eq!(failed.orders[0].correlation_id, "corr-801000000000011AAA");
+    // pipeline()'s ORDER plus 7 current order entries (one deleted), one unreadable.
+    assert_eq!(failed.entries_read, 8);
+    assert_eq!(failed.unreadable, 1);
+    assert_eq!(failed.unreadable_keys, ["order.801000000000018AAA"]);
+    assert_eq!(failed.other_keys, 1, "order.<id>.extra");
+
+    let recent = p
+        .ctl
+        .orders(&query(Some(JobState::Failed), Some(3_600), 50))
+        .await
+        .unwrap();
+    assert_eq!(ids(&recent), ["801000000000011AAA"]);
+    let limited = p
+        .ctl
+        .orders(&query(Some(JobState::Failed), None, 2))
+        .await
+        .unwrap();
+    assert_eq!(ids(&limited), ["801000000000011AAA", "801000000000012AAA"]);
+    assert_eq!(limited.matching, 3);
+    let running = p
+        .ctl
+        .orders(&query(Some(JobState::Running), None, 50))
+        .await
+        .unwrap();
+    assert_eq!(ids(&running), ["801000000000013AAA"]);
+    let interrupted = p
+        .ctl
+        .orders(&query(Some(JobState::Interrupted), None, 50))
+        .await
+        .unwrap();
+    assert_eq!(ids(&interrupted), ["801000000000014AAA"]);
+    let activated = p
+        .ctl
+        .orders(&query(Some(JobState::Activated), None, 50))
+        .await
+        .unwrap();
+    assert_eq!(ids(&activated), ["801000000000015AAA", ORDER]);
+
+    // The binary: a table with the message cut to a readable width, and JSON with all of it.
+    let (code, out, err) = run_provctl(&p.url, &["orders", "--state", "failed", "--since", "2d"]);
+    assert_eq!(code, Some(0), "{err}");
+    let rows: Vec<&str> = out.lines().filter(|l| l.starts_with("801")).collect();
+    assert_eq!(rows.len(), 2, "{out}");
+    assert!(rows[0].starts_with("801000000000011AAA") && rows[0].contains("MAPPING_MISSING"));
+    assert!(rows[0].ends_with('…'), "message cut: {}", rows[0]);
+    assert!(out.contains("skipped: 1 unreadable entries"), "{out}");
+    let (code, out, _) = run_provctl(
+        &p.url,
+        &["--json", "orders", "--state", "failed", "--limit", "1"],
+    );
+    assert_eq!(code, Some(0));
+    let v: Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(v["orders"].as_array().unwrap().len(), 1);
+    assert_eq!(v["orders"][0]["state"], "failed");
+    assert!(v["orders"][0]["error_message"].as_str().unwrap().len() > 100);
+    assert_eq!(v["matching"], 3);
+    assert_eq!(
+        run_provctl(&p.url, &["orders", "--since", "1 hour"]).0,
+        Some(2)
+    );
+}
+
+#[tokio::test]
+async fn orders_of_an_empty_or_missing_journal() {
+    let server = NatsServer::start().await;
+    let client = server.client().await;
+    let ctl = Ctl::new(client.clone(), Names::default(), "http://j:16686");
+    let query = OrdersQuery {
+        limit: 10,
+        ..OrdersQuery::default()
+    };
+    let report = ctl.orders(&query).await.unwrap();
+    assert!(!report.exists && report.orders.is_empty());
+    let js = jetstream::new(client);
+    platform::nats::ensure_bucket(
+        &js,
+        kv::Config {
+            bucket: buckets::JOBS.to_owned(),
+            history: 5,
+            ..Default::default()
+        },
+    )
+    .await
+    .unwrap();
+    let report = ctl.orders(&query).await.unwrap();
+    assert!(report.exists && report.entries_read == 0 && report.orders.is_empty());
+    assert!(report.render().contains("no orders"));
+}
+
+#[tokio::test]
+async fn replay_dry_run_shows_the_message_and_publishes_nothing() {
+    let p = Box::pin(pipeline()).await;
+    let before = last_seq(&p.js, streams::REQUESTS).await;
+
+    let plan = p.ctl.deadletter_replay_plan(1).await.unwrap();
+    assert_eq!(
+        plan.subject.as_deref(),
+        Some(subjects::provisioning_requested(ORDER).as_str())
+    );
+    assert!(plan.refused.is_none() && !plan.published);
+    let original = serde_json::to_vec(&requested(ORDER, "evt-dl")).unwrap();
+    assert_eq!(plan.payload_bytes, original.len());
+    let header = |name: &str| {
+        plan.headers
+            .iter()
+            .find(|(n, _)| n == name)
+            .map(|(_, v)| v.clone())
+    };
+    assert_eq!(header("Correlation-Id").as_deref(), Some("corr-dl"));
+    assert_eq!(
+        header("Schema").as_deref(),
+        Some("provisioning.requested.v1")
+    );
+    assert!(header("Nats-Msg-Id")
+        .unwrap()
+        .starts_with("provctl-replay:1:"));
+    // The refusal the real replay would give.
+    let refused = p.ctl.deadletter_replay_plan(2).await.unwrap();
+    assert!(refused
+        .refused
+        .as_deref()
+        .unwrap()
+        .contains("sf-bridge dead letters"));
+
+    let (code, out, err) = run_provctl(&p.url, &["deadletter", "replay", "1", "--dry-run"]);
+    assert_eq!(code, Some(0), "{err}");
+    assert!(out.contains("nothing was published"), "{out}");
+    assert!(
+        out.contains(&subjects::provisioning_requested(ORDER)),
+        "{out}"
+    );
+    let (code, out, err) = run_provctl(
+        &p.url,
+        &["--json", "deadletter", "replay", "2", "--dry-run"],
+    );
+    assert_eq!(code, Some(1), "a replay that would be refused: {out}");
+    assert!(err.contains("cannot be replayed"), "{err}");
+    let v: Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(v["published"], false);
+
+    assert_eq!(
+        last_seq(&p.js, streams::REQUESTS).await,
+        before,
+        "a dry run stored nothing"
+    );
+}
+
+#[test]
+fn completions_for_each_shell_without_nats() {
+    for shell in ["bash", "zsh", "fish"] {
+        // Nothing listens on port 1: a connection attempt would fail the command.
+        let (code, out, err) = run_provctl("nats://127.0.0.1:1", &["completions", shell]);
+        assert_eq!(code, Some(0), "{shell}: {err}");
+        assert!(
+            out.len() > 1_000 && out.contains("provctl"),
+            "{shell}: {out}"
+        );
+        assert!(
+            out.contains("orders") && out.contains("dry-run"),
+            "{shell}"
+        );
+    }
+    assert_eq!(
+        run_provctl("nats://127.0.0.1:1", &["completions", "tcsh"]).0,
+        Some(2)
+    );
 }
