@@ -1,5 +1,5 @@
 //! Typed async client for the WHMCS External API (`includes/api.php`), as the provisioner uses
-//! it (CONTRACT §2 and §5; facts and traps in `reference/whmcs.md`).
+//! it (docs/contract.md §2 and §5; the API's traps are documented where each is handled).
 //!
 //! - [`settings`]: `WHMCS_API_URL`, `WHMCS_API_IDENTIFIER`, `WHMCS_API_SECRET`,
 //!   `WHMCS_API_ACCESS_KEY`, `WHMCS_TIMEOUT_SECS`; `Debug` never shows the secrets.
