@@ -182,11 +182,13 @@ async fn every_message_of_a_pipeline_run_is_valid_against_its_published_schema()
                 "{stream} #{sequence} ({}): the Schema header and the body's schema differ",
                 message.subject
             );
-            assert!(
-                message.headers.get(headers::CORRELATION_ID).is_some(),
-                "{stream} #{sequence} ({}) has no Correlation-Id",
-                message.subject
-            );
+            for header in [headers::CORRELATION_ID, headers::TRACEPARENT] {
+                assert!(
+                    message.headers.get(header).is_some(),
+                    "{stream} #{sequence} ({}) has no {header} header",
+                    message.subject
+                );
+            }
             testkit::schemas::assert_valid(in_body, &body);
             *seen.entry(in_body.to_owned()).or_default() += 1;
             if in_body == ProvisioningOutcomeV1::SCHEMA {
