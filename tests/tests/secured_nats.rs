@@ -573,6 +573,7 @@ fn least_privilege_config() -> (tempfile::TempDir, Vec<String>) {
            { user: provisioner, password: provisioner-pw, permissions: $PROVISIONER_PERMISSIONS }\n\
            { user: sf-writer, password: writer-pw, permissions: $SF_WRITER_PERMISSIONS }\n\
            { user: provctl, password: provctl-pw, permissions: $PROVCTL_PERMISSIONS }\n\
+           { user: portal, password: portal-pw, permissions: $STATUS_CLIENT_PERMISSIONS }\n\
            { user: admin, password: admin-pw }\n\
          ] }\n",
     );
@@ -598,9 +599,10 @@ fn the_deployment_doc_points_to_every_permission_set() {
             "SF_BRIDGE_PERMISSIONS",
             "PROVISIONER_PERMISSIONS",
             "SF_WRITER_PERMISSIONS",
-            "PROVCTL_PERMISSIONS"
+            "PROVCTL_PERMISSIONS",
+            "STATUS_CLIENT_PERMISSIONS"
         ],
-        "one set per service and provctl, as the pipeline test uses them"
+        "one set per service, provctl and status clients, as the pipeline test uses them"
     );
     assert!(doc.contains("deploy/nats/permissions.conf"));
     for set in sets {
@@ -646,11 +648,18 @@ async fn the_pipeline_runs_with_least_privilege_users() {
             ("NATS_PASSWORD", password(s).to_owned()),
         ]
     };
+    // The provisioner's listener on a known port, for the status API's long poll.
+    let provisioner_port = testkit::nats::free_port();
+    let provisioner_http = format!("127.0.0.1:{provisioner_port}");
     let mut services: Vec<ChildProcess> = names[..3]
         .iter()
         .zip(&binaries)
         .map(|(name, binary)| {
-            let env = service_env(name, Some(sf), Some(whmcs), &nats_env(name));
+            let mut nats = nats_env(name);
+            if *name == "provisioner" {
+                nats.push(("HTTP_ADDR", provisioner_http.clone()));
+            }
+            let env = service_env(name, Some(sf), Some(whmcs), &nats);
             ChildProcess::spawn(binary.to_str().unwrap(), &env)
         })
         .collect();
@@ -677,6 +686,36 @@ async fn the_pipeline_runs_with_least_privilege_users() {
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
+
+    // The status API with the provisioner's own rights: a long poll (the journal watch) and
+    // the NATS service, asked by a client holding only the status clients' set.
+    let answer = testkit::stack::http_get(
+        provisioner_port,
+        &format!("/orders/{good}?wait=5"),
+        Duration::from_secs(15),
+    )
+    .await
+    .expect("a long poll answer");
+    let long_poll: serde_json::Value =
+        serde_json::from_str(&testkit::stack::ok_body(&answer).expect("200")).expect("status body");
+    assert_eq!(long_poll["state"], "activated", "{long_poll}");
+    let portal =
+        async_nats::ConnectOptions::with_user_and_password("portal".into(), "portal-pw".into())
+            .connect(server.url())
+            .await
+            .expect("portal");
+    let reply = portal
+        .request(format!("provisioning.status.{bad}"), "".into())
+        .await
+        .expect("status over NATS");
+    let status: serde_json::Value = serde_json::from_slice(&reply.payload).expect("status body");
+    assert_eq!(status["state"], "failed", "{status}");
+    assert_eq!(status["error_code"], "CLIENT_MISSING", "{status}");
+    let ping = portal
+        .request("$SRV.PING.provisioning-status", "".into())
+        .await
+        .expect("service discovery");
+    assert!(String::from_utf8_lossy(&ping.payload).contains("provisioning-status"));
 
     // Bodies no service can use: the provisioner and sf-writer dead-letter them (with their
     // own users' rights), and provctl shows and replays one.

@@ -169,6 +169,12 @@ impl Harness {
         let js = jetstream::new(self.nats.client().await);
         let mut headers = async_nats::HeaderMap::new();
         headers.insert("Correlation-Id", request.correlation_id.as_str());
+        // A trace started upstream, as sf-bridge's span would start it.
+        let trace_id = uuid::Uuid::new_v4().simple().to_string();
+        headers.insert(
+            "traceparent",
+            format!("00-{trace_id}-{}-01", &trace_id[..16]).as_str(),
+        );
         let message = jetstream::message::PublishMessage::build()
             .payload(serde_json::to_vec(request).unwrap().into())
             .headers(headers)
