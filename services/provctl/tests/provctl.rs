@@ -82,8 +82,13 @@ fn dead_letter(service: &str, subject: Option<&str>, payload: &[u8]) -> Vec<u8> 
 /// lease, a cursor, a journal entry, an outcome, a pending request and two dead letters.
 async fn pipeline() -> Pipeline {
     let server = NatsServer::start().await;
-    let url = server.url();
     let client = server.client().await;
+    Box::pin(pipeline_on(server, client)).await
+}
+
+/// [`pipeline`] on `server`, seeded through `client` (which may create everything).
+async fn pipeline_on(server: NatsServer, client: async_nats::Client) -> Pipeline {
+    let url = server.url();
     let js = jetstream::new(client.clone());
     use platform::nats::{ensure_bucket, ensure_stream};
     use platform::streams as defs;
@@ -541,8 +546,18 @@ async fn binary_prints_tables_and_json() {
 
 /// Runs the provctl binary against `url`: (exit code, stdout, stderr).
 fn run_provctl(url: &str, args: &[&str]) -> (Option<i32>, String, String) {
+    run_provctl_with(url, &[], args)
+}
+
+/// [`run_provctl`] with more variables.
+fn run_provctl_with(
+    url: &str,
+    env: &[(&str, &str)],
+    args: &[&str],
+) -> (Option<i32>, String, String) {
     let output = std::process::Command::new(env!("CARGO_BIN_EXE_provctl"))
         .args(args)
+        .envs(env.iter().copied())
         .env("NATS_URL", url)
         .env("JAEGER_UI_URL", "http://localhost:16686")
         .output()
@@ -1027,13 +1042,93 @@ fn completions_for_each_shell_without_nats() {
             out.len() > 1_000 && out.contains("provctl"),
             "{shell}: {out}"
         );
-        assert!(
-            out.contains("orders") && out.contains("dry-run"),
-            "{shell}"
-        );
+        assert!(out.contains("orders") && out.contains("dry-run"), "{shell}");
     }
     assert_eq!(
         run_provctl("nats://127.0.0.1:1", &["completions", "tcsh"]).0,
         Some(2)
     );
+}
+
+/// The new commands with provctl's least-privilege user (deploy/nats/permissions.conf): every
+/// JetStream call they make is allowed, and the server logs no violation.
+#[tokio::test]
+async fn new_commands_run_with_the_provctl_permission_set() {
+    // nats-server refuses a variable no user references: one user per set of the file, the
+    // provctl user among them, plus an unrestricted admin that seeds the pipeline.
+    let permissions =
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../deploy/nats/permissions.conf");
+    let users: String = std::fs::read_to_string(&permissions)
+        .unwrap()
+        .lines()
+        .filter_map(|l| l.split_once(" = {").map(|(name, _)| name.trim().to_owned()))
+        .map(|set| {
+            let user = if set == "PROVCTL_PERMISSIONS" {
+                "provctl".to_owned()
+            } else {
+                set.to_lowercase()
+            };
+            format!("  {{ user: {user}, password: {user}-pw, permissions: ${set} }}\n")
+        })
+        .collect();
+    assert!(users.contains("user: provctl,"), "{users}");
+    let (conf, args) = testkit::secure_nats::config_args(&format!(
+        "include ./permissions.conf\nauthorization {{ users: [\n{users}  {{ user: admin, password: admin-pw }}\n] }}\n"
+    ));
+    // nats-server resolves an include relative to the including file.
+    std::fs::copy(&permissions, conf.path().join("permissions.conf")).unwrap();
+    let server = NatsServer::start_with_args(args).await;
+    let admin = async_nats::ConnectOptions::with_user_and_password(
+        "admin".to_owned(),
+        "admin-pw".to_owned(),
+    )
+    .connect(server.url())
+    .await
+    .unwrap();
+    let p = Box::pin(pipeline_on(server, admin)).await;
+    let user = [("NATS_USER", "provctl"), ("NATS_PASSWORD", "provctl-pw")];
+    let before = last_seq(&p.js, streams::REQUESTS).await;
+    // A stalled cursor makes status --check read the newest request too.
+    let mut event = requested(OTHER_ORDER, "evt-4");
+    event["received_at"] = json!(rfc3339_ago(600));
+    publish(
+        &p.js,
+        subjects::provisioning_requested(OTHER_ORDER),
+        &[("Nats-Msg-Id", "evt-4")],
+        serde_json::to_vec(&event).unwrap(),
+    )
+    .await;
+    for (args, expected) in [
+        (&["--json", "status", "--check"][..], 3),
+        (
+            &["--json", "orders", "--state", "activated", "--since", "1w"],
+            0,
+        ),
+        (&["orders"], 0),
+        (&["deadletter", "replay", "1", "--dry-run"], 0),
+        (&["order", OTHER_ORDER], 4),
+    ] {
+        let (code, out, err) = run_provctl_with(&p.url, &user, args);
+        assert_eq!(code, Some(expected), "provctl {args:?}:\n{out}{err}");
+    }
+    let (_, out, _) = run_provctl_with(&p.url, &user, &["--json", "status", "--check"]);
+    let v: Value = serde_json::from_str(&out).unwrap();
+    let kinds: Vec<&str> = v["problems"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| p["kind"].as_str().unwrap())
+        .collect();
+    assert_eq!(kinds, ["cursor_stalled", "dead_letters", "dead_letters"]);
+    let (_, out, _) = run_provctl_with(&p.url, &user, &["--json", "orders"]);
+    let v: Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(v["orders"][0]["order_id"], ORDER, "{v}");
+    assert_eq!(last_seq(&p.js, streams::REQUESTS).await, before + 1);
+
+    let log = std::fs::read_to_string(p._server.store_dir().join("nats-server.log")).unwrap();
+    let violations: Vec<&str> = log
+        .lines()
+        .filter(|l| l.contains("Violation") && !l.contains("Authorization Violation"))
+        .collect();
+    assert!(violations.is_empty(), "{violations:#?}");
 }
