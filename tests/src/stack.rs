@@ -58,12 +58,27 @@ where
 /// headers and body) when it is HTTP/1.1, `None` when nothing (or no HTTP) answers within
 /// `limit`.
 pub async fn http_get(port: u16, path: &str, limit: Duration) -> Option<String> {
+    http_get_with(port, path, &[], limit).await
+}
+
+/// [`http_get`] with extra request headers (`Authorization`, say).
+pub async fn http_get_with(
+    port: u16,
+    path: &str,
+    headers: &[(&str, &str)],
+    limit: Duration,
+) -> Option<String> {
     let fut = async {
         let mut stream = tokio::net::TcpStream::connect(("127.0.0.1", port))
             .await
             .ok()?;
-        let request =
-            format!("GET {path} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nConnection: close\r\n\r\n");
+        let extra: String = headers
+            .iter()
+            .map(|(name, value)| format!("{name}: {value}\r\n"))
+            .collect();
+        let request = format!(
+            "GET {path} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\n{extra}Connection: close\r\n\r\n"
+        );
         stream.write_all(request.as_bytes()).await.ok()?;
         let mut response = Vec::new();
         stream.read_to_end(&mut response).await.ok()?;

@@ -43,6 +43,8 @@ const WHMCS_SECRET: &str = "wh-secret-9f3c71d2e8b4a6";
 const WHMCS_ACCESS_KEY: &str = "wh-access-5e8a2c9f17d3b0";
 const WHMCS_WRONG_SECRET: &str = "wh-wrong-secret-c4d18e2b7a";
 const NATS_TOKEN: &str = "nats-token-7b2f9e4c1a6d83";
+const STATUS_API_TOKEN: &str = "status-token-2c7e9a41f8d35b";
+const STATUS_API_WRONG_TOKEN: &str = "status-wrong-token-81d4f0c6";
 const NATS_USER: &str = "pipeline";
 const NATS_PASSWORD: &str = "nats-pass-3d8e6f1b9c2a47";
 
@@ -195,6 +197,7 @@ impl Stack {
                 ("WHMCS_API_IDENTIFIER", self.whmcs.identifier()),
                 ("WHMCS_API_SECRET", secret),
                 ("WHMCS_API_ACCESS_KEY", WHMCS_ACCESS_KEY),
+                ("STATUS_API_TOKEN", STATUS_API_TOKEN),
                 ("WHMCS_TIMEOUT_SECS", "5"),
                 ("PROVISIONER_SHUTDOWN_GRACE_SECS", "5"),
             ],
@@ -375,6 +378,29 @@ async fn run(run: Run) {
     .await;
     assert_eq!(stack.status_of(&client_missing).as_deref(), Some("Failed"));
     assert_eq!(stack.status_of(&no_pay_method).as_deref(), Some("Failed"));
+    // The status API, asked with the token, with a wrong one and with none (debug logging
+    // shows every request the listener handles).
+    for (token, expected) in [
+        (Some(STATUS_API_TOKEN), "HTTP/1.1 200"),
+        (Some(STATUS_API_WRONG_TOKEN), "HTTP/1.1 401"),
+        (None, "HTTP/1.1 401"),
+    ] {
+        let bearer = token.map(|t| format!("Bearer {t}"));
+        let headers: Vec<(&str, &str)> = bearer
+            .iter()
+            .map(|b| ("Authorization", b.as_str()))
+            .collect();
+        let answer = testkit::stack::http_get_with(
+            provisioner_port,
+            &format!("/orders/{good}?wait=1"),
+            &headers,
+            WAIT,
+        )
+        .await
+        .expect("a status answer");
+        assert!(answer.starts_with(expected), "{token:?}: {answer}");
+        haystacks.add("status API answer", answer);
+    }
     assert!(
         stack.whmcs.state().stats().faults_fired > 0,
         "the proxy 403 was answered"
@@ -526,6 +552,15 @@ async fn run(run: Run) {
         (
             "WHMCS access key (tail)".into(),
             WHMCS_ACCESS_KEY[10..].into(),
+        ),
+        ("status API token".into(), STATUS_API_TOKEN.into()),
+        (
+            "status API token (tail)".into(),
+            STATUS_API_TOKEN[13..].into(),
+        ),
+        (
+            "wrong status API token".into(),
+            STATUS_API_WRONG_TOKEN.into(),
         ),
         ("wrong WHMCS secret".into(), WHMCS_WRONG_SECRET.into()),
         (
