@@ -174,6 +174,11 @@ first_order="$(awk '{print $1}' <<<"$orders")"
 say "provctl order $first_order"
 NATS_URL="nats://127.0.0.1:$NATS_PORT" "$bin/provctl" order "$first_order" || true
 
+say "The order status API (what the portal asks): GET /orders/$first_order?wait=10"
+curl -fsS "http://127.0.0.1:$PROVISIONER_HTTP_PORT/orders/$first_order?wait=10" | python3 -m json.tool || true
+say "provctl orders --state failed"
+NATS_URL="nats://127.0.0.1:$NATS_PORT" "$bin/provctl" orders --state failed || true
+
 say "sf-bridge /health/sf-events"
 curl -fsS "http://127.0.0.1:$BRIDGE_HTTP_PORT/health/sf-events" | python3 -m json.tool
 
@@ -184,6 +189,7 @@ The stack is running. Try:
   curl http://127.0.0.1:$BRIDGE_HTTP_PORT/metrics | grep sf_bridge_
   curl http://127.0.0.1:$PROVISIONER_HTTP_PORT/metrics | grep provisioner_
   curl http://127.0.0.1:$WHMCS_PORT/admin/orders                                  # what WHMCS holds
+  curl "http://127.0.0.1:$PROVISIONER_HTTP_PORT/orders/<OrderId>?wait=30"          # an order's status (long poll)
   NATS_URL=nats://127.0.0.1:$NATS_PORT $bin/provctl status                    # operator view
   tail -f $state/logs/provisioner.log
 Ctrl-C stops everything.
