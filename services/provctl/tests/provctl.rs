@@ -703,6 +703,15 @@ async fn status_check_names_each_problem_and_exits_3() {
         .unwrap();
     assert!(p.ctl.check(&quiet).await.unwrap().problems.is_empty());
 
+    // A cursor that is not the bridge's document: a restart would start from the earliest event.
+    cursor.put(CHANNEL_KEY, "garbage".into()).await.unwrap();
+    let report = p.ctl.check(&quiet).await.unwrap();
+    assert_eq!(kinds(&report), [ProblemKind::CursorUnreadable]);
+    cursor
+        .put(CHANNEL_KEY, serde_json::to_vec(&fresh).unwrap().into())
+        .await
+        .unwrap();
+
     // The lease gone (expired or released): no leader, and the cursor is not judged.
     let lease = p.js.get_key_value(buckets::BRIDGE_LEASE).await.unwrap();
     lease.delete(CHANNEL_KEY).await.unwrap();
