@@ -2,8 +2,9 @@
 //! HTTP listener.
 //!
 //! Shutdown order (on cancel): stop pulling; running jobs finish within the grace period, the
-//! rest are recorded as INTERRUPTED; the reconciler stops (its own jobs get the same deadline);
-//! NATS is flushed (acks and publishes, within [`platform::nats::SHUTDOWN_FLUSH_DEADLINE`]); the
+//! rest are recorded as INTERRUPTED; the reconciler and the NATS status service stop (the
+//! reconciler's own jobs get the same deadline); NATS is flushed (acks and publishes, within
+//! [`platform::nats::SHUTDOWN_FLUSH_DEADLINE`]); waiting status long polls answer at once; the
 //! HTTP listener closes last.
 //!
 //! Background tasks (the HTTP listener, the reconciler, the consumer-lag poller, the NATS status
@@ -260,6 +261,8 @@ impl App {
         {
             tracing::warn!(error = %platform::error::Chain(&err), "Could not flush NATS on shutdown.");
         }
+        // Long polls answer now with the status as it is, so the listener can close at once.
+        self.status.release_waiters();
         self.http_cancel.cancel();
         self.supervisor.wait_all(TASKS_STOP_DEADLINE).await;
         if pull_loop_died {

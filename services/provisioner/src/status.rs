@@ -152,6 +152,9 @@ pub struct StatusApi {
     journal: kv::Store,
     waiters: Arc<Waiters>,
     metrics: StatusMetrics,
+    /// Cancelled on shutdown: waiting long polls answer at once with the status as it is, so
+    /// the listener's graceful close is not held up to a minute by them.
+    release: CancellationToken,
 }
 
 impl StatusApi {
@@ -160,7 +163,13 @@ impl StatusApi {
             waiters: Arc::new(Waiters::new(journal.clone())),
             journal,
             metrics,
+            release: CancellationToken::new(),
         })
+    }
+
+    /// Answers every waiting long poll now, and every later one without waiting (shutdown).
+    pub fn release_waiters(&self) {
+        self.release.cancel();
     }
 
     /// The order's status now. Either spelling of the id finds the order.
@@ -178,7 +187,7 @@ impl StatusApi {
     ) -> Result<ProvisioningStatusV1, StatusError> {
         let order_id = canonical(order_id)?;
         let wait = wait.min(MAX_WAIT);
-        if wait.is_zero() {
+        if wait.is_zero() || self.release.is_cancelled() {
             return self.read(&order_id).await;
         }
         let deadline = Instant::now() + wait;
@@ -188,7 +197,7 @@ impl StatusApi {
             self.metrics.waiting.dec();
         });
         // Only once the watch is subscribed can no write after the first read be missed.
-        if !waiter.until_watching(deadline).await {
+        if !waiter.until_watching(deadline, &self.release).await {
             return self.read(&order_id).await;
         }
         loop {
@@ -196,7 +205,7 @@ impl StatusApi {
             if status.r#final {
                 return Ok(status);
             }
-            match waiter.next_write(deadline).await {
+            match waiter.next_write(deadline, &self.release).await {
                 Woken::Written(bytes) => match serde_json::from_slice::<JobRecord>(&bytes) {
                     Ok(record) if record.state.is_final() => return Ok(record.status()),
                     // Still running (a checkpoint); the next read is of this same revision or
@@ -369,16 +378,18 @@ struct Waiter {
 
 impl Waiter {
     /// Waits until the journal watch is subscribed; false if `deadline` came first.
-    async fn until_watching(&mut self, deadline: Instant) -> bool {
+    async fn until_watching(&mut self, deadline: Instant, release: &CancellationToken) -> bool {
         let subscribed = &mut self.subscribed;
         tokio::select! {
             watching = subscribed.wait_for(|times| *times > 0) => watching.is_ok(),
             () = tokio::time::sleep_until(deadline) => false,
+            () = release.cancelled() => false,
         }
     }
 
-    async fn next_write(&mut self, deadline: Instant) -> Woken {
+    async fn next_write(&mut self, deadline: Instant, release: &CancellationToken) -> Woken {
         tokio::select! {
+            () = release.cancelled() => Woken::TimedOut,
             changed = self.written.changed() => match changed {
                 Ok(()) => match self.written.borrow_and_update().clone() {
                     Some(bytes) => Woken::Written(bytes),

@@ -365,3 +365,49 @@ async fn every_replica_joins_the_discoverable_status_service() {
     first.stop().await;
     second.stop().await;
 }
+
+#[tokio::test]
+async fn a_shutdown_answers_waiting_long_polls_at_once() {
+    let h = Harness::start().await;
+    let provisioner = h.start_provisioner(&[]).await;
+    // A job that no replica runs (its worker is elsewhere): nothing here will finish it.
+    let js = async_nats::jetstream::new(h.nats.client().await);
+    let journal = js
+        .get_key_value(messages::subjects::buckets::JOBS)
+        .await
+        .expect("the journal bucket");
+    let order_id = "801000000000043AAA";
+    let mut record = JobRecord::new(order_id);
+    record.step = "whmcs_create".to_owned();
+    record.worker = Some("another-replica".to_owned());
+    record.started_at = "2026-12-01T00:00:00Z".to_owned();
+    record.updated_at = "2026-12-01T00:00:01Z".to_owned();
+    journal
+        .put(
+            messages::journal::key(order_id),
+            serde_json::to_vec(&record).unwrap().into(),
+        )
+        .await
+        .unwrap();
+    let long_poll = tokio::spawn({
+        let addr = provisioner.http_addr;
+        async move {
+            reqwest::get(format!("http://{addr}/orders/{order_id}?wait=60"))
+                .await
+                .expect("long poll")
+                .json::<ProvisioningStatusV1>()
+                .await
+                .expect("a status body")
+        }
+    });
+    until_waiting(&provisioner, 1).await;
+    // Well inside the poll's 60 s: the shutdown released it.
+    let (stopped, answered) = tokio::join!(
+        tokio::time::timeout(WAIT, provisioner.stop()),
+        tokio::time::timeout(WAIT, long_poll)
+    );
+    stopped.expect("the provisioner stops while a long poll waits");
+    let status = answered.expect("the long poll is answered").unwrap();
+    assert_eq!(status.state, JobState::Running, "{status:?}");
+    assert!(!status.r#final);
+}
