@@ -760,6 +760,8 @@ async fn the_pipeline_runs_with_least_privilege_users() {
         vec!["--json", "status"],
         vec!["--json", "order", good.as_str()],
         vec!["--json", "order", bad.as_str()],
+        vec!["--json", "orders"],
+        vec!["--json", "orders", "--state", "failed", "--since", "1h"],
         vec!["--json", "deadletter", "list"],
         vec!["--json", "deadletter", "show", provisioner_letter.as_str()],
         vec![
@@ -772,6 +774,12 @@ async fn the_pipeline_runs_with_least_privilege_users() {
         let (status, out) = run_to_exit(&binaries[3], &provctl_env, &args, FAIL_FAST).await;
         assert!(status.success(), "provctl {args:?}:\n{out}");
     }
+    // With fresh dead letters, `status --check` asks for attention (exit 3), with provctl's
+    // own rights.
+    let args = ["--json", "status", "--check"];
+    let (status, out) = run_to_exit(&binaries[3], &provctl_env, &args, FAIL_FAST).await;
+    assert_eq!(status.code(), Some(3), "provctl {args:?}:\n{out}");
+    assert!(out.contains("dead_letters"), "{out}");
     // The replayed body reached the provisioner, which set it aside again.
     testkit::wait::until("the replay dead-lettered", PIPELINE_WAIT, || {
         dead_letters(3)
