@@ -57,5 +57,30 @@ fn of<T: JsonSchema>(name: &str) -> Value {
     // A relative `$id`: the schemas refer to nothing outside themselves, so where they are
     // published (a docs site, a registry) does not have to be fixed here.
     schema.insert("$id".to_owned(), Value::String(file_name(name)));
-    schema.to_value()
+    let mut value = schema.to_value();
+    unwrap_descriptions(&mut value);
+    value
+}
+
+/// Doc comments are wrapped at 100 columns; their line breaks would show in every schema
+/// viewer, so a single line break becomes a space (a blank line, a new paragraph, stays).
+fn unwrap_descriptions(value: &mut Value) {
+    match value {
+        Value::Object(map) => {
+            for (key, item) in map.iter_mut() {
+                match item {
+                    Value::String(text) if key == "description" => {
+                        *text = text
+                            .split("\n\n")
+                            .map(|paragraph| paragraph.replace('\n', " "))
+                            .collect::<Vec<_>>()
+                            .join("\n\n");
+                    }
+                    other => unwrap_descriptions(other),
+                }
+            }
+        }
+        Value::Array(items) => items.iter_mut().for_each(unwrap_descriptions),
+        _ => {}
+    }
 }

@@ -21,6 +21,7 @@ fn checked_in_schemas_match_the_types() {
     let mut expected_files = Vec::new();
     for (name, schema) in schemas::all() {
         let path = dir.join(schemas::file_name(name));
+        let shown = format!("docs/schemas/{}", schemas::file_name(name));
         expected_files.push(schemas::file_name(name));
         let text = schemas::to_file_text(&schema);
         if update {
@@ -30,8 +31,8 @@ fn checked_in_schemas_match_the_types() {
         }
         match std::fs::read_to_string(&path) {
             Ok(found) if found == text => {}
-            Ok(_) => stale.push(format!("{} differs from the type", path.display())),
-            Err(e) => stale.push(format!("{} cannot be read: {e}", path.display())),
+            Ok(_) => stale.push(format!("{shown} differs from the type")),
+            Err(e) => stale.push(format!("{shown} cannot be read: {e}")),
         }
     }
     // A schema file no type generates any more (a body renamed or removed) is stale too.
