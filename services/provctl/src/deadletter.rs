@@ -266,16 +266,7 @@ impl Ctl {
         let msg_id = format!("provctl-replay:{seq}:<a new UUID>");
         let plan = match replay(&message, &body, &msg_id) {
             Ok(replay) => {
-                let mut headers: Vec<(String, String)> = replay
-                    .headers
-                    .iter()
-                    .flat_map(|(name, values)| {
-                        values
-                            .iter()
-                            .map(move |v| (name.to_string(), v.as_str().to_owned()))
-                    })
-                    .collect();
-                headers.sort();
+                let headers = sorted_headers(&replay.headers);
                 ReplayPlan {
                     dead_letter_seq: seq,
                     service: body.service.clone(),
@@ -326,6 +317,20 @@ pub fn read_dead_letter(stream: &str, message: &StreamMessage) -> Result<DeadLet
     })
 }
 
+/// Every header value as a (name, value) pair, sorted, for a stable display.
+fn sorted_headers(headers: &async_nats::HeaderMap) -> Vec<(String, String)> {
+    let mut pairs: Vec<(String, String)> = headers
+        .iter()
+        .flat_map(|(name, values)| {
+            values
+                .iter()
+                .map(move |v| (name.to_string(), v.as_str().to_owned()))
+        })
+        .collect();
+    pairs.sort();
+    pairs
+}
+
 /// What `deadletter show` prints for a dead letter read from `stream`.
 pub fn detail(stream: &str, message: &StreamMessage, body: DeadLetterV1) -> DeadLetterDetail {
     let payload = decode_payload(&body).unwrap_or_default();
@@ -334,16 +339,7 @@ pub fn detail(stream: &str, message: &StreamMessage, body: DeadLetterV1) -> Dead
         Some(_) => None,
         None => String::from_utf8(payload.clone()).ok(),
     };
-    let mut headers: Vec<(String, String)> = message
-        .headers
-        .iter()
-        .flat_map(|(name, values)| {
-            values
-                .iter()
-                .map(move |v| (name.to_string(), v.as_str().to_owned()))
-        })
-        .collect();
-    headers.sort();
+    let headers = sorted_headers(&message.headers);
     DeadLetterDetail {
         stream: stream.to_owned(),
         seq: message.sequence,

@@ -263,8 +263,7 @@ fn mib(kib: u64) -> f64 {
 }
 
 fn nats_version() -> String {
-    let bin = std::env::var("NATS_SERVER_BIN").unwrap_or_else(|_| "nats-server".to_owned());
-    std::process::Command::new(bin)
+    std::process::Command::new(testkit::nats::server_binary())
         .arg("--version")
         .output()
         .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_owned())

@@ -219,9 +219,9 @@ impl StatusApi {
     }
 
     async fn read(&self, order_id: &str) -> Result<ProvisioningStatusV1, StatusError> {
-        let entry = self
-            .journal
-            .entry(messages::journal::key(order_id))
+        // Boxed: a long poll's future holds the largest of its states for the whole wait, and
+        // the KV read is by far the largest; boxed, it is allocated only while it runs.
+        let entry = Box::pin(self.journal.entry(messages::journal::key(order_id)))
             .await
             .map_err(StatusError::Journal)?;
         match entry {

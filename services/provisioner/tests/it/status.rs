@@ -80,6 +80,36 @@ async fn nats_status(client: &async_nats::Client, order_id: &str) -> (Option<Str
     (code, reply.payload.to_vec())
 }
 
+/// `GET /orders/{order_id}?wait=60`, running in the background.
+fn spawn_long_poll(
+    running: &Running,
+    order_id: &str,
+) -> tokio::task::JoinHandle<ProvisioningStatusV1> {
+    let url = format!("http://{}/orders/{order_id}?wait=60", running.http_addr);
+    tokio::spawn(async move {
+        reqwest::get(url)
+            .await
+            .expect("long poll")
+            .json::<ProvisioningStatusV1>()
+            .await
+            .expect("a status body")
+    })
+}
+
+/// Writes a journal entry by hand, as the provisioner would store it.
+async fn put_entry(h: &Harness, record: &JobRecord) {
+    async_nats::jetstream::new(h.nats.client().await)
+        .get_key_value(messages::subjects::buckets::JOBS)
+        .await
+        .expect("the journal bucket")
+        .put(
+            messages::journal::key(&record.order_id),
+            serde_json::to_vec(record).unwrap().into(),
+        )
+        .await
+        .unwrap();
+}
+
 /// Waits until `/metrics` shows `waiting` long polls waiting (the gauge is the only outside sign
 /// that a request has reached its wait).
 async fn until_waiting(running: &Running, waiting: u64) {
@@ -127,17 +157,7 @@ async fn status_follows_a_job_from_running_to_activated_and_a_long_poll_returns_
     );
 
     // A long poll waits for the end of the job, and no longer.
-    let long_poll = tokio::spawn({
-        let (addr, order_id) = (provisioner.http_addr, order_id.clone());
-        async move {
-            reqwest::get(format!("http://{addr}/orders/{order_id}?wait=60"))
-                .await
-                .expect("long poll")
-                .json::<ProvisioningStatusV1>()
-                .await
-                .expect("a status body")
-        }
-    });
+    let long_poll = spawn_long_poll(&provisioner, &order_id);
     until_waiting(&provisioner, 1).await;
     assert!(
         !long_poll.is_finished(),
@@ -241,11 +261,6 @@ async fn unknown_and_malformed_ids_are_refused_clearly_over_http_and_nats() {
 async fn an_interrupted_job_reads_as_interrupted_and_final() {
     let h = Harness::start().await;
     let provisioner = h.start_provisioner(&[]).await;
-    let js = async_nats::jetstream::new(h.nats.client().await);
-    let journal = js
-        .get_key_value(messages::subjects::buckets::JOBS)
-        .await
-        .expect("the journal bucket");
     let order_id = "801000000000042AAA";
     let mut record = JobRecord::new(order_id);
     record.state = JobState::Interrupted;
@@ -256,13 +271,7 @@ async fn an_interrupted_job_reads_as_interrupted_and_final() {
     record.attempts = 2;
     record.started_at = "2026-12-01T00:00:00Z".to_owned();
     record.updated_at = "2026-12-01T00:00:05Z".to_owned();
-    journal
-        .put(
-            messages::journal::key(order_id),
-            serde_json::to_vec(&record).unwrap().into(),
-        )
-        .await
-        .unwrap();
+    put_entry(&h, &record).await;
     let status = status_of(&provisioner, order_id).await;
     assert_eq!(status.state, JobState::Interrupted);
     assert!(status.r#final);
@@ -371,35 +380,14 @@ async fn a_shutdown_answers_waiting_long_polls_at_once() {
     let h = Harness::start().await;
     let provisioner = h.start_provisioner(&[]).await;
     // A job that no replica runs (its worker is elsewhere): nothing here will finish it.
-    let js = async_nats::jetstream::new(h.nats.client().await);
-    let journal = js
-        .get_key_value(messages::subjects::buckets::JOBS)
-        .await
-        .expect("the journal bucket");
     let order_id = "801000000000043AAA";
     let mut record = JobRecord::new(order_id);
     record.step = "whmcs_create".to_owned();
     record.worker = Some("another-replica".to_owned());
     record.started_at = "2026-12-01T00:00:00Z".to_owned();
     record.updated_at = "2026-12-01T00:00:01Z".to_owned();
-    journal
-        .put(
-            messages::journal::key(order_id),
-            serde_json::to_vec(&record).unwrap().into(),
-        )
-        .await
-        .unwrap();
-    let long_poll = tokio::spawn({
-        let addr = provisioner.http_addr;
-        async move {
-            reqwest::get(format!("http://{addr}/orders/{order_id}?wait=60"))
-                .await
-                .expect("long poll")
-                .json::<ProvisioningStatusV1>()
-                .await
-                .expect("a status body")
-        }
-    });
+    put_entry(&h, &record).await;
+    let long_poll = spawn_long_poll(&provisioner, order_id);
     until_waiting(&provisioner, 1).await;
     // Well inside the poll's 60 s: the shutdown released it.
     let (stopped, answered) = tokio::join!(
