@@ -104,7 +104,7 @@ pub fn read_trace_headers(headers: &async_nats::HeaderMap) {
     }
 }
 
-/// An accepted Order id must be the canonical 18-character form (CONTRACT §4).
+/// An accepted Order id must be the canonical 18-character form (docs/contract.md §4).
 pub fn assert_canonical_id(id: &str) {
     assert_eq!(id.len(), 18, "{id:?}");
     assert_eq!(

@@ -1,4 +1,4 @@
-//! The chaos suite: CONTRACT §5's promises (rules 1–7) under crashes, broker restarts, cluster
+//! The chaos suite: docs/contract.md §5's promises (rules 1–7) under crashes, broker restarts, cluster
 //! node loss and sick Salesforce / WHMCS stand-ins.
 //!
 //! Every scenario runs sf-sim and whmcs-sim in this process and two replicas of sf-bridge, the

@@ -977,7 +977,7 @@ fn k8s_containers_run_existing_binaries_with_variables_they_read() {
                 "{at}: containerPort {ports:?} is not {addr_var}'s port {listen_port}"
             );
             // Readiness is /health; liveness (and start-up) is /livez, which never depends on
-            // NATS, Salesforce or WHMCS (CONTRACT §3), so their outage restarts nothing.
+            // NATS, Salesforce or WHMCS (docs/contract.md §3), so their outage restarts nothing.
             for (probe, path) in [
                 ("readinessProbe", "/health"),
                 ("livenessProbe", "/livez"),

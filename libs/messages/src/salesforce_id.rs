@@ -57,7 +57,7 @@ pub fn to_18(id15: &str) -> String {
 /// gets its checksum suffix; an 18-character one keeps its first 15 characters (case-sensitive)
 /// and gets its suffix in the canonical upper case. Both spellings of one record therefore map to
 /// one string, which is what subjects, bodies, journal keys and the AddOrder marker use
-/// (CONTRACT §4).
+/// (docs/contract.md §4).
 pub fn canonical(id: &str) -> Result<String, InvalidId> {
     validate(id)?;
     Ok(to_18(&id[..15]))

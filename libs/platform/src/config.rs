@@ -198,7 +198,7 @@ fn check_http_url(name: &str, raw: &str) -> Result<String, ConfigError> {
     Ok(trimmed.to_owned())
 }
 
-/// Settings every service reads (CONTRACT §2, "All services").
+/// Settings every service reads (docs/contract.md §2, "All services").
 #[derive(Debug, Clone)]
 pub struct CommonSettings {
     pub nats: crate::nats::NatsSettings,

@@ -1,5 +1,5 @@
 //! The health and metrics listener every service runs on `HTTP_ADDR`
-//! (CONTRACT §3): `GET /health` (readiness), `GET /livez` (liveness) and `GET /metrics`, plus
+//! (docs/contract.md §3): `GET /health` (readiness), `GET /livez` (liveness) and `GET /metrics`, plus
 //! routes a service adds.
 //!
 //! `/livez` says only whether the process itself still works: it never looks at NATS,

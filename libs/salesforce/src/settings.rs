@@ -1,4 +1,4 @@
-//! Salesforce settings shared by the three services (CONTRACT §2, "Salesforce").
+//! Salesforce settings shared by the three services (docs/contract.md §2, "Salesforce").
 
 use std::path::PathBuf;
 use std::time::Duration;

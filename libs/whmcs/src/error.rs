@@ -114,7 +114,7 @@ impl WhmcsError {
         }
     }
 
-    /// The contract's `Activation_Error_Code__c` for this failure (CONTRACT §5): `WHMCS_ERROR`
+    /// The contract's `Activation_Error_Code__c` for this failure (docs/contract.md §5): `WHMCS_ERROR`
     /// for `result=error`, the HTTP status for HTTP failures, `ETIMEOUT`, `ECONNREFUSED`.
     pub fn contract_code(&self) -> String {
         match self {

@@ -1,4 +1,4 @@
-//! WHMCS connection settings (CONTRACT §2, "provisioner").
+//! WHMCS connection settings (docs/contract.md §2, "provisioner").
 
 use std::time::Duration;
 

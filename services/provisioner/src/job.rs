@@ -8,9 +8,9 @@
 //! reconciler (see `recovery`) finds the message unfinished from the stream and runs it.
 //!
 //! The entry is closed before the report is published, so an operator's retry that arrives the
-//! instant after the outcome always finds a finished job to replace (CONTRACT §5 rule 7).
+//! instant after the outcome always finds a finished job to replace (docs/contract.md §5 rule 7).
 //!
-//! One publisher per report (CONTRACT §5 rule 6: one outcome per message). The message ids make a
+//! One publisher per report (docs/contract.md §5 rule 6: one outcome per message). The message ids make a
 //! repeated publish a no-op in the streams, but not for core-NATS subscribers of
 //! `provisioning.outcome.>`, who receive every publish. So a closed entry's report is published
 //! by whoever closed it (the worker, or recovery for an abandoned job), within
@@ -107,7 +107,7 @@ impl Delivery {
 }
 
 /// Parses and validates a `provisioning.requested.v1` body (the `validation` step); the Order id
-/// comes back in its canonical 18-character form (CONTRACT §4). The message's subject must name
+/// comes back in its canonical 18-character form (docs/contract.md §4). The message's subject must name
 /// the same Order: the subject is what the stream, the outcome and every filter go by, so a body
 /// about another Order (a hand-made or forged message) is refused rather than acted on.
 pub fn validate(subject: &str, payload: &[u8]) -> Result<ProvisioningRequestedV1, String> {

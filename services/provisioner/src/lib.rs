@@ -1,6 +1,6 @@
 //! provisioner: one job per Salesforce provisioning event, WHMCS side effects exactly once.
 //!
-//! - [`config`]: settings (CONTRACT §2).
+//! - [`config`]: settings (docs/contract.md §2).
 //! - [`app`]: wiring and ordered shutdown.
 //! - [`worker`]: the durable pull consumer (explicit ack, max_deliver = 1) and job slots.
 //! - [`job`]: one message: validate, claim, ack, orchestrate, report.

@@ -24,7 +24,7 @@ pub struct Publisher {
     js: jetstream::Context,
 }
 
-/// The Salesforce fields a result sets (CONTRACT §4).
+/// The Salesforce fields a result sets (docs/contract.md §4).
 pub fn order_fields(result: &JobResult) -> Option<Map<String, Value>> {
     let value = match result {
         JobResult::Activated { whmcs_order_id, .. } => json!({

@@ -1,5 +1,5 @@
 //! The reconciler: every message of the requests stream ends with exactly one outcome
-//! (CONTRACT §5 rules 4, 6 and 7), whatever crashed, restarted or lost its leader before.
+//! (docs/contract.md §5 rules 4, 6 and 7), whatever crashed, restarted or lost its leader before.
 //!
 //! It works from state that survives restarts, never from a one-shot advisory: the requests
 //! stream, the consumer's delivered sequence, the job journal, the outcomes stream, and its own

@@ -1,5 +1,5 @@
 //! The Order as the provisioner reads it: one SOQL query for the Order, its Account's WHMCS
-//! client id and its items (CONTRACT §4), plus the further pages of the items when Salesforce
+//! client id and its items (docs/contract.md §4), plus the further pages of the items when Salesforce
 //! pages them ([`read_order`]).
 
 use salesforce::rest::{QueryResult, RestClient, RestError};
@@ -150,7 +150,7 @@ pub fn whole_number(value: Option<&Value>) -> Option<u64> {
     .filter(|n| *n > 0)
 }
 
-/// Salesforce `Billing_Cycle__c` → WHMCS cycle (CONTRACT §4); anything else is `None`, never a
+/// Salesforce `Billing_Cycle__c` → WHMCS cycle (docs/contract.md §4); anything else is `None`, never a
 /// guess (WHMCS would silently substitute the first enabled cycle).
 pub fn whmcs_cycle(billing_cycle: &str) -> Option<&'static str> {
     match billing_cycle.trim().to_ascii_lowercase().as_str() {

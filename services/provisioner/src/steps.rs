@@ -1,4 +1,4 @@
-//! Step names and the outcome of a job, as the contract names them (CONTRACT §5).
+//! Step names and the outcome of a job, as the contract names them (docs/contract.md §5).
 
 use std::fmt;
 

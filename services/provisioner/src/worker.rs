@@ -15,7 +15,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::job::JobRunner;
 
-/// The consumer's configuration (CONTRACT §1: explicit ack, max_deliver = 1).
+/// The consumer's configuration (docs/contract.md §1: explicit ack, max_deliver = 1).
 pub fn consumer_config(name: &str, ack_wait: Duration, max_ack_pending: i64) -> pull::Config {
     pull::Config {
         durable_name: Some(name.to_owned()),

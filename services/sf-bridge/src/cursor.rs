@@ -165,7 +165,7 @@ pub struct Position {
 }
 
 /// Where the cursor may go within one Subscribe session: the pure bookkeeping behind "the cursor
-/// never moves past an event that is neither stored nor dead-lettered" (CONTRACT §5 rule 5).
+/// never moves past an event that is neither stored nor dead-lettered" (docs/contract.md §5 rule 5).
 ///
 /// Acks are fed in arrival order. Once one has failed, the session is over for the cursor: an
 /// ack that succeeds after it belongs to an event *later* than the failed one, and storing its

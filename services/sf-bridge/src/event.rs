@@ -74,7 +74,7 @@ pub fn to_requested(
     let raw_order_id =
         optional_string(record, "OrderId__c")?.ok_or(PoisonReason::OrderIdMissing)?;
     // Both spellings of one Order must be one order downstream (subject, journal key, marker):
-    // the 18-character form is the only one that leaves the bridge (CONTRACT §4).
+    // the 18-character form is the only one that leaves the bridge (docs/contract.md §4).
     let order_id = messages::salesforce_id::canonical(&raw_order_id).map_err(|e| {
         PoisonReason::OrderIdInvalid {
             value: raw_order_id.clone(),

@@ -680,7 +680,7 @@ impl Ingest {
             match (detail, acked.entry.kind) {
                 (Some(detail), InFlightKind::Requested { original, .. }) => {
                     // Publishing it again can never succeed: set it aside, so that it is
-                    // accounted for and the stream moves on (CONTRACT §5 rule 5).
+                    // accounted for and the stream moves on (docs/contract.md §5 rule 5).
                     let reason = PoisonReason::PublishRefused { detail };
                     match dead_letters
                         .send(&original, acked.entry.replay_id, &reason)

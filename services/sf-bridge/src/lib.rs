@@ -1,6 +1,6 @@
 //! sf-bridge: Salesforce Platform Events into JetStream, with a durable replay cursor.
 //!
-//! - [`config`]: the service's settings (CONTRACT §2).
+//! - [`config`]: the service's settings (docs/contract.md §2).
 //! - [`app`]: wiring: NATS resources, the health/metrics listener, the leadership loop.
 //! - [`lease`]: one active subscriber per channel, through a KV lease with compare-and-swap.
 //! - [`cursor`]: the replay cursor in KV, written only after JetStream acknowledged the events up

@@ -1,4 +1,4 @@
-//! What `/health/sf-events` reports (CONTRACT §3): the subscription's state, the cursor, and
+//! What `/health/sf-events` reports (docs/contract.md §3): the subscription's state, the cursor, and
 //! event counters, shared between the ingest loop and the HTTP handler.
 
 use std::sync::atomic::{AtomicU64, Ordering};

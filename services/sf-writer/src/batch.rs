@@ -14,7 +14,7 @@ use serde_json::{Map, Value};
 /// Why a message can never be applied (it is dead-lettered as `invalid_update`).
 pub type Invalid = String;
 
-/// The Order fields the pipeline writes (CONTRACT §4, "Written (by sf-writer only)"). An update
+/// The Order fields the pipeline writes (docs/contract.md §4, "Written (by sf-writer only)"). An update
 /// that sets any other field did not come from the provisioner and is refused: whoever can
 /// publish on `sf.order.update.*` must not be able to write arbitrary Order fields through the
 /// integration user.
@@ -26,7 +26,7 @@ pub const WRITABLE_FIELDS: [&str; 4] = [
 ];
 
 /// Parses and checks a body. Returns the update with `order_id` in its canonical 18-character
-/// form (CONTRACT §4), so that every spelling of one Order (15 characters, or 18 with the suffix
+/// form (docs/contract.md §4), so that every spelling of one Order (15 characters, or 18 with the suffix
 /// in either case) shares one ordering key, one claim and one Salesforce write. The subject must
 /// name the same Order (either spelling), and the fields must be ones the pipeline writes.
 pub fn parse(subject: &str, payload: &[u8]) -> Result<OrderUpdateV1, Invalid> {

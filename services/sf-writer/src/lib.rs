@@ -1,7 +1,7 @@
 //! sf-writer: applies `sf.order.update.<OrderId>` messages to Salesforce Orders — batched,
 //! retried, and ordered per Order across any number of replicas.
 //!
-//! - [`config`]: the service's settings (CONTRACT §2 plus `SF_WRITER_*`).
+//! - [`config`]: the service's settings (docs/contract.md §2 plus `SF_WRITER_*`).
 //! - [`app`]: wiring: streams, bucket and consumer, the Salesforce client, the HTTP listener.
 //! - [`consumer`]: the pull loop: batches of up to 200 updates, gathered with a short linger.
 //! - [`batch`]: validation of bodies, grouping by Order and merging an Order's updates.

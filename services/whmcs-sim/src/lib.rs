@@ -28,7 +28,7 @@
 //! | `WHMCS_SIM_BAN_AFTER_FAILURES` | unset (no ban) | failed logins from one IP within 30 min before `IP Banned` for 15 min (WHMCS: 3) |
 //! | `WHMCS_SIM_GATEWAYS` | `mailin,stripe,banktransfer` | active gateway modules (AddOrder `paymentmethod`) |
 //! | `WHMCS_SIM_SEED_DEMO` | `false` | seed the demo data below at start |
-//! | `RUST_LOG`, `LOG_FORMAT`, `OTEL_*` | | as every service (CONTRACT §2) |
+//! | `RUST_LOG`, `LOG_FORMAT`, `OTEL_*` | | as every service (docs/contract.md §2) |
 //!
 //! # Demo data (`WHMCS_SIM_SEED_DEMO=true` or `POST /admin/seed-demo` on an empty simulator)
 //!

@@ -1,6 +1,6 @@
 //! The chaos driver: the simulators in this process, two replicas of every service as child
 //! processes on a single nats-server or a three-node cluster, a seeded mix of Salesforce Orders
-//! approved at a steady rate, fault helpers, and the check of CONTRACT §5's promises once the
+//! approved at a steady rate, fault helpers, and the check of docs/contract.md §5's promises once the
 //! pipeline has had time to recover.
 
 use std::collections::{BTreeMap, HashMap};
@@ -37,7 +37,7 @@ pub const JOURNAL_BUCKET: &str = "provisioning_jobs";
 /// The provisioner's consumer `ack_wait` in these tests (PROVISIONER_ACK_WAIT_SECS).
 pub const PROVISIONER_ACK_WAIT: Duration = Duration::from_secs(5);
 
-/// Codes CONTRACT §5 allows in `Activation_Error_Code__c` (plus any HTTP status).
+/// Codes docs/contract.md §5 allows in `Activation_Error_Code__c` (plus any HTTP status).
 const CONTRACT_CODES: &[&str] = &[
     "409",
     "CLIENT_MISSING",

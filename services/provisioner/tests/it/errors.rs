@@ -1,4 +1,4 @@
-//! Every error code of the contract (CONTRACT §5), each with the Salesforce update it produces.
+//! Every error code of the contract (docs/contract.md §5), each with the Salesforce update it produces.
 
 use std::time::Duration;
 

@@ -1,4 +1,4 @@
-//! Idempotency rules (CONTRACT §5): WHMCS side effects happen once per Salesforce Order.
+//! Idempotency rules (docs/contract.md §5): WHMCS side effects happen once per Salesforce Order.
 
 use std::collections::{HashMap, HashSet};
 use std::time::Duration;

@@ -1,4 +1,4 @@
-//! Nothing lost, nothing twice, nothing stuck (CONTRACT §5 rules 4–7): regression tests for the
+//! Nothing lost, nothing twice, nothing stuck (docs/contract.md §5 rules 4–7): regression tests for the
 //! paths that lost, duplicated or stranded an order.
 
 use std::time::Duration;

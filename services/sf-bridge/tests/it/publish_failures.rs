@@ -1,6 +1,6 @@
 //! Publishes JetStream does not store: a transient failure is replayed, even when later events of
 //! the same session were stored; a refusal for good is dead-lettered and the stream moves on
-//! (CONTRACT §5 rule 5: every event ends in the requests stream or as a dead letter, and the
+//! (docs/contract.md §5 rule 5: every event ends in the requests stream or as a dead letter, and the
 //! cursor never passes one that is neither).
 
 use std::time::Duration;

@@ -48,7 +48,7 @@ async fn an_18_character_id_with_a_lower_case_suffix_is_the_same_order() {
     let h = Harness::start().await;
     let orders = h.seed_orders(1);
     let order = &orders[0];
-    // The checksum suffix is case-insensitive; CONTRACT §4 makes every spelling one order.
+    // The checksum suffix is case-insensitive; docs/contract.md §4 makes every spelling one order.
     let spelled = format!("{}{}", &order[..15], order[15..].to_ascii_lowercase());
     assert_ne!(&spelled, order, "the seeded id's suffix has letters");
     let writer = h.start_writer(&[]).await;
