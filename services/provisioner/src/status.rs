@@ -3,10 +3,10 @@
 //! (`provisioning.status.<OrderId>`, the NATS service `provisioning-status`).
 //!
 //! A long poll (`?wait=N`) watches the journal instead of reading it in a loop. One KV watch per
-//! replica serves every waiting request: it runs only while someone waits, and hands each write
-//! of a watched order's entry to that order's waiters through a `tokio::sync::watch` channel, so
-//! a thousand waiting requests cost a thousand small channel receivers and no work until their
-//! order's entry moves. The watch is subscribed *before* a waiter's first read, so a write that
+//! replica serves every waiting request: it runs while someone waits (and half a minute after),
+//! and hands each write of a watched order's entry to that order's waiters through a
+//! `tokio::sync::watch` channel, so a thousand waiting requests cost a thousand small channel
+//! receivers and no work until their order's entry moves. The watch is subscribed *before* a waiter's first read, so a write that
 //! lands between the read and the wait is never missed; when the watch has to be made again
 //! (NATS reconnect, consumer lost), every waiter reads its entry again for the same reason.
 
@@ -40,6 +40,10 @@ pub const MAX_WAIT: Duration = Duration::from_secs(60);
 
 /// Status requests over NATS answered at once by one replica; more wait in the subscription.
 const NATS_CONCURRENCY: usize = 64;
+
+/// How long the journal watch stays after the last long poll has its answer (the server
+/// keeps an abandoned watch's consumer about as long, 30 s, so churn would cost the same).
+const WATCH_LINGER: Duration = Duration::from_secs(30);
 
 /// Pause before making the journal watch again after it failed.
 const REWATCH_AFTER: Duration = Duration::from_millis(500);
@@ -170,6 +174,7 @@ impl StatusApi {
     /// Answers every waiting long poll now, and every later one without waiting (shutdown).
     pub fn release_waiters(&self) {
         self.release.cancel();
+        self.waiters.stop_watch();
     }
 
     /// The order's status now. Either spelling of the id finds the order.
@@ -268,8 +273,12 @@ struct Waiters {
 #[derive(Debug, Default)]
 struct WaitersState {
     orders: HashMap<String, OrderWaiters>,
-    /// Waiting requests in all; the watch runs while this is above zero.
+    /// Waiting requests in all; the watch runs while this is above zero, and
+    /// [`WATCH_LINGER`] longer.
     waiting: usize,
+    /// Counts the times `waiting` fell to zero, so that a stop planned for one idle period
+    /// does not end a watch that found waiters again since.
+    idle_periods: u64,
     watch: Option<RunningWatch>,
 }
 
@@ -340,7 +349,7 @@ impl Waiters {
         }
     }
 
-    fn unregister(&self, order_id: &str) {
+    fn unregister(self: &Arc<Self>, order_id: &str) {
         let mut state = self.state.lock().unwrap_or_else(|e| e.into_inner());
         state.waiting = state.waiting.saturating_sub(1);
         if let Some(order) = state.orders.get_mut(order_id) {
@@ -349,11 +358,39 @@ impl Waiters {
                 state.orders.remove(order_id);
             }
         }
-        if state.waiting == 0 {
-            if let Some(running) = state.watch.take() {
-                running.stop.cancel();
-            }
+        if state.waiting > 0 || state.watch.is_none() {
+            return;
         }
+        // The watch outlives the last waiter a little: a portal's long polls come one after
+        // another, and each new watch is a consumer made on the server.
+        state.idle_periods += 1;
+        let period = state.idle_periods;
+        match tokio::runtime::Handle::try_current() {
+            Ok(runtime) => {
+                let waiters = Arc::downgrade(self);
+                runtime.spawn(async move {
+                    tokio::time::sleep(WATCH_LINGER).await;
+                    if let Some(waiters) = waiters.upgrade() {
+                        waiters.stop_watch_if_idle(period);
+                    }
+                });
+            }
+            // The runtime is going away: nothing will wait again.
+            Err(_) => stop(&mut state),
+        }
+    }
+
+    /// Stops the watch if nobody has waited since idle period `period` began.
+    fn stop_watch_if_idle(&self, period: u64) {
+        let mut state = self.state.lock().unwrap_or_else(|e| e.into_inner());
+        if state.waiting == 0 && state.idle_periods == period {
+            stop(&mut state);
+        }
+    }
+
+    /// Stops the watch now (shutdown: no request waits any more).
+    fn stop_watch(&self) {
+        stop(&mut self.state.lock().unwrap_or_else(|e| e.into_inner()));
     }
 
     /// Hands a write of `key` to the order's waiters, if any.
@@ -365,6 +402,12 @@ impl Waiters {
         if let Some(order) = state.orders.get(order_id) {
             order.written.send_replace(Some(value));
         }
+    }
+}
+
+fn stop(state: &mut WaitersState) {
+    if let Some(running) = state.watch.take() {
+        running.stop.cancel();
     }
 }
 

@@ -399,3 +399,38 @@ async fn a_shutdown_answers_waiting_long_polls_at_once() {
     assert_eq!(status.state, JobState::Running, "{status:?}");
     assert!(!status.r#final);
 }
+
+#[tokio::test]
+async fn back_to_back_long_polls_share_one_journal_watch() {
+    let h = Harness::start().await;
+    let provisioner = h.start_provisioner(&[]).await;
+    let order_id = "801000000000044AAA";
+    let mut record = JobRecord::new(order_id);
+    record.step = "whmcs_create".to_owned();
+    record.started_at = "2026-12-01T00:00:00Z".to_owned();
+    record.updated_at = "2026-12-01T00:00:01Z".to_owned();
+    put_entry(&h, &record).await;
+    let js = async_nats::jetstream::new(h.nats.client().await);
+    let watch_consumers = || {
+        let js = js.clone();
+        async move {
+            js.get_stream(format!("KV_{}", messages::subjects::buckets::JOBS))
+                .await
+                .unwrap()
+                .info()
+                .await
+                .unwrap()
+                .state
+                .consumer_count
+        }
+    };
+    assert_eq!(watch_consumers().await, 0, "no watch before anyone waits");
+    for poll in 1..=3 {
+        let (code, body) = get(&provisioner, &format!("{order_id}?wait=1"), None).await;
+        assert_eq!(code, StatusCode::OK);
+        assert_eq!(body["state"], "running");
+        // The watch outlived the poll, and the next poll used it instead of making another.
+        assert_eq!(watch_consumers().await, 1, "after long poll {poll}");
+    }
+    provisioner.stop().await;
+}
