@@ -55,11 +55,16 @@ impl Env {
 
     /// The raw value; an empty value counts as unset, as most tooling treats it.
     pub fn get(&self, name: &str) -> Option<String> {
-        let value = match &self.overrides {
+        self.get_even_empty(name).filter(|v| !v.trim().is_empty())
+    }
+
+    /// The value even when it is empty or blank: for a variable whose emptiness must not be
+    /// mistaken for "unset" (a secret that failed to mount must not switch a protection off).
+    pub fn get_even_empty(&self, name: &str) -> Option<String> {
+        match &self.overrides {
             Some(map) => map.get(name).cloned(),
             None => std::env::var(name).ok(),
-        };
-        value.filter(|v| !v.trim().is_empty())
+        }
     }
 
     pub fn required(&self, name: &str) -> Result<String, ConfigError> {

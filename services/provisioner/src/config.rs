@@ -91,7 +91,7 @@ impl ProvisionerSettings {
 /// An empty token is refused rather than read as "unset": a secret that failed to mount must
 /// not leave the status API open.
 fn status_api_token(env: &Env) -> Result<Option<secrecy::SecretString>, ConfigError> {
-    match env.get("STATUS_API_TOKEN") {
+    match env.get_even_empty("STATUS_API_TOKEN") {
         None => Ok(None),
         Some(token) if token.trim().is_empty() => Err(ConfigError::new(
             "STATUS_API_TOKEN",
@@ -169,8 +169,10 @@ mod tests {
         assert!(settings(&[]).unwrap().status_api_token.is_none());
         let set = settings(&[("STATUS_API_TOKEN", "t0ken")]).unwrap();
         assert_eq!(set.status_api_token.unwrap().expose_secret(), "t0ken");
-        let err = settings(&[("STATUS_API_TOKEN", " ")]).unwrap_err();
-        assert_eq!(err.variable, "STATUS_API_TOKEN");
+        for empty in ["", " "] {
+            let err = settings(&[("STATUS_API_TOKEN", empty)]).unwrap_err();
+            assert_eq!(err.variable, "STATUS_API_TOKEN");
+        }
         assert!(
             !format!("{:?}", settings(&[("STATUS_API_TOKEN", "t0ken")]).unwrap()).contains("t0ken")
         );
