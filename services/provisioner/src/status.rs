@@ -121,7 +121,7 @@ impl StatusMetrics {
         registry.register(
             "provisioner_status_requests",
             "Order status requests answered, by transport (http, nats) and result (found, \
-             not_found, malformed_id, unauthorized, unavailable, unreadable)",
+             not_found, malformed_id, malformed_wait, unauthorized, unavailable, unreadable)",
             metrics.requests.clone(),
         );
         registry.register(
