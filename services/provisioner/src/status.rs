@@ -280,6 +280,8 @@ struct WaitersState {
     /// does not end a watch that found waiters again since.
     idle_periods: u64,
     watch: Option<RunningWatch>,
+    /// Set at shutdown: no watch is started again.
+    closed: bool,
 }
 
 #[derive(Debug)]
@@ -325,6 +327,8 @@ impl Waiters {
         let written = order.written.subscribe();
         let subscribed = match &state.watch {
             Some(running) => running.subscribed.clone(),
+            // Shut down: no new watch. A receiver whose sender is gone ends the wait at once.
+            None if state.closed => watch::channel(0).1,
             None => {
                 let (subscribed_tx, subscribed) = watch::channel(0);
                 let stop = CancellationToken::new();
@@ -388,9 +392,11 @@ impl Waiters {
         }
     }
 
-    /// Stops the watch now (shutdown: no request waits any more).
+    /// Stops the watch now and for good (shutdown: no request waits any more).
     fn stop_watch(&self) {
-        stop(&mut self.state.lock().unwrap_or_else(|e| e.into_inner()));
+        let mut state = self.state.lock().unwrap_or_else(|e| e.into_inner());
+        state.closed = true;
+        stop(&mut state);
     }
 
     /// Hands a write of `key` to the order's waiters, if any.
