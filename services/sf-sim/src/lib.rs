@@ -52,7 +52,8 @@ pub use config::SimConfig;
 pub use error::SimError;
 pub use faults::Faults;
 pub use state::{
-    DemoSeed, EventSpec, PoisonKind, PublishedEvent, SimHandle, SimStats, StoredEventInfo,
+    DemoSeed, EventSpec, OrderWrite, PoisonKind, PublishedEvent, SimHandle, SimStats,
+    StoredEventInfo,
 };
 
 use state::{Inner, Urls};

@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 use rand::Rng as _;
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
-use tokio::sync::watch;
+use tokio::sync::{mpsc, watch};
 use tokio_util::sync::CancellationToken;
 
 use crate::avro::{EventFields, SchemaRegistry, SchemaVersion, UNKNOWN_SCHEMA_ID};
@@ -45,6 +45,21 @@ pub(crate) struct Inner {
     faults: Mutex<Faults>,
     /// Bumped on every new event and fault change; Subscribe streams wait on it.
     wake: watch::Sender<u64>,
+    /// Observers of Order writes ([`SimHandle::watch_order_writes`]); empty unless a benchmark
+    /// or test asks, so the REST path pays nothing for them otherwise.
+    order_writes: Mutex<Vec<mpsc::UnboundedSender<OrderWrite>>>,
+}
+
+/// One Order write through the REST API (a single PATCH or one record of a collection) that set
+/// `Activation_Status__c`, with the moment it was stored: benchmarks time an order from its
+/// approval to this without polling.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OrderWrite {
+    /// The Order's 18-character id.
+    pub order_id: String,
+    /// The `Activation_Status__c` written (`null` is the empty string).
+    pub status: String,
+    pub at: Instant,
 }
 
 /// Counters for assertions. `rest_requests_by_route` keys are `"<METHOD> <route>"` with the
@@ -223,6 +238,7 @@ impl Inner {
             stats: Mutex::new(SimStats::default()),
             faults: Mutex::new(Faults::default()),
             wake,
+            order_writes: Mutex::new(Vec::new()),
         })
     }
 
@@ -282,6 +298,21 @@ impl Inner {
         lock(&self.faults)
             .keepalive_interval
             .unwrap_or(self.config.keepalive_interval)
+    }
+
+    /// Tells the observers that `order_id`'s `Activation_Status__c` was stored as `status`;
+    /// observers that went away are dropped.
+    pub fn order_written(&self, order_id: &str, status: &str) {
+        let mut observers = lock(&self.order_writes);
+        if observers.is_empty() {
+            return;
+        }
+        let write = OrderWrite {
+            order_id: order_id.to_owned(),
+            status: status.to_owned(),
+            at: Instant::now(),
+        };
+        observers.retain(|observer| observer.send(write.clone()).is_ok());
     }
 
     pub fn subscribe_wake(&self) -> watch::Receiver<u64> {
@@ -656,6 +687,15 @@ impl SimHandle {
                 ..SimStats::default()
             };
         });
+    }
+
+    /// Every later REST write of an Order's `Activation_Status__c`, in the order they were
+    /// stored, each with the `Instant` it was stored at. Unbounded (a benchmark may let a
+    /// backlog of 100,000 writes queue up); drop the receiver to stop.
+    pub fn watch_order_writes(&self) -> mpsc::UnboundedReceiver<OrderWrite> {
+        let (sender, receiver) = mpsc::unbounded_channel();
+        lock(&self.inner.order_writes).push(sender);
+        receiver
     }
 
     /// The Order's fields (including `Id`), or `None` when there is no such order.

@@ -708,3 +708,46 @@ async fn child_page_size_is_a_fault_of_the_admin_api() {
     assert!(items["nextRecordsUrl"].as_str().unwrap().ends_with("-3"));
     sim.shutdown().await;
 }
+
+#[tokio::test]
+async fn status_writes_are_announced_to_observers_once_stored() {
+    let sim = start().await;
+    let s = sim.state();
+    let single = s.seed_order::<&str, f64>("001Sm0000000zzz", &[]);
+    let in_collection = s.seed_order::<&str, f64>("001Sm0000000zzz", &[]);
+    let mut writes = s.watch_order_writes();
+    let api = Api::new(&sim).await;
+    let before = std::time::Instant::now();
+
+    // A write without the status, and a refused one, announce nothing.
+    let path = format!("/sobjects/Order/{single}");
+    assert_eq!(api.patch(&path, &json!({"Status": "Draft"})).await.0, 204);
+    let refused =
+        json!({"Activation_Status__c": "Failed", "Activation_Error_Message__c": "y".repeat(300)});
+    assert_eq!(api.patch(&path, &refused).await.0, 400);
+    assert_eq!(
+        api.patch(&path, &json!({"Activation_Status__c": "Activated"}))
+            .await
+            .0,
+        204
+    );
+    let record = json!({"attributes": {"type": "Order"}, "id": in_collection, "Activation_Status__c": "Failed"});
+    let (status, _) = api
+        .patch("/composite/sobjects", &json!({"records": [record]}))
+        .await;
+    assert_eq!(status, 200);
+
+    let first = writes.recv().await.unwrap();
+    assert_eq!(
+        (first.order_id.as_str(), first.status.as_str()),
+        (single.as_str(), "Activated")
+    );
+    let second = writes.recv().await.unwrap();
+    assert_eq!(
+        (second.order_id.as_str(), second.status.as_str()),
+        (in_collection.as_str(), "Failed")
+    );
+    assert!(before <= first.at && first.at <= second.at);
+    assert!(writes.try_recv().is_err(), "nothing else was announced");
+    sim.shutdown().await;
+}

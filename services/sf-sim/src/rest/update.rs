@@ -90,8 +90,15 @@ fn check_fields(body: &Map<String, Value>, id: &str) -> Result<Changes, RecordEr
     Ok(changes)
 }
 
-fn apply(store: &mut Store, id: &str, changes: Changes) {
+/// Writes the changes; tells the observers when `Activation_Status__c` was among them.
+fn apply(inner: &Inner, store: &mut Store, id: &str, changes: Changes) {
     if let Some(record) = store.get_mut(id) {
+        if let Some((_, status)) = changes
+            .iter()
+            .find(|(name, _)| *name == "Activation_Status__c")
+        {
+            inner.order_written(id, status.as_str().unwrap_or_default());
+        }
         for (name, value) in changes {
             record.fields.insert(name.to_owned(), value);
         }
@@ -149,7 +156,7 @@ pub(crate) async fn patch_record(
     }
     let changes =
         check_fields(&body, &canonical).map_err(|e| as_top_level(StatusCode::BAD_REQUEST, e))?;
-    apply(&mut store, &canonical, changes);
+    apply(&inner, &mut store, &canonical, changes);
     Ok(no_content())
 }
 
@@ -199,7 +206,7 @@ pub(crate) async fn patch_collection(
                 }));
             }
             Ok((id, changes)) => {
-                apply(&mut store, &id, changes);
+                apply(&inner, &mut store, &id, changes);
                 results.push(json!({ "id": id, "success": true, "errors": [] }));
             }
             Err(err) => results.push(json!({ "success": false, "errors": [err.to_json()] })),
