@@ -36,8 +36,10 @@ async fn main() -> ExitCode {
         "sf-bridge starting."
     );
     let cancel = platform::shutdown::on_signal();
-    // Boxed: the whole service's state machine is large for the main thread's stack.
-    let result = Box::pin(async {
+    // Spawned, not run by `block_on` on the main thread: the ingest loop then lives on a runtime
+    // worker beside the NATS and gRPC connection tasks, which wake it (and which it wakes) within
+    // the worker, instead of by a futex wake-up of another thread for every batch and ack.
+    let service = tokio::spawn(async move {
         let app = match App::build(settings, &cancel).await {
             Ok(app) => app,
             // Asked to stop while still waiting for NATS: a clean stop, not a failure.
@@ -45,8 +47,11 @@ async fn main() -> ExitCode {
             Err(err) => return Err(err).context("start sf-bridge"),
         };
         app.run_until_stopped(cancel).await.context("run sf-bridge")
-    })
-    .await;
+    });
+    let result = match service.await {
+        Ok(result) => result,
+        Err(err) => Err(anyhow::anyhow!("the service task failed: {err}")),
+    };
     let code = match &result {
         Ok(()) => ExitCode::SUCCESS,
         Err(err) => {
