@@ -94,10 +94,120 @@ impl TelemetrySettings {
 #[error("cannot set up the OTLP exporter: {0}")]
 pub struct TelemetryError(String);
 
-/// Keeps the tracer provider alive; [`TelemetryGuard::shutdown`] flushes the last spans.
+/// Keeps the tracer provider alive; [`TelemetryGuard::shutdown`] flushes the last spans. Dropping
+/// it (after `shutdown`, or on an early return) writes out the log lines still buffered.
 #[derive(Debug)]
 pub struct TelemetryGuard {
     provider: SdkTracerProvider,
+    _logs: FlushLogsOnDrop,
+}
+
+/// Log lines are written to stdout in batches rather than one write(2) each: at `info` a busy
+/// service logs a line per message, and a system call per line cost more than formatting it.
+/// A line waits at most [`LOG_FLUSH_INTERVAL`] (a flusher thread), lines at `warn` and `error`
+/// go out at once with everything before them, and the buffer is written out when it reaches
+/// [`LOG_FLUSH_BYTES`], on [`TelemetryGuard`]'s drop (a normal stop) and on a panic. Only a
+/// process killed outright can lose the last interval's lines.
+static LOG_BUFFER: std::sync::Mutex<Vec<u8>> = std::sync::Mutex::new(Vec::new());
+const LOG_FLUSH_BYTES: usize = 32 * 1024;
+const LOG_FLUSH_INTERVAL: Duration = Duration::from_millis(50);
+
+/// Writes out the buffered log lines (the flusher thread, shutdown).
+pub fn flush_logs() {
+    let mut lines = LOG_BUFFER
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
+    write_out(&mut lines);
+}
+
+fn write_out(lines: &mut Vec<u8>) {
+    use std::io::Write as _;
+    if lines.is_empty() {
+        return;
+    }
+    let mut out = std::io::stdout().lock();
+    // A closed or failing stdout loses the lines, as the unbuffered writer did: logging never
+    // stops the service.
+    let _ = out.write_all(lines);
+    let _ = out.flush();
+    lines.clear();
+    // A burst (a long backtrace, say) does not keep its memory.
+    if lines.capacity() > 4 * LOG_FLUSH_BYTES {
+        lines.shrink_to(LOG_FLUSH_BYTES);
+    }
+}
+
+#[derive(Debug)]
+struct FlushLogsOnDrop;
+
+impl Drop for FlushLogsOnDrop {
+    fn drop(&mut self) {
+        flush_logs();
+    }
+}
+
+/// The fmt layer's writer: one per event, which it writes whole in one `write_all`.
+#[derive(Debug, Clone, Copy)]
+struct BufferedStdout;
+
+struct LogLine {
+    urgent: bool,
+}
+
+impl std::io::Write for LogLine {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        let mut lines = LOG_BUFFER
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        lines.extend_from_slice(buf);
+        if self.urgent || lines.len() >= LOG_FLUSH_BYTES {
+            write_out(&mut lines);
+        }
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+impl<'a> tracing_subscriber::fmt::MakeWriter<'a> for BufferedStdout {
+    type Writer = LogLine;
+
+    fn make_writer(&'a self) -> LogLine {
+        LogLine { urgent: false }
+    }
+
+    fn make_writer_for(&'a self, meta: &tracing::Metadata<'_>) -> LogLine {
+        LogLine {
+            urgent: *meta.level() <= tracing::Level::WARN,
+        }
+    }
+}
+
+/// Starts the flusher thread and the panic hook's flush, once per process.
+fn start_log_flushing() {
+    static STARTED: std::sync::Once = std::sync::Once::new();
+    STARTED.call_once(|| {
+        let spawned = std::thread::Builder::new()
+            .name("log-flush".to_owned())
+            .spawn(|| loop {
+                std::thread::sleep(LOG_FLUSH_INTERVAL);
+                flush_logs();
+            });
+        if let Err(err) = spawned {
+            // Lines then wait for the buffer to fill, a warning, or the stop.
+            eprintln!("cannot start the log flusher thread: {err}");
+        }
+        let previous = std::panic::take_hook();
+        std::panic::set_hook(Box::new(move |info| {
+            // try_lock: a panic while the buffer is being written must not deadlock here.
+            if let Ok(mut lines) = LOG_BUFFER.try_lock() {
+                write_out(&mut lines);
+            }
+            previous(info);
+        }));
+    });
 }
 
 impl TelemetryGuard {
@@ -107,7 +217,7 @@ impl TelemetryGuard {
     /// multi-thread runtime this worker is handed over (`block_in_place`) while waiting, so the
     /// flush works even with a single worker.
     pub fn shutdown(self) {
-        let provider = self.provider;
+        let TelemetryGuard { provider, _logs } = self;
         let flush = move || provider.shutdown();
         let result = match tokio::runtime::Handle::try_current() {
             Ok(handle) if handle.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread => {
@@ -168,6 +278,7 @@ pub fn init(settings: &TelemetrySettings) -> Result<TelemetryGuard, TelemetryErr
         LogFormat::Json => registry
             .with(
                 tracing_subscriber::fmt::layer()
+                    .with_writer(BufferedStdout)
                     .json()
                     .flatten_event(true)
                     .with_current_span(true)
@@ -177,13 +288,21 @@ pub fn init(settings: &TelemetrySettings) -> Result<TelemetryGuard, TelemetryErr
             )
             .try_init(),
         LogFormat::Pretty => registry
-            .with(tracing_subscriber::fmt::layer().with_filter(not_trace_only))
+            .with(
+                tracing_subscriber::fmt::layer()
+                    .with_writer(BufferedStdout)
+                    .with_filter(not_trace_only),
+            )
             .try_init(),
     };
     if installed.is_ok() {
+        start_log_flushing();
         opentelemetry::global::set_tracer_provider(provider.clone());
     }
-    Ok(TelemetryGuard { provider })
+    Ok(TelemetryGuard {
+        provider,
+        _logs: FlushLogsOnDrop,
+    })
 }
 
 /// The order a span works for, carried as a value of its OpenTelemetry context so that every
