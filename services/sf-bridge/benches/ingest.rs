@@ -11,6 +11,9 @@
 //! - `NATS_SERVER_BIN`: the nats-server binary to run.
 //! - `BENCH_REPORT=<file>`: also write the Markdown tables to that file (they are always
 //!   printed).
+//! - `BENCH_BRIDGE_BIN`: a program to run instead of the bridge binary, for profiling: a script
+//!   that `exec`s `valgrind --tool=callgrind` or `perf record` on it (the built binary is
+//!   `target/release/sf-bridge`).
 //!
 //! Fairness: the raw reference publishes the very messages the bridge stored (subject, headers,
 //! body, `Nats-Msg-Id`) into a stream with the bridge's own stream configuration, keeping as
@@ -212,7 +215,9 @@ async fn run_bridge(
     round: usize,
 ) -> (f64, f64, u64) {
     let started = Instant::now();
-    let mut bridge = ChildProcess::spawn(env!("CARGO_BIN_EXE_sf-bridge"), env);
+    let binary = std::env::var("BENCH_BRIDGE_BIN")
+        .unwrap_or_else(|_| env!("CARGO_BIN_EXE_sf-bridge").to_owned());
+    let mut bridge = ChildProcess::spawn(&binary, env);
     let pid = bridge.pid().expect("pid");
     let mut first: Option<(Instant, u64)> = None;
     let mut peak_kib = 0;
