@@ -33,6 +33,15 @@ use crate::config::{ConfigError, Env};
 /// Whether the OpenTelemetry layer is installed (an OTLP endpoint is configured).
 static TRACES_EXPORTED: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
 
+/// Whether [`init`] installed the W3C propagator (tools that never call it have none).
+static W3C_PROPAGATOR: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+/// Whether spans are exported (an OTLP endpoint is configured). When they are not, a span kept
+/// only for traces ([`TRACE_ONLY`]) has no use, and a hot path can skip making it.
+pub fn traces_exported() -> bool {
+    TRACES_EXPORTED.load(std::sync::atomic::Ordering::Relaxed)
+}
+
 /// Target for spans that exist for traces only: the log formatter skips them, so a span per
 /// message on a hot path costs no field formatting. Events inside such a span carry their own
 /// identifying fields.
@@ -235,6 +244,7 @@ impl TelemetryGuard {
 /// several apps) keep the first subscriber and still return a working guard.
 pub fn init(settings: &TelemetrySettings) -> Result<TelemetryGuard, TelemetryError> {
     opentelemetry::global::set_text_map_propagator(TraceContextPropagator::new());
+    W3C_PROPAGATOR.store(true, std::sync::atomic::Ordering::Relaxed);
     let resource = Resource::builder()
         .with_service_name(settings.service_name.clone())
         .with_attribute(KeyValue::new("service.version", env!("CARGO_PKG_VERSION")))
@@ -477,6 +487,15 @@ pub fn inject_trace_context(span: &tracing::Span, headers: &mut async_nats::Head
     use opentelemetry::trace::{
         SpanContext, SpanId, TraceContextExt, TraceFlags, TraceId, TraceState,
     };
+    if W3C_PROPAGATOR.load(std::sync::atomic::Ordering::Relaxed) && !traces_exported() {
+        // No OpenTelemetry layer, so no span has a context: a new root, written as the W3C
+        // propagator writes it, without building a context or taking the global propagator's
+        // lock (a publish per event on the bridge's hot path).
+        let mut injector = HeaderInjector(headers);
+        injector.set("traceparent", new_root_traceparent());
+        injector.set("tracestate", String::new());
+        return;
+    }
     let mut context = span.context();
     if !context.span().span_context().is_valid() {
         let span_context = SpanContext::new(
@@ -491,6 +510,26 @@ pub fn inject_trace_context(span: &tracing::Span, headers: &mut async_nats::Head
     opentelemetry::global::get_text_map_propagator(|propagator| {
         propagator.inject_context(&context, &mut HeaderInjector(headers));
     });
+}
+
+/// `00-<random trace id>-<random span id>-01`: version 0, sampled.
+fn new_root_traceparent() -> String {
+    const HEX: &[u8; 16] = b"0123456789abcdef";
+    let trace_id = rand::random::<[u8; 16]>();
+    let span_id = rand::random::<[u8; 8]>();
+    let hex = |out: &mut String, bytes: &[u8]| {
+        for byte in bytes {
+            out.push(char::from(HEX[usize::from(byte >> 4)]));
+            out.push(char::from(HEX[usize::from(byte & 0x0f)]));
+        }
+    };
+    let mut out = String::with_capacity(55);
+    out.push_str("00-");
+    hex(&mut out, &trace_id);
+    out.push('-');
+    hex(&mut out, &span_id);
+    out.push_str("-01");
+    out
 }
 
 /// Reads the W3C trace context from NATS headers, for use as a parent or a link.
@@ -583,6 +622,26 @@ mod tests {
             "http://h/x?q=SELECT+Id&access_token=REDACTED"
         );
         assert_eq!(redact_url("not a url"), "not a url");
+    }
+
+    #[test]
+    fn a_directly_written_root_traceparent_is_valid_w3c() {
+        use opentelemetry::propagation::TextMapPropagator;
+        use opentelemetry::trace::TraceContextExt;
+        let mut headers = async_nats::HeaderMap::new();
+        HeaderInjector(&mut headers).set("traceparent", new_root_traceparent());
+        let context = TraceContextPropagator::new().extract(&HeaderExtractor(&headers));
+        let span = context.span();
+        let extracted = span.span_context();
+        assert!(extracted.is_valid() && extracted.is_sampled());
+        assert_eq!(
+            headers.get("traceparent").map(|v| v.as_str().to_owned()),
+            Some(format!(
+                "00-{}-{}-01",
+                extracted.trace_id(),
+                extracted.span_id()
+            ))
+        );
     }
 
     #[test]
