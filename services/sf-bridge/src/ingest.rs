@@ -615,7 +615,12 @@ impl Ingest {
         original: Box<Original>,
     ) -> Result<AckFuture, PublishFailure> {
         let subject = messages::subjects::provisioning_requested(&body.order_id);
-        let span = tracing::info_span!(
+        // Trace-only: without an exporter it would be made, filled and dropped for nothing
+        // (the log lines carry their own fields).
+        let span = if !platform::telemetry::traces_exported() {
+            tracing::Span::none()
+        } else {
+            tracing::info_span!(
             target: platform::telemetry::TRACE_ONLY,
             parent: None,
             "provisioning.requested send",
@@ -630,7 +635,8 @@ impl Ingest {
             correlation_id = %body.correlation_id,
             event.id = %body.event_id,
             salesforce.replay_id = %body.replay_id,
-        );
+            )
+        };
         // The order's trace starts here; the span and everything beneath it carry `order.id`
         // and `correlation.id`.
         platform::telemetry::join_order(
