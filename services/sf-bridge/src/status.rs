@@ -95,9 +95,14 @@ impl BridgeStatus {
         self.update(|inner| inner.last_error = error);
     }
 
-    pub fn event_received(&self, at: &str) {
-        self.events_received.fetch_add(1, Ordering::Relaxed);
+    /// The events of one Subscribe response arrived at `at`: the time is set once for them all
+    /// (and each is counted with [`Self::count_received`]).
+    pub fn batch_received(&self, at: &str) {
         self.update(|inner| inner.last_event_at = Some(at.to_owned()));
+    }
+
+    pub fn count_received(&self) {
+        self.events_received.fetch_add(1, Ordering::Relaxed);
     }
 
     /// The `/health/sf-events` body.
