@@ -17,10 +17,11 @@
 //!
 //! Knobs: `BENCH_QUICK=1` (small counts, for development), `BENCH_SCALE` (multiplies the
 //! counts), `BENCH_ORDERS`, `BENCH_PACED`, `BENCH_REAL_WAVES` (the realistic-latency backlog in
-//! waves of `PROVISIONER_CONCURRENCY` orders, default 12) or `BENCH_REAL_ORDERS`, `BENCH_REAL_PACED`,
-//! `BENCH_BACKLOG` (default 100000), `BENCH_PACE` (fraction of the measured rate for the paced
-//! loads, default 0.5), `BENCH_PROVISIONER_CONCURRENCY` (32, the service default), `BENCH_WRITER_CONCURRENCY` (4),
-//! `BENCH_SF_LATENCY_MS` (80), `BENCH_WHMCS_LATENCY_MS` (250), `BENCH_REPORT=<file>` (the
+//! waves of `PROVISIONER_CONCURRENCY` orders, default 12) or `BENCH_REAL_ORDERS`,
+//! `BENCH_REAL_PACED`, `BENCH_BACKLOG` (default 100000), `BENCH_PACE` (fraction of the measured
+//! rate for the paced loads, default 0.5), `BENCH_PROVISIONER_CONCURRENCY` (32, the service
+//! default), `BENCH_WRITER_CONCURRENCY` (4), `BENCH_SF_LATENCY_MS` (80),
+//! `BENCH_WHMCS_LATENCY_MS` (250), `BENCH_REPORT=<file>` (the
 //! Markdown tables are also written there), `NATS_SERVER_BIN`.
 
 #![allow(
