@@ -90,7 +90,7 @@ impl Plan {
             orders: n("BENCH_ORDERS", 10_000, 1_000),
             paced: n("BENCH_PACED", 5_000, 500),
             real_orders: 0,
-            real_paced: n("BENCH_REAL_PACED", 1_500, 300),
+            real_paced: n("BENCH_REAL_PACED", 600, 200),
             backlog: n("BENCH_BACKLOG", 100_000, 5_000),
             pace: env_num("BENCH_PACE", 0.5),
             provisioner_concurrency: env_num("BENCH_PROVISIONER_CONCURRENCY", 32),
