@@ -676,11 +676,18 @@ impl Ingest {
             .payload(payload.into())
             .headers(headers)
             .message_id(body.event_id.as_str());
+        // The body is serialised: its ids move to the log line at ack time, not copied.
+        let messages::ProvisioningRequestedV1 {
+            event_id,
+            order_id,
+            correlation_id,
+            ..
+        } = body;
         let entry = InFlight {
             replay_id,
-            event_id: Some(body.event_id.clone()),
-            order_id: Some(body.order_id.clone()),
-            correlation_id: body.correlation_id.clone(),
+            event_id: Some(event_id),
+            order_id: Some(order_id),
+            correlation_id,
             kind: InFlightKind::Requested {
                 created_ms,
                 original,
@@ -702,8 +709,9 @@ impl Ingest {
                     // Publishing it again can never succeed: set it aside, so that it is
                     // accounted for and the stream moves on (docs/contract.md §5 rule 5).
                     let reason = PoisonReason::PublishRefused { detail };
-                    match dead_letters
-                        .send(&original, acked.entry.replay_id, &reason)
+                    // Boxed: this rare path's state would otherwise be part of every
+                    // in-flight event's future (a thousand of them in the window).
+                    match Box::pin(dead_letters.send(&original, acked.entry.replay_id, &reason))
                         .await
                     {
                         Ok(dead_letter_ack) => dead_letter_ack.await,
