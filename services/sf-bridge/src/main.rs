@@ -10,7 +10,10 @@ use anyhow::Context;
 use platform::config::Env;
 use sf_bridge::{app::AppError, App, BridgeSettings};
 
-#[tokio::main]
+// One worker: the ingest loop, the NATS connection and the gRPC stream then wake each other
+// within one thread (no futex wake-up per batch and ack), the process stays under one core
+// while JetStream gets the other, and one malloc arena fewer lowers the peak RSS.
+#[tokio::main(worker_threads = 1)]
 async fn main() -> ExitCode {
     platform::answer_help_or_version!();
     let settings = match BridgeSettings::from_env(&Env::process()) {
