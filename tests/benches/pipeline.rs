@@ -22,7 +22,9 @@
 //! rate for the paced loads, default 0.5), `BENCH_PROVISIONER_CONCURRENCY` (32, the service
 //! default), `BENCH_WRITER_CONCURRENCY` (4), `BENCH_SF_LATENCY_MS` (80),
 //! `BENCH_WHMCS_LATENCY_MS` (250), `BENCH_REPORT=<file>` (the
-//! Markdown tables are also written there), `NATS_SERVER_BIN`.
+//! Markdown tables are also written there), `NATS_SERVER_BIN`. The services' own `SF_WRITER_*`,
+//! `PROVISIONER_*`, `SF_BRIDGE_*`, `SF_PUBSUB_*` and `WHMCS_TIMEOUT_SECS` variables pass through
+//! (and are named under the tables).
 
 #![allow(
     clippy::unwrap_used,
@@ -93,8 +95,14 @@ impl Plan {
             real_paced: n("BENCH_REAL_PACED", 600, 200),
             backlog: n("BENCH_BACKLOG", 100_000, 5_000),
             pace: env_num("BENCH_PACE", 0.5),
-            provisioner_concurrency: env_num("BENCH_PROVISIONER_CONCURRENCY", 32),
-            writer_concurrency: env_num("BENCH_WRITER_CONCURRENCY", 4),
+            provisioner_concurrency: env_num(
+                "BENCH_PROVISIONER_CONCURRENCY",
+                env_num("PROVISIONER_CONCURRENCY", 32),
+            ),
+            writer_concurrency: env_num(
+                "BENCH_WRITER_CONCURRENCY",
+                env_num("SF_WRITER_CONCURRENCY", 4),
+            ),
             sf_latency: Duration::from_millis(env_num("BENCH_SF_LATENCY_MS", 80)),
             whmcs_latency: Duration::from_millis(env_num("BENCH_WHMCS_LATENCY_MS", 250)),
         }
@@ -271,8 +279,11 @@ impl World {
         let children = self
             .binaries
             .iter()
-            .zip(&envs)
-            .map(|(binary, env)| ChildProcess::spawn(binary.to_str().unwrap(), env))
+            .zip(envs.map(|mut env| {
+                env.extend(service_overrides());
+                env
+            }))
+            .map(|(binary, env)| ChildProcess::spawn(binary.to_str().unwrap(), &env))
             .collect();
         Services { children, ports }
     }
@@ -323,6 +334,23 @@ impl World {
         latencies.sort();
         latencies
     }
+}
+
+/// The services' own settings given to the bench (`SF_WRITER_LINGER_MS=0 cargo bench ...`),
+/// passed to every service after the bench's, so a setting can be tried without editing.
+fn service_overrides() -> Vec<(String, String)> {
+    const PREFIXES: [&str; 5] = [
+        "SF_WRITER_",
+        "PROVISIONER_",
+        "SF_BRIDGE_",
+        "SF_PUBSUB_",
+        "WHMCS_TIMEOUT",
+    ];
+    let mut vars: Vec<(String, String)> = std::env::vars()
+        .filter(|(name, _)| PREFIXES.iter().any(|p| name.starts_with(p)))
+        .collect();
+    vars.sort();
+    vars
 }
 
 async fn wait_healthy(services: &mut Services) {
@@ -849,6 +877,11 @@ async fn main() {
         plan.provisioner_concurrency, plan.writer_concurrency
     )
     .unwrap();
+    let overrides = service_overrides();
+    if !overrides.is_empty() {
+        let list: Vec<String> = overrides.iter().map(|(k, v)| format!("{k}={v}")).collect();
+        writeln!(w, "Overridden for this run: {}.", list.join(", ")).unwrap();
+    }
     writeln!(w, "\n#### API cost per order\n").unwrap();
     writeln!(w, "| load | orders | SF token | SF query | SF single PATCH | SF collection PATCH | SF other (requests) | **SF REST requests per order** (aim ≤ 1.05) | WHMCS calls per order by action | WHMCS calls per order |").unwrap();
     writeln!(w, "|---|---|---|---|---|---|---|---|---|---|").unwrap();
