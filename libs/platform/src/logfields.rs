@@ -8,7 +8,7 @@
 //! span the event happens in (present when traces are exported), to each line. A field the event
 //! declares itself is not repeated.
 
-use std::fmt;
+use std::fmt::{self, Write as _};
 use std::sync::Arc;
 
 use opentelemetry::trace::TraceContextExt;
@@ -188,6 +188,19 @@ where
         mut writer: Writer<'_>,
         event: &Event<'_>,
     ) -> fmt::Result {
+        let in_span = event
+            .parent()
+            .and_then(|id| ctx.span(id))
+            .or_else(|| ctx.lookup_current())
+            .is_some();
+        // The common line (no span, as every per-event line of the bridge) is written straight
+        // into the layer's buffer: the stock formatter goes through serde_json's io::Write
+        // adaptor (a UTF-8 check per piece) and a second buffer here. Lines in a span (the
+        // stock `span`/`spans` keys) and `log`-crate records (normalised metadata) keep the
+        // stock path.
+        if !in_span && event.metadata().fields().field("log.target").is_none() {
+            return self.format_flat(&mut writer, event);
+        }
         let mut line = String::with_capacity(512);
         self.inner
             .format_event(ctx, Writer::new(&mut line), event)?;
@@ -205,6 +218,155 @@ where
                 writer.write_str("}\n")
             }
             _ => writer.write_str(&line),
+        }
+    }
+}
+
+impl JsonWithIds {
+    /// Exactly what `Format<Json, SystemTime>` with `flatten_event(true)` writes for an event
+    /// outside any span, with timestamp, level and target shown and file, line and thread
+    /// hidden (the options platform::telemetry sets): `{"timestamp":..,"level":..,<the
+    /// event's fields in order>,"target":..<correlation fields>}` and a newline. Field values
+    /// follow tracing-serde's `SerdeMapVisitor`: numbers and booleans as JSON, `str` and
+    /// everything else (`Debug`) as JSON strings with serde_json's escaping.
+    fn format_flat(&self, writer: &mut Writer<'_>, event: &Event<'_>) -> fmt::Result {
+        use tracing_subscriber::fmt::time::FormatTime;
+        let mut timestamp = String::with_capacity(32);
+        SystemTime.format_time(&mut Writer::new(&mut timestamp))?;
+        writer.write_str("{\"timestamp\":")?;
+        write_json_str(writer, &timestamp)?;
+        let level = match *event.metadata().level() {
+            tracing::Level::ERROR => "ERROR",
+            tracing::Level::WARN => "WARN",
+            tracing::Level::INFO => "INFO",
+            tracing::Level::DEBUG => "DEBUG",
+            tracing::Level::TRACE => "TRACE",
+        };
+        writer.write_str(",\"level\":\"")?;
+        writer.write_str(level)?;
+        writer.write_str("\"")?;
+        let mut visitor = FlatVisitor {
+            writer: &mut *writer,
+            state: Ok(()),
+        };
+        event.record(&mut visitor);
+        visitor.state?;
+        writer.write_str(",\"target\":")?;
+        write_json_str(writer, event.metadata().target())?;
+        writer.write_str(&extra_fields(None, event))?;
+        writer.write_str("}\n")
+    }
+}
+
+/// Writes `value` as a JSON string, escaped as serde_json escapes it.
+fn write_json_str(out: &mut dyn fmt::Write, value: &str) -> fmt::Result {
+    out.write_char('"')?;
+    JsonEscape(out).write_str(value)?;
+    out.write_char('"')
+}
+
+/// A `fmt::Write` that escapes what passes through as serde_json does inside a string:
+/// `"` and `\\`, the short forms `\b \t \n \f \r`, other bytes below 0x20 as `\u00xx`.
+struct JsonEscape<'a>(&'a mut dyn fmt::Write);
+
+impl fmt::Write for JsonEscape<'_> {
+    fn write_str(&mut self, s: &str) -> fmt::Result {
+        let bytes = s.as_bytes();
+        let mut start = 0;
+        for (i, &byte) in bytes.iter().enumerate() {
+            let short = match byte {
+                b'"' => "\\\"",
+                b'\\' => "\\\\",
+                0x08 => "\\b",
+                b'\t' => "\\t",
+                b'\n' => "\\n",
+                0x0c => "\\f",
+                b'\r' => "\\r",
+                0x00..=0x1f => "",
+                _ => continue,
+            };
+            // Escaped bytes are ASCII, so these slice bounds are character boundaries.
+            self.0.write_str(&s[start..i])?;
+            if short.is_empty() {
+                const HEX: &[u8; 16] = b"0123456789abcdef";
+                self.0.write_str("\\u00")?;
+                self.0.write_char(char::from(HEX[usize::from(byte >> 4)]))?;
+                self.0
+                    .write_char(char::from(HEX[usize::from(byte & 0x0f)]))?;
+            } else {
+                self.0.write_str(short)?;
+            }
+            start = i + 1;
+        }
+        self.0.write_str(&s[start..])
+    }
+}
+
+/// tracing-serde's `SerdeMapVisitor`, writing text instead of driving a serializer.
+struct FlatVisitor<'a, 'w> {
+    writer: &'a mut Writer<'w>,
+    state: fmt::Result,
+}
+
+impl FlatVisitor<'_, '_> {
+    fn key(&mut self, field: &Field) -> fmt::Result {
+        self.writer.write_char(',')?;
+        write_json_str(self.writer, field.name())?;
+        self.writer.write_char(':')
+    }
+}
+
+impl Visit for FlatVisitor<'_, '_> {
+    fn record_bool(&mut self, field: &Field, value: bool) {
+        if self.state.is_ok() {
+            self.state = self
+                .key(field)
+                .and_then(|()| self.writer.write_str(if value { "true" } else { "false" }));
+        }
+    }
+
+    fn record_u64(&mut self, field: &Field, value: u64) {
+        if self.state.is_ok() {
+            self.state = self
+                .key(field)
+                .and_then(|()| write!(self.writer, "{value}"));
+        }
+    }
+
+    fn record_i64(&mut self, field: &Field, value: i64) {
+        if self.state.is_ok() {
+            self.state = self
+                .key(field)
+                .and_then(|()| write!(self.writer, "{value}"));
+        }
+    }
+
+    fn record_f64(&mut self, field: &Field, value: f64) {
+        if self.state.is_ok() {
+            // serde_json's float form (ryu; `null` when not finite): rare, so no hand copy.
+            let text = serde_json::to_string(&value).map_err(|_| fmt::Error);
+            self.state = self
+                .key(field)
+                .and(text)
+                .and_then(|text| self.writer.write_str(&text));
+        }
+    }
+
+    fn record_str(&mut self, field: &Field, value: &str) {
+        if self.state.is_ok() {
+            self.state = self
+                .key(field)
+                .and_then(|()| write_json_str(self.writer, value));
+        }
+    }
+
+    fn record_debug(&mut self, field: &Field, value: &dyn fmt::Debug) {
+        if self.state.is_ok() {
+            self.state = self.key(field).and_then(|()| {
+                self.writer.write_char('"')?;
+                write!(JsonEscape(self.writer), "{value:?}")?;
+                self.writer.write_char('"')
+            });
         }
     }
 }
@@ -265,5 +427,76 @@ mod tests {
             2,
             "the event's own step plus the span list's: {text}"
         );
+    }
+
+    fn lines_of(
+        with_ids: bool,
+        emit: impl Fn(),
+    ) -> Vec<serde_json::Map<String, serde_json::Value>> {
+        let buffer = Buffer::default();
+        let writer = buffer.clone();
+        let layer = tracing_subscriber::fmt::layer()
+            .json()
+            .flatten_event(true)
+            .with_current_span(true)
+            .with_span_list(true);
+        if with_ids {
+            let subscriber = tracing_subscriber::registry().with(LogFieldsLayer).with(
+                layer
+                    .map_event_format(JsonWithIds::new)
+                    .with_writer(move || writer.clone()),
+            );
+            tracing::subscriber::with_default(subscriber, emit);
+        } else {
+            let subscriber = tracing_subscriber::registry()
+                .with(LogFieldsLayer)
+                .with(layer.with_writer(move || writer.clone()));
+            tracing::subscriber::with_default(subscriber, emit);
+        }
+        let text = String::from_utf8(buffer.0.lock().map(|b| b.clone()).unwrap_or_default())
+            .unwrap_or_default();
+        assert!(text.ends_with('\n'), "{text}");
+        text.lines()
+            .map(|line| {
+                // Byte for byte, but for the time each line was written.
+                let (head, rest) = line.split_once("\",\"level\"").expect("timestamp first");
+                assert!(head.starts_with("{\"timestamp\":\""), "{line}");
+                let value: serde_json::Value = serde_json::from_str(line).expect("JSON");
+                let mut map = value.as_object().cloned().expect("object");
+                map.insert("rest".into(), rest.into());
+                map.remove("timestamp");
+                map
+            })
+            .collect()
+    }
+
+    #[test]
+    fn lines_outside_spans_match_the_stock_formatter_byte_for_byte() {
+        #[derive(Debug)]
+        struct Odd;
+        let emit = || {
+            let odd = "quote \" back \\ nl \n tab \t cr \r bell \u{7} ff \u{c} bs \u{8} é ✓ \u{7f}";
+            tracing::info!(
+                order_id = Some("801x"),
+                correlation_id = %odd,
+                event_id = odd,
+                stream_sequence = 7_u64,
+                negative = -3_i64,
+                flag = true,
+                ratio = 0.25_f64,
+                nan = f64::NAN,
+                big = 1_u128 << 100,
+                absent = None::<&str>,
+                debug = ?Odd,
+                "Platform Event enqueued for provisioning {}",
+                odd
+            );
+            tracing::warn!(target: "some::target", "plain");
+            tracing::error!(error = %std::io::Error::other("boom \"x\""), "failed");
+        };
+        let fast = lines_of(true, emit);
+        let stock = lines_of(false, emit);
+        assert_eq!(fast.len(), 3);
+        assert_eq!(fast, stock);
     }
 }
