@@ -1066,13 +1066,15 @@ fn is_not_found(err: &jetstream::context::GetStreamError) -> bool {
 /// Headers helper: inserts a header whose value may come from outside (Salesforce data), never
 /// panicking on characters a NATS header cannot hold.
 pub fn insert_header(headers: &mut async_nats::HeaderMap, name: &'static str, value: &str) -> bool {
-    match value.parse::<async_nats::HeaderValue>() {
-        Ok(v) if !value.contains(['\r', '\n']) => {
-            headers.insert(name, v);
-            true
-        }
-        _ => false,
+    // A static name needs no parsing or copy; the value is checked once and copied once.
+    if value.contains(['\r', '\n']) {
+        return false;
     }
+    headers.insert(
+        async_nats::HeaderName::from_static(name),
+        async_nats::HeaderValue::from(value),
+    );
+    true
 }
 
 #[cfg(test)]

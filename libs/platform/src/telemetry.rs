@@ -491,9 +491,14 @@ pub fn inject_trace_context(span: &tracing::Span, headers: &mut async_nats::Head
         // No OpenTelemetry layer, so no span has a context: a new root, written as the W3C
         // propagator writes it, without building a context or taking the global propagator's
         // lock (a publish per event on the bridge's hot path).
-        let mut injector = HeaderInjector(headers);
-        injector.set("traceparent", new_root_traceparent());
-        injector.set("tracestate", String::new());
+        // Static names and the owned value moved in: no name parsed and allocated, no value
+        // copied (the W3C header names are constants; the value is hex and dashes).
+        const TRACEPARENT: async_nats::HeaderName =
+            async_nats::HeaderName::from_static("traceparent");
+        const TRACESTATE: async_nats::HeaderName =
+            async_nats::HeaderName::from_static("tracestate");
+        headers.insert(TRACEPARENT, new_root_traceparent());
+        headers.insert(TRACESTATE, String::new());
         return;
     }
     let mut context = span.context();
