@@ -50,14 +50,24 @@ pub struct EventEnvelope<'a> {
     pub received_at: &'a str,
 }
 
+/// Takes the field out of the decoded record: its text moves into the body instead of being
+/// copied (a copy only when it needs trimming).
 fn optional_string(
-    record: &Map<String, Value>,
+    record: &mut Map<String, Value>,
     field: &'static str,
 ) -> Result<Option<String>, PoisonReason> {
-    match record.get(field) {
+    match record.remove(field) {
         None | Some(Value::Null) => Ok(None),
-        Some(Value::String(s)) if s.trim().is_empty() => Ok(None),
-        Some(Value::String(s)) => Ok(Some(s.trim().to_owned())),
+        Some(Value::String(s)) => {
+            let trimmed = s.trim();
+            if trimmed.is_empty() {
+                Ok(None)
+            } else if trimmed.len() == s.len() {
+                Ok(Some(s))
+            } else {
+                Ok(Some(trimmed.to_owned()))
+            }
+        }
         Some(other) => Err(PoisonReason::FieldType {
             field,
             detail: format!("expected text, got {other}"),
@@ -69,8 +79,9 @@ fn optional_string(
 /// later hop carries this one.
 pub fn to_requested(
     envelope: &EventEnvelope<'_>,
-    record: &Map<String, Value>,
+    mut record: Map<String, Value>,
 ) -> Result<ProvisioningRequestedV1, PoisonReason> {
+    let record = &mut record;
     let raw_order_id =
         optional_string(record, "OrderId__c")?.ok_or(PoisonReason::OrderIdMissing)?;
     // Both spellings of one Order must be one order downstream (subject, journal key, marker):
@@ -146,7 +157,7 @@ mod tests {
             "OrderId__c": "801000000000001AAA", "IdemKey__c": "k-1", "CorrelationId__c": "c-1",
             "RequestedBy__c": "ops", "Version__c": 3.0
         }));
-        let body = to_requested(&envelope(), &rec).unwrap();
+        let body = to_requested(&envelope(), rec).unwrap();
         assert_eq!(body.order_id, "801000000000001AAA");
         assert_eq!(body.correlation_id, "c-1");
         assert_eq!(body.idem_key.as_deref(), Some("k-1"));
@@ -164,12 +175,12 @@ mod tests {
             "001A000000lNcZAia0",
         ] {
             let rec = record(json!({ "OrderId__c": given }));
-            let body = to_requested(&envelope(), &rec).unwrap();
+            let body = to_requested(&envelope(), rec).unwrap();
             assert_eq!(body.order_id, "001A000000lNcZAIA0", "from {given}");
         }
         let bad_checksum = record(json!({"OrderId__c": "001A000000lNcZAAAA"}));
         assert_eq!(
-            to_requested(&envelope(), &bad_checksum).unwrap_err().code(),
+            to_requested(&envelope(), bad_checksum).unwrap_err().code(),
             "order_id_invalid"
         );
     }
@@ -177,7 +188,7 @@ mod tests {
     #[test]
     fn missing_correlation_id_is_generated() {
         let rec = record(json!({"OrderId__c": "801000000000001AAA", "CorrelationId__c": null}));
-        let body = to_requested(&envelope(), &rec).unwrap();
+        let body = to_requested(&envelope(), rec).unwrap();
         assert!(uuid::Uuid::parse_str(&body.correlation_id).is_ok());
     }
 
@@ -185,17 +196,17 @@ mod tests {
     fn bad_order_ids_are_poison() {
         let missing = record(json!({"OrderId__c": null}));
         assert_eq!(
-            to_requested(&envelope(), &missing).unwrap_err(),
+            to_requested(&envelope(), missing).unwrap_err(),
             PoisonReason::OrderIdMissing
         );
         let malformed = record(json!({"OrderId__c": "801' OR 1=1"}));
         assert_eq!(
-            to_requested(&envelope(), &malformed).unwrap_err().code(),
+            to_requested(&envelope(), malformed).unwrap_err().code(),
             "order_id_invalid"
         );
         let wrong_type = record(json!({"OrderId__c": 42}));
         assert_eq!(
-            to_requested(&envelope(), &wrong_type).unwrap_err().code(),
+            to_requested(&envelope(), wrong_type).unwrap_err().code(),
             "field_type"
         );
     }

@@ -568,7 +568,7 @@ impl Ingest {
                 return Err(PoisonReason::EventIdMissing);
             }
             let created_ms = event::created_epoch_ms(&record);
-            event::to_requested(&envelope, &record).map(|body| (body, created_ms))
+            event::to_requested(&envelope, record).map(|body| (body, created_ms))
         });
         let original = Box::new(Original {
             event,
