@@ -230,11 +230,9 @@ impl JsonWithIds {
     /// follow tracing-serde's `SerdeMapVisitor`: numbers and booleans as JSON, `str` and
     /// everything else (`Debug`) as JSON strings with serde_json's escaping.
     fn format_flat(&self, writer: &mut Writer<'_>, event: &Event<'_>) -> fmt::Result {
-        use tracing_subscriber::fmt::time::FormatTime;
-        let mut timestamp = String::with_capacity(32);
-        SystemTime.format_time(&mut Writer::new(&mut timestamp))?;
-        writer.write_str("{\"timestamp\":")?;
-        write_json_str(writer, &timestamp)?;
+        writer.write_str("{\"timestamp\":\"")?;
+        write_timestamp(writer, std::time::SystemTime::now())?;
+        writer.write_char('"')?;
         let level = match *event.metadata().level() {
             tracing::Level::ERROR => "ERROR",
             tracing::Level::WARN => "WARN",
@@ -256,6 +254,86 @@ impl JsonWithIds {
         writer.write_str(&extra_fields(None, event))?;
         writer.write_str("}\n")
     }
+}
+
+thread_local! {
+    /// The second of the last line written on this thread and its text up to the seconds
+    /// (`2026-12-01T06:07:24`): lines come many to a second, so the calendar arithmetic and
+    /// the padded formatting are done once a second.
+    static SECOND: std::cell::RefCell<(u64, String)> = const {
+        std::cell::RefCell::new((u64::MAX, String::new()))
+    };
+}
+
+/// `now` as tracing-subscriber's `SystemTime` timer writes it (its `DateTime` display):
+/// `YYYY-MM-DDTHH:MM:SS.uuuuuuZ`, UTC, microseconds. Times before 1970 or beyond what the
+/// `time` crate holds take the stock timer (which reads the clock itself).
+fn write_timestamp(out: &mut dyn fmt::Write, now: std::time::SystemTime) -> fmt::Result {
+    let Ok(since_epoch) = now.duration_since(std::time::UNIX_EPOCH) else {
+        return stock_timestamp(out);
+    };
+    let secs = since_epoch.as_secs();
+    // `try_with`: a line written while the thread's locals are being torn down takes the
+    // stock timer rather than panicking.
+    let written = SECOND.try_with(|cell| -> Option<fmt::Result> {
+        let mut cached = cell.try_borrow_mut().ok()?;
+        if cached.0 != secs {
+            let at = i64::try_from(secs)
+                .ok()
+                .and_then(|s| time::OffsetDateTime::from_unix_timestamp(s).ok())?;
+            let text = &mut cached.1;
+            text.clear();
+            let year = at.year();
+            let written = if year > 9999 {
+                write!(text, "+{year}")
+            } else if year < 0 {
+                write!(text, "{year:05}")
+            } else {
+                write!(text, "{year:04}")
+            }
+            .and_then(|()| {
+                write!(
+                    text,
+                    "-{:02}-{:02}T{:02}:{:02}:{:02}",
+                    u8::from(at.month()),
+                    at.day(),
+                    at.hour(),
+                    at.minute(),
+                    at.second()
+                )
+            });
+            if written.is_err() {
+                return None;
+            }
+            cached.0 = secs;
+        }
+        Some(out.write_str(&cached.1))
+    });
+    let written = written.ok().flatten();
+    match written {
+        Some(result) => result?,
+        None => return stock_timestamp(out),
+    }
+    let micros = since_epoch.subsec_micros();
+    let mut digits = [b'0'; 6];
+    let mut rest = micros;
+    for digit in digits.iter_mut().rev() {
+        // `rest % 10` is below 10, so the cast keeps it whole.
+        *digit = b'0' + (rest % 10) as u8;
+        rest /= 10;
+    }
+    out.write_char('.')?;
+    for digit in digits {
+        out.write_char(char::from(digit))?;
+    }
+    out.write_char('Z')
+}
+
+fn stock_timestamp(out: &mut dyn fmt::Write) -> fmt::Result {
+    use tracing_subscriber::fmt::time::FormatTime;
+    let mut text = String::with_capacity(32);
+    SystemTime.format_time(&mut Writer::new(&mut text))?;
+    out.write_str(&text)
 }
 
 /// Writes `value` as a JSON string, escaped as serde_json escapes it.
@@ -498,5 +576,40 @@ mod tests {
         let stock = lines_of(false, emit);
         assert_eq!(fast.len(), 3);
         assert_eq!(fast, stock);
+    }
+
+    fn timestamp_of(at: std::time::SystemTime) -> String {
+        let mut text = String::new();
+        write_timestamp(&mut text, at).expect("formats");
+        text
+    }
+
+    #[test]
+    fn timestamps_are_written_as_the_stock_timer_writes_them() {
+        use std::time::{Duration, UNIX_EPOCH};
+        use tracing_subscriber::fmt::time::FormatTime;
+        for (secs, nanos, expected) in [
+            (0, 0, "1970-01-01T00:00:00.000000Z"),
+            (1_700_000_000, 123_456_789, "2023-11-14T22:13:20.123456Z"),
+            (951_782_400, 999_999_999, "2000-02-29T00:00:00.999999Z"),
+            (1_700_000_000, 5_000, "2023-11-14T22:13:20.000005Z"),
+            (1_700_000_001, 0, "2023-11-14T22:13:21.000000Z"),
+        ] {
+            let at = UNIX_EPOCH + Duration::new(secs, nanos);
+            assert_eq!(timestamp_of(at), expected);
+        }
+        // Now, between two readings of the stock timer: same form, so text order is time order.
+        let stock = || {
+            let mut text = String::new();
+            SystemTime
+                .format_time(&mut Writer::new(&mut text))
+                .expect("formats");
+            text
+        };
+        let before = stock();
+        let ours = timestamp_of(std::time::SystemTime::now());
+        let after = stock();
+        assert_eq!(ours.len(), before.len(), "{ours} against {before}");
+        assert!(before <= ours && ours <= after, "{before} {ours} {after}");
     }
 }
