@@ -149,6 +149,10 @@ impl App {
             journal,
             orchestrator: Orchestrator {
                 catalog: crate::catalog::Catalog::default(),
+                order_reader: crate::order_reader::OrderReader::new(
+                    salesforce.clone(),
+                    crate::order_reader::DEFAULT_SLOTS,
+                ),
                 salesforce,
                 whmcs,
                 default_payment_method: settings.default_payment_method.clone(),

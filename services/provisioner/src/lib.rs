@@ -6,6 +6,7 @@
 //! - [`job`]: one message: validate, claim, ack, orchestrate, report.
 //! - [`journal`]: the KV job journal (claims by compare-and-swap, leases, WHMCS ids).
 //! - [`orchestrator`]: the steps, from the Salesforce read to AcceptOrder.
+//! - [`order_reader`]: the jobs' Order reads, coalesced into one query under load.
 //! - [`publisher`]: outcome and Salesforce-update messages.
 //! - [`recovery`]: abandoned jobs (expired leases, max-deliveries advisories) → INTERRUPTED.
 //! - [`status`]: the order status API (`GET /orders/{id}`, `provisioning.status.<id>`).
@@ -19,6 +20,7 @@ pub mod job;
 pub mod journal;
 pub mod metrics;
 pub mod orchestrator;
+pub mod order_reader;
 pub mod publisher;
 pub mod recovery;
 pub mod salesforce_order;

@@ -17,6 +17,7 @@ use whmcs::WhmcsClient;
 
 use crate::journal::{JobRecord, Journal, JournalError};
 use crate::metrics::ProvisionerMetrics;
+use crate::order_reader::OrderReader;
 use crate::salesforce_order::{self, SfOrder};
 use crate::steps::{codes, JobResult, Step};
 
@@ -145,6 +146,8 @@ pub struct Finished {
 pub struct Orchestrator {
     pub catalog: crate::catalog::Catalog,
     pub salesforce: RestClient,
+    /// The jobs' Order reads, coalesced under load (through `salesforce`).
+    pub order_reader: OrderReader,
     pub whmcs: WhmcsClient,
     pub default_payment_method: String,
     pub metrics: ProvisionerMetrics,
@@ -171,7 +174,7 @@ impl Orchestrator {
             .step(
                 Step::OrderDetails,
                 job,
-                salesforce_order::read_order(&self.salesforce, &request.order_id),
+                self.order_reader.read(&request.order_id),
             )
             .await
         {
@@ -574,6 +577,15 @@ impl From<JobLost> for CreateFailure {
 }
 
 impl<T> StepOutcome for Result<T, salesforce::rest::RestError> {
+    fn failure(&self) -> Option<(String, String)> {
+        self.as_ref()
+            .err()
+            .map(|err| (err.contract_code(), err.to_string()))
+    }
+}
+
+/// A read shared by a batch of jobs: the same mapping as a job's own error.
+impl<T> StepOutcome for Result<T, Arc<salesforce::rest::RestError>> {
     fn failure(&self) -> Option<(String, String)> {
         self.as_ref()
             .err()

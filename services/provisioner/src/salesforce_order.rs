@@ -95,14 +95,32 @@ pub struct SfProduct {
     pub billing_cycle: Option<String>,
 }
 
+/// The query's text up to the condition on `Id`: one place for the fields, so a lone read and a
+/// batched one ([`soql_in`]) ask for the same.
+const SELECT_ORDERS_BY_ID: &str = "SELECT Id, AccountId, Status, Activation_Status__c, WHMCS_Order_ID__c, Account.WH_Account__c, \
+     (SELECT Id, Quantity, Product2.Name, Product2.WH_Product_ID__c, Product2.Billing_Cycle__c FROM OrderItems) \
+     FROM Order WHERE Id";
+
 /// The query, for an id already validated as a Salesforce id (so it cannot break out of the
 /// quotes).
 pub fn soql(order_id: &str) -> String {
-    format!(
-        "SELECT Id, AccountId, Status, Activation_Status__c, WHMCS_Order_ID__c, Account.WH_Account__c, \
-         (SELECT Id, Quantity, Product2.Name, Product2.WH_Product_ID__c, Product2.Billing_Cycle__c FROM OrderItems) \
-         FROM Order WHERE Id = '{order_id}'"
-    )
+    format!("{SELECT_ORDERS_BY_ID} = '{order_id}'")
+}
+
+/// The same query for several Orders at once (`Id IN (...)`), for ids already validated as
+/// Salesforce ids. The caller bounds the number of ids, which bounds the URL's length.
+pub fn soql_in<'a>(order_ids: impl IntoIterator<Item = &'a str>) -> String {
+    let mut query = format!("{SELECT_ORDERS_BY_ID} IN (");
+    for (n, id) in order_ids.into_iter().enumerate() {
+        if n > 0 {
+            query.push_str(", ");
+        }
+        query.push('\'');
+        query.push_str(id);
+        query.push('\'');
+    }
+    query.push(')');
+    query
 }
 
 /// Reads the Order ([`soql`]) and every one of its items: when Salesforce pages the nested
@@ -118,13 +136,20 @@ pub async fn read_order(rest: &RestClient, order_id: &str) -> Result<Option<SfOr
     else {
         return Ok(None);
     };
+    read_remaining_items(rest, &mut order).await?;
+    Ok(Some(order))
+}
+
+/// Follows the nested `OrderItems`' `nextRecordsUrl` of an Order read by a query until its
+/// last page, so the Order holds every item.
+pub async fn read_remaining_items(rest: &RestClient, order: &mut SfOrder) -> Result<(), RestError> {
     if let Some(items) = order.order_items.as_mut() {
         while let Some(next) = items.next_page()? {
             let page = rest.query_more::<SfOrderItem>(next).await?;
             items.append(page)?;
         }
     }
-    Ok(Some(order))
+    Ok(())
 }
 
 /// A positive whole number from a text or number field (`"42"`, `42`, `42.0`).
@@ -170,6 +195,23 @@ pub fn whmcs_cycle(billing_cycle: &str) -> Option<&'static str> {
 mod tests {
     use super::*;
     use serde_json::json;
+
+    #[test]
+    fn the_batched_query_asks_for_what_the_single_one_does() {
+        let single = soql("801000000000001AAA");
+        assert!(
+            single.ends_with("FROM Order WHERE Id = '801000000000001AAA'"),
+            "{single}"
+        );
+        let batched = soql_in(["801000000000001AAA", "801000000000002AAA"]);
+        assert_eq!(
+            batched,
+            single.replace(
+                "= '801000000000001AAA'",
+                "IN ('801000000000001AAA', '801000000000002AAA')"
+            )
+        );
+    }
 
     #[test]
     fn cycles_map_case_insensitively_and_nothing_else() {

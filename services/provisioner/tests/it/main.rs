@@ -4,6 +4,7 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+mod coalescing;
 mod errors;
 mod exactly_once;
 mod harness;
