@@ -152,6 +152,7 @@ impl App {
                 order_reader: crate::order_reader::OrderReader::new(
                     salesforce.clone(),
                     crate::order_reader::DEFAULT_SLOTS,
+                    crate::order_reader::DEFAULT_MAX_WAIT,
                 ),
                 salesforce,
                 whmcs,

@@ -6,9 +6,14 @@
 //! `... WHERE Id IN (...)` query, so under a backlog an order costs a fraction of a SOQL query.
 //! Each waiter gets its own Order (or `None` when there is none), its nested items paged to the
 //! end as a lone read pages them. A failed batched query is every waiter's error.
+//!
+//! A waiter waits at most [`DEFAULT_MAX_WAIT`]: when jobs start in step (a wave of orders at
+//! Salesforce's 80 ms), waiting for a slot would put most of the wave one query behind the rest,
+//! and every later wave again; after the bound the waiters go out as a batch of their own.
 
 use std::collections::VecDeque;
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::time::Duration;
 
 use salesforce::rest::{RestClient, RestError};
 use tokio::sync::oneshot;
@@ -22,6 +27,10 @@ pub const DEFAULT_SLOTS: usize = 4;
 /// id, 2 KiB of ids before encoding).
 pub const MAX_BATCH: usize = 100;
 
+/// The longest a read waits for a slot before its batch goes out anyway: long enough to gather
+/// the reads of jobs that start together, short against a Salesforce call.
+pub const DEFAULT_MAX_WAIT: Duration = Duration::from_millis(5);
+
 /// One read's answer. The error is shared: a batched query's failure is the error of each of
 /// its waiters, and each maps it to the same contract code.
 pub type OrderRead = Result<Option<SfOrder>, Arc<RestError>>;
@@ -34,6 +43,7 @@ pub struct OrderReader {
 struct Inner {
     rest: RestClient,
     slots: usize,
+    max_wait: Duration,
     state: Mutex<State>,
 }
 
@@ -41,6 +51,9 @@ struct Inner {
 struct State {
     in_flight: usize,
     waiting: VecDeque<Waiter>,
+    /// Counts the batches taken from `waiting`: a wait-bound timer acts only if no batch was
+    /// taken since it was armed (the waiters it was armed for are then still the first).
+    batches_taken: u64,
 }
 
 struct Waiter {
@@ -49,12 +62,14 @@ struct Waiter {
 }
 
 impl OrderReader {
-    /// `slots` queries in flight at once (at least one).
-    pub fn new(rest: RestClient, slots: usize) -> Self {
+    /// `slots` queries in flight at once (at least one) before reads wait, each at most
+    /// `max_wait`.
+    pub fn new(rest: RestClient, slots: usize, max_wait: Duration) -> Self {
         Self {
             inner: Arc::new(Inner {
                 rest,
                 slots: slots.max(1),
+                max_wait,
                 state: Mutex::default(),
             }),
         }
@@ -75,6 +90,9 @@ impl OrderReader {
                     order_id: order_id.to_owned(),
                     reply,
                 });
+                if state.waiting.len() == 1 {
+                    arm_timer(&self.inner, state.batches_taken);
+                }
                 Some(answer)
             }
         };
@@ -101,6 +119,20 @@ impl Inner {
     fn lock(&self) -> MutexGuard<'_, State> {
         // No code holding the lock can panic; a poisoned state is still consistent.
         self.state.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Takes the next batch of live waiters, and arms the wait bound for those left behind.
+    fn take_batch(self: &Arc<Self>, state: &mut State) -> Vec<Waiter> {
+        state.waiting.retain(|waiter| !waiter.reply.is_closed());
+        let take = state.waiting.len().min(MAX_BATCH);
+        let batch: Vec<Waiter> = state.waiting.drain(..take).collect();
+        if !batch.is_empty() {
+            state.batches_taken += 1;
+            if !state.waiting.is_empty() {
+                arm_timer(self, state.batches_taken);
+            }
+        }
+        batch
     }
 
     /// One query for the waiters' Orders, then each Order's remaining item pages; every waiter
@@ -150,33 +182,58 @@ struct Slot(Arc<Inner>);
 
 impl Drop for Slot {
     fn drop(&mut self) {
-        let batch: Vec<Waiter> = {
+        let batch = {
             let mut state = self.0.lock();
-            state.waiting.retain(|waiter| !waiter.reply.is_closed());
-            if state.waiting.is_empty() {
+            let batch = self.0.take_batch(&mut state);
+            if batch.is_empty() {
                 state.in_flight = state.in_flight.saturating_sub(1);
                 return;
             }
-            let take = state.waiting.len().min(MAX_BATCH);
-            state.waiting.drain(..take).collect()
+            batch
         };
-        match tokio::runtime::Handle::try_current() {
-            Ok(runtime) => {
-                // The slot passes to the batch's task, which hands it on in turn.
-                let slot = Slot(self.0.clone());
-                runtime.spawn(async move {
-                    let slot = slot;
-                    slot.0.read_batch(batch).await;
-                });
-            }
-            Err(_) => {
-                // No runtime to query from (shutting down): the waiters are answered with an
-                // error by their dropped senders, and so are the rest.
-                drop(batch);
-                let mut state = self.0.lock();
-                state.waiting.clear();
-                state.in_flight = state.in_flight.saturating_sub(1);
-            }
-        }
+        // The slot passes to the batch, which hands it on in turn.
+        spawn_batch(Slot(self.0.clone()), batch);
     }
+}
+
+/// Runs a batch's query in a task of its own holding `slot`. Without a runtime (shutting down)
+/// the batch is dropped: each waiter's dropped sender is its answer (an error).
+fn spawn_batch(slot: Slot, batch: Vec<Waiter>) {
+    if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+        runtime.spawn(async move {
+            let slot = slot;
+            slot.0.read_batch(batch).await;
+        });
+    }
+}
+
+/// After the wait bound, the waiters at the head of the queue go out as a batch with a query of
+/// their own (over the slots: the bound is what keeps jobs started together in step), unless a
+/// freed slot took them first (`armed_at` is then behind).
+fn arm_timer(inner: &Arc<Inner>, armed_at: u64) {
+    let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+        return;
+    };
+    let max_wait = inner.max_wait;
+    // Weak: a timer does not keep a dropped reader alive.
+    let inner = Arc::downgrade(inner);
+    runtime.spawn(async move {
+        tokio::time::sleep(max_wait).await;
+        let Some(inner) = inner.upgrade() else {
+            return;
+        };
+        let batch = {
+            let mut state = inner.lock();
+            if state.batches_taken != armed_at {
+                return;
+            }
+            let batch = inner.take_batch(&mut state);
+            if batch.is_empty() {
+                return;
+            }
+            state.in_flight += 1;
+            batch
+        };
+        spawn_batch(Slot(inner), batch);
+    });
 }

@@ -2,6 +2,7 @@
 //! in flight go out together as one `Id IN (...)` query, and each job gets its own Order.
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use provisioner::order_reader::OrderReader;
 use provisioner::ProvisionerSettings;
@@ -9,6 +10,9 @@ use salesforce::auth::TokenProvider;
 use salesforce::rest::RestClient;
 
 use crate::harness::Harness;
+
+/// Waiters wait for the slot, whatever the machine's speed.
+const NO_WAIT_BOUND: Duration = Duration::from_secs(3600);
 
 fn rest_client(h: &Harness) -> RestClient {
     let env = platform::config::Env::from_pairs(h.env(&[]));
@@ -50,7 +54,7 @@ async fn reads_that_wait_for_a_slot_go_out_as_one_query_and_each_gets_its_own_or
     let paged = seed_order_with_items(&h, 5);
     let cancelled = h.seed_order().order_id;
     let absent = messages::salesforce_id::canonical("801000000009999").expect("an id");
-    let reader = OrderReader::new(rest_client(&h), 1);
+    let reader = OrderReader::new(rest_client(&h), 1, NO_WAIT_BOUND);
 
     // The one slot is taken by the first read; every read asked for meanwhile waits for it.
     let lone = reader.read(&first);
@@ -108,7 +112,7 @@ async fn reads_that_wait_for_a_slot_go_out_as_one_query_and_each_gets_its_own_or
 async fn a_failed_batched_query_is_every_waiters_error_with_the_same_code() {
     let h = Harness::start().await;
     let orders: Vec<String> = (0..3).map(|_| h.seed_order().order_id).collect();
-    let reader = OrderReader::new(rest_client(&h), 1);
+    let reader = OrderReader::new(rest_client(&h), 1, NO_WAIT_BOUND);
     // A token first, so the failures below are the queries'.
     assert!(reader.read(&orders[0]).await.expect("warm-up").is_some());
     h.sf.state()
@@ -133,4 +137,41 @@ async fn a_failed_batched_query_is_every_waiters_error_with_the_same_code() {
     assert_eq!(queries(&h), 3);
     // The slot is free again: the next read goes out at once and succeeds.
     assert!(reader.read(&orders[2]).await.expect("read").is_some());
+}
+
+#[tokio::test]
+async fn waiters_do_not_wait_past_the_bound_for_a_slot() {
+    let h = Harness::start().await;
+    // The lone read's Order has its items in three pages, three round trips at 300 ms each;
+    // the waiters' batch, sent after the 20 ms bound, needs one.
+    h.sf.state()
+        .update_faults(|f| f.soql_child_page_size = std::num::NonZeroUsize::new(1));
+    let slow = seed_order_with_items(&h, 3);
+    let waiting: Vec<String> = (0..2).map(|_| h.seed_order().order_id).collect();
+    let reader = OrderReader::new(rest_client(&h), 1, Duration::from_millis(20));
+    assert!(reader.read(&waiting[0]).await.expect("warm-up").is_some());
+    h.sf.state()
+        .update_faults(|f| f.rest_latency = Duration::from_millis(300));
+
+    let lone = reader.read(&slow);
+    tokio::pin!(lone);
+    assert!(futures::poll!(&mut lone).is_pending());
+    let waiters = futures::future::join_all(waiting.iter().map(|id| reader.read(id)));
+    let answers = tokio::select! {
+        biased;
+        answers = waiters => answers,
+        _ = &mut lone => panic!("the waiters waited for the slot"),
+    };
+    for (answer, id) in answers.iter().zip(&waiting) {
+        let order = answer
+            .as_ref()
+            .expect("batched read")
+            .as_ref()
+            .expect("order");
+        assert_eq!(&order.id, id);
+    }
+    let lone = lone.await.expect("lone read").expect("order");
+    assert_eq!(lone.order_items.expect("items").records.len(), 3);
+    // The warm-up, the lone read and one batch.
+    assert_eq!(queries(&h), 3);
 }
