@@ -437,7 +437,10 @@ impl Waiter {
     }
 
     async fn next_write(&mut self, deadline: Instant, release: &CancellationToken) -> Woken {
+        // Biased, release first: at shutdown the watch ends right after the release, and a
+        // waiter woken by both must take the release, not the ended watch.
         tokio::select! {
+            biased;
             () = release.cancelled() => Woken::TimedOut,
             changed = self.written.changed() => match changed {
                 Ok(()) => match self.written.borrow_and_update().clone() {
@@ -446,21 +449,25 @@ impl Waiter {
                 },
                 // The registry dropped the order's channel: not while this waiter is
                 // registered; wait out the deadline rather than spin.
-                Err(_) => {
-                    tokio::time::sleep_until(deadline).await;
-                    Woken::TimedOut
-                }
+                Err(_) => until_deadline_or_release(deadline, release).await,
             },
             rewatched = self.subscribed.changed() => match rewatched {
                 Ok(()) => Woken::Rewatched,
-                Err(_) => {
-                    tokio::time::sleep_until(deadline).await;
-                    Woken::TimedOut
-                }
+                // The watch ended (shut down, or it failed): no write will come.
+                Err(_) => until_deadline_or_release(deadline, release).await,
             },
             () = tokio::time::sleep_until(deadline) => Woken::TimedOut,
         }
     }
+}
+
+/// Waits out a long poll that nothing can wake any more; a shutdown still answers it at once.
+async fn until_deadline_or_release(deadline: Instant, release: &CancellationToken) -> Woken {
+    tokio::select! {
+        () = release.cancelled() => {}
+        () = tokio::time::sleep_until(deadline) => {}
+    }
+    Woken::TimedOut
 }
 
 impl Drop for Waiter {
