@@ -1,8 +1,8 @@
 //! sf-bridge binary: configuration, telemetry and shutdown wiring; the work is in the library.
 //!
-//! Exit codes: 0 after a requested stop (and for `--help`, `--version`), 2 for a configuration
-//! error or any other argument (one line naming it), 1 for any other failure: a permanent
-//! JetStream error at start, or a background task that died (the orchestrator restarts it).
+//! Exit codes: 0 after a requested stop (and `--help`, `--version`), 2 for a configuration error
+//! or any other argument (one line naming it), 1 for any other failure (a permanent JetStream
+//! error at start, a task that died: the orchestrator restarts it).
 
 use std::process::ExitCode;
 
@@ -10,9 +10,7 @@ use anyhow::Context;
 use platform::config::Env;
 use sf_bridge::{app::AppError, App, BridgeSettings};
 
-// One worker: the ingest loop, the NATS connection and the gRPC stream then wake each other
-// within one thread (no futex wake-up per batch and ack), the process stays under one core
-// while JetStream gets the other, and one malloc arena fewer lowers the peak RSS.
+// One worker, the service spawned on it: its tasks wake each other without a futex (benchmarks.md).
 #[tokio::main(worker_threads = 1)]
 async fn main() -> ExitCode {
     platform::answer_help_or_version!();
@@ -39,9 +37,6 @@ async fn main() -> ExitCode {
         "sf-bridge starting."
     );
     let cancel = platform::shutdown::on_signal();
-    // Spawned, not run by `block_on` on the main thread: the ingest loop then lives on a runtime
-    // worker beside the NATS and gRPC connection tasks, which wake it (and which it wakes) within
-    // the worker, instead of by a futex wake-up of another thread for every batch and ack.
     let service = tokio::spawn(async move {
         let app = match App::build(settings, &cancel).await {
             Ok(app) => app,
@@ -51,10 +46,7 @@ async fn main() -> ExitCode {
         };
         app.run_until_stopped(cancel).await.context("run sf-bridge")
     });
-    let result = match service.await {
-        Ok(result) => result,
-        Err(err) => Err(anyhow::anyhow!("the service task failed: {err}")),
-    };
+    let result = service.await.unwrap_or_else(|died| Err(died.into()));
     let code = match &result {
         Ok(()) => ExitCode::SUCCESS,
         Err(err) => {
