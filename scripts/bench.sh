@@ -7,7 +7,7 @@
 # the date. A bench that writes no report (or fails) leaves its section as it was, and says so.
 #
 #   scripts/bench.sh            # ingest + pipeline, on nats-server 2.15.1
-#   scripts/bench.sh --all      # also provisioner throughput/status and sf-writer throughput
+#   scripts/bench.sh --all      # also the per-service benches (tables printed, not written)
 #   scripts/bench.sh --no-write # print the tables, leave docs/benchmarks.md alone
 #   BENCH_QUICK=1 scripts/bench.sh   # small counts (development)
 #
