@@ -542,18 +542,7 @@ impl Cost {
 
 /// Bare clients against the simulators: how fast each answers alone.
 async fn sf_query_ceiling(world: &World, seconds: f64) -> f64 {
-    let keys = testkit::keys::test_keys();
-    let settings = salesforce::SalesforceSettings::from_env(&platform::config::Env::from_pairs([
-        ("SF_LOGIN_URL", world.sf.login_url()),
-        ("SF_CLIENT_ID", world.sf.config().client_id.clone()),
-        ("SF_USERNAME", world.sf.config().username.clone()),
-        (
-            "SF_PRIVATE_KEY_PATH",
-            keys.private_key_path.display().to_string(),
-        ),
-    ]))
-    .expect("settings");
-    let tokens = salesforce::TokenProvider::new(settings, reqwest::Client::new());
+    let tokens = sf_tokens(world);
     let client = salesforce::rest::RestClient::new(reqwest::Client::new(), tokens);
     let order = world.seed_orders(1).remove(0);
     let soql = provisioner::salesforce_order::soql(&order);
@@ -625,43 +614,23 @@ where
 
 /// How fast sf-sim alone delivers `events` retained events to a bare Subscribe client.
 async fn pubsub_ceiling(world: &World, events: u64) -> f64 {
-    let keys = testkit::keys::test_keys();
-    let settings = salesforce::SalesforceSettings::from_env(&platform::config::Env::from_pairs([
-        ("SF_LOGIN_URL", world.sf.login_url()),
-        ("SF_CLIENT_ID", world.sf.config().client_id.clone()),
-        ("SF_USERNAME", world.sf.config().username.clone()),
-        (
-            "SF_PRIVATE_KEY_PATH",
-            keys.private_key_path.display().to_string(),
-        ),
-    ]))
-    .expect("settings");
-    let tokens = salesforce::TokenProvider::new(settings, reqwest::Client::new());
-    let client =
-        salesforce::pubsub::PubSubClient::new(&world.sf.pubsub_url(), tokens).expect("client");
-    let started = Instant::now();
-    let mut subscription = client
-        .subscribe(
-            world.sf.state().channel(),
-            &salesforce::pubsub::ReplayStart::Earliest,
-            100,
-        )
-        .await
-        .expect("subscribe");
-    let (mut received, mut outstanding) = (0u64, 100i32);
-    while received < events {
-        let response = subscription.next().await.expect("stream").expect("open");
-        received += response.events.len() as u64;
-        outstanding -= response.events.len() as i32;
-        if outstanding <= 50 {
-            subscription
-                .request(100 - outstanding)
-                .await
-                .expect("request");
-            outstanding = 100;
-        }
-    }
-    received as f64 / started.elapsed().as_secs_f64()
+    testkit::salesforce_client::subscribe_rate(
+        &world.sf.pubsub_url(),
+        sf_tokens(world),
+        world.sf.state().channel(),
+        events,
+    )
+    .await
+}
+
+/// A token provider for the bench's own Salesforce clients.
+fn sf_tokens(world: &World) -> std::sync::Arc<salesforce::TokenProvider> {
+    let config = world.sf.config();
+    testkit::salesforce_client::sf_sim_tokens(
+        world.sf.login_url(),
+        &config.client_id,
+        &config.username,
+    )
 }
 
 async fn stream_messages(js: &jetstream::Context, stream: &str) -> u64 {

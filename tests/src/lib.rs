@@ -14,6 +14,8 @@
 //! - [`schemas`]: the published JSON Schemas (docs/schemas) as validators: `assert_valid`.
 //! - [`stack`]: what the cross-service tests share when they run the services as processes:
 //!   the Salesforce login environment, environment maps, an HTTP GET for the services' endpoints.
+//! - [`salesforce_client`]: our Salesforce clients logged in to sf-sim (token provider, a bare
+//!   Subscribe reader).
 //! - [`wait`]: polling with a deadline, for conditions no event announces.
 
 pub mod cluster;
@@ -21,6 +23,7 @@ pub mod keys;
 pub mod nats;
 pub mod otlp;
 pub mod process;
+pub mod salesforce_client;
 pub mod schemas;
 pub mod secure_nats;
 pub mod stack;

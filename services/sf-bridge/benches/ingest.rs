@@ -79,7 +79,7 @@ async fn main() {
         state.publish_event(spec).expect("publish into sf-sim");
     }
 
-    let sim_only_rate = sim_delivery_rate(&sim, keys, events).await;
+    let sim_only_rate = sim_delivery_rate(&sim, events).await;
 
     let js = jetstream::new(nats.client().await);
     let env: HashMap<String, String> = [
@@ -349,42 +349,20 @@ fn nats_server_version(binary: &std::path::Path) -> String {
 
 /// How fast sf-sim alone hands out the events to a bare Subscribe client (decoding nothing,
 /// publishing nothing): the ceiling the bridge is measured against.
-async fn sim_delivery_rate(sim: &SfSim, keys: &testkit::keys::TestKeys, events: u64) -> f64 {
-    let settings = salesforce::SalesforceSettings::from_env(&platform::config::Env::from_pairs([
-        ("SF_LOGIN_URL", sim.login_url()),
-        ("SF_CLIENT_ID", sim.config().client_id.clone()),
-        ("SF_USERNAME", sim.config().username.clone()),
-        (
-            "SF_PRIVATE_KEY_PATH",
-            keys.private_key_path.display().to_string(),
-        ),
-    ]))
-    .expect("settings");
-    let tokens = salesforce::TokenProvider::new(settings, reqwest::Client::new());
-    let client = salesforce::pubsub::PubSubClient::new(&sim.pubsub_url(), tokens).expect("client");
-    let started = Instant::now();
-    let mut subscription = client
-        .subscribe(
-            "/event/OrderProvisionRequested__e",
-            &salesforce::pubsub::ReplayStart::Earliest,
-            100,
-        )
-        .await
-        .expect("subscribe");
-    let (mut received, mut outstanding) = (0u64, 100i32);
-    while received < events {
-        let response = subscription.next().await.expect("stream").expect("open");
-        received += response.events.len() as u64;
-        outstanding -= response.events.len() as i32;
-        if outstanding <= 50 {
-            subscription
-                .request(100 - outstanding)
-                .await
-                .expect("request");
-            outstanding = 100;
-        }
-    }
-    events as f64 / started.elapsed().as_secs_f64()
+async fn sim_delivery_rate(sim: &SfSim, events: u64) -> f64 {
+    let config = sim.config();
+    let tokens = testkit::salesforce_client::sf_sim_tokens(
+        sim.login_url(),
+        &config.client_id,
+        &config.username,
+    );
+    testkit::salesforce_client::subscribe_rate(
+        &sim.pubsub_url(),
+        tokens,
+        "/event/OrderProvisionRequested__e",
+        events,
+    )
+    .await
 }
 
 fn vm_hwm_kib(pid: u32) -> u64 {
