@@ -925,16 +925,36 @@ async fn get_or_create_stream(
                 Ok((created, replicas))
             }
             // Another replica (or another service) created it between our read and our create,
-            // with settings differing in some detail: take what it made. Any other refusal is
-            // the server's verdict on our request and is returned as such; reading the stream
-            // again would turn it into a misleading "not found".
+            // with settings differing in some detail: take what it made. nats-server 2.10+
+            // says "name already in use"; 2.9 may say "subjects overlap" instead, as the new
+            // stream's subjects overlap the one just made under our name. So after either, a
+            // stream under our name is taken; when there is none (the overlap is with a stream
+            // of another name), the create's refusal is the answer, not a misleading "not
+            // found". Any other refusal is the server's verdict on our request.
             Err(err)
-                if create_error_code(&err) == Some(jetstream::ErrorCode::STREAM_NAME_EXIST) =>
+                if matches!(
+                    create_error_code(&err),
+                    Some(
+                        jetstream::ErrorCode::STREAM_NAME_EXIST
+                            | jetstream::ErrorCode::STREAM_SUBJECT_OVERLAP
+                    )
+                ) =>
             {
-                js.get_stream(&name)
-                    .await
-                    .map(with_replicas)
-                    .map_err(|e| stream_error(&name, "read", classify_get_stream(&e), e))
+                match js.get_stream(&name).await {
+                    Ok(found) => Ok(with_replicas(found)),
+                    Err(read) if is_not_found(&read) => Err(stream_error(
+                        &name,
+                        "create",
+                        classify_create_stream(&err),
+                        err,
+                    )),
+                    Err(read) => Err(stream_error(
+                        &name,
+                        "read",
+                        classify_get_stream(&read),
+                        read,
+                    )),
+                }
             }
             Err(err) => Err(stream_error(
                 &name,

@@ -153,6 +153,42 @@ async fn overlapping_subjects_are_permanent_and_not_retried() {
     );
 }
 
+/// Replicas and services start together and create the same stream with settings differing in
+/// some detail: whoever loses the race takes the stream the winner made. nats-server 2.10+
+/// refuses the loser with "name already in use" (10058), 2.9 also with "subjects overlap"
+/// (10065); neither may fail a start.
+#[tokio::test]
+async fn racing_creates_of_one_stream_all_take_it() {
+    let server = NatsServer::start().await;
+    // One connection each, as separate processes have: the server handles their requests
+    // concurrently.
+    let mut contexts = Vec::new();
+    for _ in 0..16 {
+        contexts.push(jetstream::new(server.client().await));
+    }
+    let creates = contexts.into_iter().zip(0u64..).map(|(js, i)| {
+        async move {
+            let mut config = platform::streams::requests(
+                "PROVISIONING_REQUESTS",
+                platform::streams::REQUESTS_DUPLICATE_WINDOW,
+                platform::streams::REQUESTS_MAX_AGE,
+            );
+            // Each creator's settings differ from the others'.
+            config.max_age += Duration::from_secs(i);
+            platform::nats::ensure_stream(&js, config).await
+        }
+    });
+    for (i, result) in futures::future::join_all(creates)
+        .await
+        .into_iter()
+        .enumerate()
+    {
+        let stream =
+            result.unwrap_or_else(|err| panic!("creator {i}: {}", platform::error::Chain(&err)));
+        assert_eq!(stream.cached_info().config.name, "PROVISIONING_REQUESTS");
+    }
+}
+
 /// While the server is down, set-up errors are transient (retried), and the retry stops on cancel.
 #[tokio::test]
 async fn an_unreachable_server_is_transient() {
