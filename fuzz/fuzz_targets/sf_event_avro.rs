@@ -41,7 +41,7 @@ fuzz_target!(|data: &[u8]| {
         received_at: "2026-01-01T00:00:00Z",
     };
     let _ = sf_bridge::event::created_epoch_ms(&record);
-    let Ok(body) = to_requested(&envelope, &record) else {
+    let Ok(body) = to_requested(&envelope, record) else {
         return;
     };
     provisioning_fuzz::assert_canonical_id(&body.order_id);
