@@ -469,19 +469,6 @@ fn ms(d: Duration) -> String {
     format!("{:.0}", d.as_secs_f64() * 1000.0)
 }
 
-/// `/proc/<pid>/status` field in KiB.
-fn proc_kib(pid: u32, field: &str) -> u64 {
-    std::fs::read_to_string(format!("/proc/{pid}/status"))
-        .ok()
-        .and_then(|status| {
-            status.lines().find_map(|line| {
-                line.strip_prefix(field)
-                    .and_then(|rest| rest.trim().trim_end_matches("kB").trim().parse().ok())
-            })
-        })
-        .unwrap_or(0)
-}
-
 fn mib(kib: u64) -> String {
     format!("{:.1} MiB", kib as f64 / 1024.0)
 }
@@ -669,7 +656,10 @@ async fn main() {
     backlog_run(&mut world, &mut services, &warm).await;
     tokio::time::sleep(Duration::from_secs(1)).await;
     let pids = services.pids();
-    let idle_rss: Vec<u64> = pids.iter().map(|p| proc_kib(*p, "VmRSS:")).collect();
+    let idle_rss: Vec<u64> = pids
+        .iter()
+        .map(|p| testkit::process::status_kib(*p, "VmRSS:"))
+        .collect();
 
     // Zero latency.
     world.reset_stats();
@@ -691,7 +681,10 @@ async fn main() {
         &format!("0 ms, paced at {:.0} orders/s", zero_paced.rate),
         plan.paced,
     );
-    let zero_hwm: Vec<u64> = pids.iter().map(|p| proc_kib(*p, "VmHWM:")).collect();
+    let zero_hwm: Vec<u64> = pids
+        .iter()
+        .map(|p| testkit::process::status_kib(*p, "VmHWM:"))
+        .collect();
 
     // Realistic latency.
     let sum_provisioner = plan.sf_latency + 3 * plan.whmcs_latency;
@@ -723,7 +716,10 @@ async fn main() {
         &format!("{latency_label}, paced at {:.0} orders/s", real_paced.rate),
         plan.real_paced,
     );
-    let load_hwm: Vec<u64> = pids.iter().map(|p| proc_kib(*p, "VmHWM:")).collect();
+    let load_hwm: Vec<u64> = pids
+        .iter()
+        .map(|p| testkit::process::status_kib(*p, "VmHWM:"))
+        .collect();
 
     // Backlog: the services go away, events pile up in sf-sim, then all three start.
     world.set_latency(Duration::ZERO, Duration::ZERO);
@@ -758,8 +754,14 @@ async fn main() {
     let outcomes_at = outcomes.await.expect("outcomes watch");
     let backlog_cost = Cost::take(&world, "0 ms (backlog drain)", plan.backlog);
     let pids_after = services.pids();
-    let after_rss: Vec<u64> = pids_after.iter().map(|p| proc_kib(*p, "VmRSS:")).collect();
-    let backlog_hwm: Vec<u64> = pids_after.iter().map(|p| proc_kib(*p, "VmHWM:")).collect();
+    let after_rss: Vec<u64> = pids_after
+        .iter()
+        .map(|p| testkit::process::status_kib(*p, "VmRSS:"))
+        .collect();
+    let backlog_hwm: Vec<u64> = pids_after
+        .iter()
+        .map(|p| testkit::process::status_kib(*p, "VmHWM:"))
+        .collect();
     services.stop();
 
     // The report.

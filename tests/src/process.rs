@@ -86,6 +86,20 @@ impl Drop for ChildProcess {
     }
 }
 
+/// A `/proc/<pid>/status` memory field (`"VmRSS:"`, `"VmHWM:"`, ...) in KiB; 0 when the process
+/// or the field is gone (benchmarks read their child services' memory with it).
+pub fn status_kib(pid: u32, field: &str) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .ok()
+        .and_then(|status| {
+            status.lines().find_map(|line| {
+                line.strip_prefix(field)
+                    .and_then(|rest| rest.trim().trim_end_matches("kB").trim().parse().ok())
+            })
+        })
+        .unwrap_or(0)
+}
+
 /// Paths of workspace binaries (the package and binary names are the same), for tests that run
 /// services of several crates as processes: a crate's integration tests only get
 /// `CARGO_BIN_EXE_*` for that crate's own binaries.

@@ -229,7 +229,7 @@ async fn run_bridge(
         if stored > 0 && first.is_none() {
             first = Some((Instant::now(), cpu_ticks(pid)));
         }
-        peak_kib = peak_kib.max(vm_hwm_kib(pid));
+        peak_kib = peak_kib.max(testkit::process::status_kib(pid, "VmHWM:"));
         if stored >= events {
             break;
         }
@@ -241,7 +241,7 @@ async fn run_bridge(
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
     let (done_at, done_ticks) = (Instant::now(), cpu_ticks(pid));
-    peak_kib = peak_kib.max(vm_hwm_kib(pid));
+    peak_kib = peak_kib.max(testkit::process::status_kib(pid, "VmHWM:"));
     let (first_at, first_ticks) = first.unwrap_or((started, 0));
     bridge.terminate();
     let secs = (done_at - first_at).as_secs_f64();
@@ -363,16 +363,4 @@ async fn sim_delivery_rate(sim: &SfSim, events: u64) -> f64 {
         events,
     )
     .await
-}
-
-fn vm_hwm_kib(pid: u32) -> u64 {
-    std::fs::read_to_string(format!("/proc/{pid}/status"))
-        .ok()
-        .and_then(|status| {
-            status.lines().find_map(|line| {
-                line.strip_prefix("VmHWM:")
-                    .and_then(|rest| rest.trim().trim_end_matches("kB").trim().parse().ok())
-            })
-        })
-        .unwrap_or(0)
 }
