@@ -461,9 +461,11 @@ fn environment(service: &Value) -> BTreeMap<String, String> {
     }
 }
 
-/// The workspace binary a compose service runs, if it runs one.
+/// The workspace binary a compose service runs, if it runs one: a service of the image the file
+/// builds (one service carries the `build:`, the others run its tag).
 fn binary_of(service: &Value) -> Option<String> {
-    let ours = service.get("build").is_some();
+    let built = compose_built_image();
+    let ours = service.get("image").and_then(Value::as_str) == Some(built.as_str());
     let command = string_list(service.get("command"));
     ours.then(|| {
         command
@@ -471,6 +473,23 @@ fn binary_of(service: &Value) -> Option<String> {
             .cloned()
             .expect("services built from our image must name their binary in `command`")
     })
+}
+
+/// The image tag of the one service with a `build:` section.
+fn compose_built_image() -> String {
+    let mut built = compose()
+        .services
+        .into_values()
+        .filter(|s| s.get("build").is_some());
+    let image = built.next().expect("a service builds the image")["image"]
+        .as_str()
+        .expect("the built service names its image")
+        .to_owned();
+    assert!(
+        built.next().is_none(),
+        "build the image in one service only"
+    );
+    image
 }
 
 /// Ports a compose service listens on inside its container.
