@@ -1,10 +1,11 @@
 #!/usr/bin/env bash
 # The whole test suite, as CI runs it:
 #   1. formatting and lints (skip with SKIP_LINT=1),
-#   2. the supply-chain check (cargo deny; advisories when ADVISORY_DB is given, as .ci/run does),
-#   3. a 30 s fuzzing pass per fuzz target,
-#   4. every crate's tests against Debian's nats-server 2.9,
-#   5. the NATS integration tests again against the current nats-server release.
+#   2. the deployment files against their schemas (scripts/validate-deploy.sh),
+#   3. the supply-chain check (cargo deny; advisories when ADVISORY_DB is given, as .ci/run does),
+#   4. a 30 s fuzzing pass per fuzz target,
+#   5. every crate's tests against Debian's nats-server 2.9,
+#   6. the NATS integration tests again against the current nats-server release.
 # Each test starts its own nats-server (free port, temporary store), so nothing else is needed.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -22,6 +23,8 @@ if [ "${SKIP_LINT:-0}" != 1 ]; then
   echo "== cargo clippy"
   cargo clippy --workspace --all-targets --quiet -- -D warnings
 fi
+
+echo "== deployment files (schemas)"; scripts/validate-deploy.sh
 
 echo "== supply chain (cargo deny)"; scripts/supply-chain.sh
 
