@@ -56,7 +56,10 @@ class Report:
     """Errors by source (a file or a kustomization directory)."""
 
     errors: dict[str, list[str]] = field(default_factory=dict)
-    checked: int = 0
+    checked: dict[str, int] = field(default_factory=dict)
+
+    def check(self, source: str) -> None:
+        self.checked[source] = self.checked.get(source, 0) + 1
 
     def error(self, source: str, message: str) -> None:
         self.errors.setdefault(source, []).append(message)
@@ -325,7 +328,7 @@ def check_k8s_tree(tree: Path, root: Path, schemas: Schemas, report: Report) -> 
 
 
 def check_object(obj: Any, source: str, schemas: Schemas, report: Report) -> None:
-    report.checked += 1
+    report.check(source)
     if not isinstance(obj, dict):
         report.error(source, f"a document that is no mapping: {obj!r:.60}")
         return
@@ -436,7 +439,7 @@ def check_compose(path: Path, root: Path, report: Report, require_nats: bool = T
     except yaml.YAMLError as err:
         report.error(source, f"not YAML: {err}")
         return
-    report.checked += 1
+    report.check(source)
     schema = json.loads(COMPOSE_SCHEMA.read_text())
     validator = jsonschema.Draft7Validator(schema)
     for err in sorted(validator.iter_errors(doc), key=lambda e: list(map(str, e.absolute_path))):
@@ -530,9 +533,11 @@ def check_compose_runtime(
 
 
 def print_report(title: str, report: Report) -> None:
+    checked = ", ".join(f"{source} {n}" for source, n in sorted(report.checked.items()))
     if not report.errors:
-        print(f"ok   {title} ({report.checked} checked)")
+        print(f"ok   {title} (documents checked: {checked})")
         return
+    print(f"     {title} (documents checked: {checked or 'none'})")
     print(f"FAIL {title}: {report.count()} error(s)")
     for source, messages in sorted(report.errors.items()):
         for message in messages:
