@@ -1,6 +1,7 @@
 //! The health and metrics listener every service runs on `HTTP_ADDR`
 //! (docs/contract.md §3): `GET /health` (readiness), `GET /livez` (liveness) and `GET /metrics`, plus
-//! routes a service adds.
+//! routes a service adds. `/metrics` serves the service's registry followed by the standard
+//! `process_*` metrics ([`crate::metrics::ProcessCollector`]).
 //!
 //! `/livez` says only whether the process itself still works: it never looks at NATS,
 //! Salesforce or WHMCS, so a liveness probe does not restart a healthy process during their
@@ -144,6 +145,8 @@ impl Health {
 struct ServerState {
     health: Arc<Health>,
     registry: Arc<Registry>,
+    /// The process metrics, kept apart so that no service has to register them itself.
+    process: Arc<Registry>,
 }
 
 /// A running listener: its bound address (port 0 resolved) and its task.
@@ -162,7 +165,13 @@ pub async fn serve(
     extra: Router,
     cancel: CancellationToken,
 ) -> std::io::Result<HttpServer> {
-    let state = ServerState { health, registry };
+    let mut process = Registry::default();
+    process.register_collector(Box::new(crate::metrics::ProcessCollector));
+    let state = ServerState {
+        health,
+        registry,
+        process: Arc::new(process),
+    };
     let app = Router::new()
         .route("/health", get(health_handler))
         .route("/livez", get(livez_handler))
@@ -201,8 +210,12 @@ async fn livez_handler(State(state): State<ServerState>) -> Response {
 }
 
 async fn metrics_handler(State(state): State<ServerState>) -> Response {
+    use prometheus_client::encoding::text::{encode_eof, encode_registry};
     let mut text = String::new();
-    match prometheus_client::encoding::text::encode(&mut text, &state.registry) {
+    let encoded = encode_registry(&mut text, &state.registry)
+        .and_then(|()| encode_registry(&mut text, &state.process))
+        .and_then(|()| encode_eof(&mut text));
+    match encoded {
         Ok(()) => (
             [(
                 header::CONTENT_TYPE,
@@ -280,6 +293,18 @@ mod tests {
             .await
             .unwrap();
         assert!(metrics.contains("demo_events_total 1"), "{metrics}");
+        // The process metrics come after the service's own and before the one end marker.
+        #[cfg(target_os = "linux")]
+        for family in [
+            "# TYPE process_resident_memory_bytes gauge",
+            "# TYPE process_cpu_seconds counter",
+            "# TYPE process_start_time_seconds gauge",
+            "# TYPE process_open_fds gauge",
+        ] {
+            assert!(metrics.contains(family), "{family} in {metrics}");
+        }
+        assert!(metrics.ends_with("# EOF\n"), "{metrics}");
+        assert_eq!(metrics.matches("# EOF").count(), 1, "{metrics}");
         let livez = reqwest::get(format!("{base}/livez")).await.unwrap();
         assert_eq!(livez.status(), 200);
         cancel.cancel();
