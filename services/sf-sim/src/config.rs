@@ -5,6 +5,8 @@ use std::time::Duration;
 
 use platform::config::{ConfigError, Env};
 
+use crate::tls::TlsMode;
+
 /// The default org id: a syntactically valid 18-character id.
 pub const DEFAULT_ORG_ID: &str = "00D000000000001EAA";
 pub const DEFAULT_CHANNEL: &str = "/event/OrderProvisionRequested__e";
@@ -23,8 +25,10 @@ pub struct SimConfig {
     pub login_addr: SocketAddr,
     /// REST API; the token response's `instance_url` points here.
     pub instance_addr: SocketAddr,
-    /// Pub/Sub gRPC, plaintext HTTP/2.
+    /// Pub/Sub gRPC, HTTP/2 (plaintext unless `tls` is on).
     pub pubsub_addr: SocketAddr,
+    /// TLS on all three listeners, and `https://` URLs; off by default.
+    pub tls: TlsMode,
     /// Host used in URLs handed to clients (token response, `login_url()`, ...).
     pub public_host: String,
     /// Keepalive period while requested events are pending and none are available.
@@ -53,11 +57,20 @@ impl SimConfig {
             login_addr: loopback(),
             instance_addr: loopback(),
             pubsub_addr: loopback(),
+            tls: TlsMode::Off,
             public_host: "127.0.0.1".to_owned(),
             keepalive_interval: Duration::from_secs(1),
             idle_close: Duration::from_secs(5),
             token_lifetime: Duration::from_secs(2 * 60 * 60),
             channel: DEFAULT_CHANNEL.to_owned(),
+        }
+    }
+
+    /// The same with TLS on, with a certificate generated at start ([`crate::SfSim::ca_pem`]).
+    pub fn with_generated_tls(self) -> Self {
+        Self {
+            tls: TlsMode::Generate { ca_out: None },
+            ..self
         }
     }
 
@@ -99,12 +112,73 @@ impl SimConfig {
             login_addr: env.socket_addr_or("SF_SIM_LOGIN_ADDR", "0.0.0.0:8081")?,
             instance_addr: env.socket_addr_or("SF_SIM_INSTANCE_ADDR", "0.0.0.0:8082")?,
             pubsub_addr: env.socket_addr_or("SF_SIM_PUBSUB_ADDR", "0.0.0.0:7443")?,
+            tls: tls_from_env(env)?,
             public_host: env.string_or("SF_SIM_PUBLIC_HOST", "127.0.0.1"),
             keepalive_interval: env.secs_or("SF_SIM_KEEPALIVE_SECS", Duration::from_secs(60))?,
             idle_close: env.secs_or("SF_SIM_IDLE_CLOSE_SECS", Duration::from_secs(60))?,
             token_lifetime: env.secs_or("SF_SIM_TOKEN_LIFETIME_SECS", Duration::from_secs(7200))?,
             channel,
         })
+    }
+}
+
+/// `SF_SIM_TLS` (`off`, the default, or `generate`) with `SF_SIM_TLS_CA_OUT`, or
+/// `SF_SIM_TLS_CERT_FILE` and `SF_SIM_TLS_KEY_FILE` for a given certificate. Combinations that
+/// cannot mean anything are refused rather than one part silently ignored.
+fn tls_from_env(env: &Env) -> Result<TlsMode, ConfigError> {
+    let existing_file = |name: &str| -> Result<Option<std::path::PathBuf>, ConfigError> {
+        match env.get(name) {
+            None => Ok(None),
+            Some(path) if std::path::Path::new(&path).is_file() => Ok(Some(path.into())),
+            Some(path) => Err(ConfigError::new(
+                name,
+                format!("names a file that does not exist: {path}"),
+            )),
+        }
+    };
+    let mode = env.get("SF_SIM_TLS");
+    let ca_out = env.get("SF_SIM_TLS_CA_OUT").map(std::path::PathBuf::from);
+    let cert_file = existing_file("SF_SIM_TLS_CERT_FILE")?;
+    let key_file = existing_file("SF_SIM_TLS_KEY_FILE")?;
+    let given = match (cert_file, key_file) {
+        (Some(cert_file), Some(key_file)) => Some(TlsMode::Files {
+            cert_file,
+            key_file,
+        }),
+        (None, None) => None,
+        (Some(_), None) => {
+            return Err(ConfigError::new(
+                "SF_SIM_TLS_KEY_FILE",
+                "must be set together with SF_SIM_TLS_CERT_FILE",
+            ))
+        }
+        (None, Some(_)) => {
+            return Err(ConfigError::new(
+                "SF_SIM_TLS_CERT_FILE",
+                "must be set together with SF_SIM_TLS_KEY_FILE",
+            ))
+        }
+    };
+    match (mode.as_deref().map(str::trim), given) {
+        (Some("generate"), None) => Ok(TlsMode::Generate { ca_out }),
+        (Some("generate"), Some(_)) => Err(ConfigError::new(
+            "SF_SIM_TLS",
+            "is generate, but SF_SIM_TLS_CERT_FILE/SF_SIM_TLS_KEY_FILE give a certificate",
+        )),
+        (Some("off"), Some(_)) => Err(ConfigError::new(
+            "SF_SIM_TLS",
+            "is off, but SF_SIM_TLS_CERT_FILE/SF_SIM_TLS_KEY_FILE give a certificate",
+        )),
+        (Some("off") | None, _) if ca_out.is_some() => Err(ConfigError::new(
+            "SF_SIM_TLS_CA_OUT",
+            "needs SF_SIM_TLS=generate (only a generated CA is written)",
+        )),
+        (Some("off") | None, None) => Ok(TlsMode::Off),
+        (None, Some(files)) => Ok(files),
+        (Some(other), _) => Err(ConfigError::new(
+            "SF_SIM_TLS",
+            format!("must be off or generate, not {other:?}"),
+        )),
     }
 }
 
@@ -146,6 +220,66 @@ mod tests {
         assert_eq!(
             SimConfig::from_env(&bad).unwrap_err().variable,
             "SF_SIM_KEEPALIVE_SECS"
+        );
+    }
+
+    #[test]
+    fn tls_settings_are_read_and_contradictions_named() {
+        let keys = testkit::keys::test_keys();
+        let key = keys.public_key_path.to_string_lossy().into_owned();
+        let read = |extra: &[(&str, &str)]| {
+            let mut pairs = vec![
+                ("SF_SIM_PUBLIC_KEY_PATH", key.as_str()),
+                ("SF_SIM_CLIENT_ID", "cid"),
+                ("SF_SIM_USERNAME", "u@x"),
+            ];
+            pairs.extend_from_slice(extra);
+            SimConfig::from_env(&Env::from_pairs(pairs))
+        };
+        assert_eq!(read(&[]).unwrap().tls, TlsMode::Off);
+        assert_eq!(
+            read(&[
+                ("SF_SIM_TLS", "generate"),
+                ("SF_SIM_TLS_CA_OUT", "/tmp/ca.pem")
+            ])
+            .unwrap()
+            .tls,
+            TlsMode::Generate {
+                ca_out: Some("/tmp/ca.pem".into())
+            }
+        );
+        // Any existing file will do to show the pair is taken; its content is read at start.
+        let given = read(&[
+            ("SF_SIM_TLS_CERT_FILE", key.as_str()),
+            ("SF_SIM_TLS_KEY_FILE", key.as_str()),
+        ])
+        .unwrap();
+        assert!(
+            matches!(given.tls, TlsMode::Files { .. }),
+            "{:?}",
+            given.tls
+        );
+        let named = |extra: &[(&str, &str)]| read(extra).unwrap_err().variable;
+        assert_eq!(named(&[("SF_SIM_TLS", "on")]), "SF_SIM_TLS");
+        assert_eq!(
+            named(&[("SF_SIM_TLS_CA_OUT", "/tmp/ca.pem")]),
+            "SF_SIM_TLS_CA_OUT"
+        );
+        assert_eq!(
+            named(&[("SF_SIM_TLS_CERT_FILE", key.as_str())]),
+            "SF_SIM_TLS_KEY_FILE"
+        );
+        assert_eq!(
+            named(&[("SF_SIM_TLS_KEY_FILE", "/nonexistent/key.pem")]),
+            "SF_SIM_TLS_KEY_FILE"
+        );
+        assert_eq!(
+            named(&[
+                ("SF_SIM_TLS", "generate"),
+                ("SF_SIM_TLS_CERT_FILE", key.as_str()),
+                ("SF_SIM_TLS_KEY_FILE", key.as_str()),
+            ]),
+            "SF_SIM_TLS"
         );
     }
 }

@@ -14,6 +14,8 @@ pub enum SimError {
         #[source]
         source: std::io::Error,
     },
+    #[error("TLS: {0}")]
+    Tls(String),
     #[error("Avro: {0}")]
     Avro(#[from] Box<apache_avro::Error>),
     #[error("JSON: {0}")]

@@ -8,8 +8,11 @@
 //! - **instance** ([`SfSim::instance_url`], the token response's `instance_url`): the REST API
 //!   ([`rest`]): SOQL queries (a subset, [`rest::soql`]), Order updates one by one and in
 //!   collections.
-//! - **pubsub** ([`SfSim::pubsub_url`]): the Pub/Sub gRPC API ([`pubsub`]) in plaintext HTTP/2,
+//! - **pubsub** ([`SfSim::pubsub_url`]): the Pub/Sub gRPC API ([`pubsub`]) over HTTP/2,
 //!   with flow control, keepalives, replay and Salesforce's error trailers.
+//!
+//! All three speak plain HTTP unless [`SimConfig::tls`] turns TLS on ([`tls`]): then the URLs it
+//! hands out are `https://` and [`SfSim::ca_pem`] is the CA clients must trust.
 //!
 //! Data lives in memory ([`store`]); the one Platform Event topic's events are Avro datums
 //! ([`avro`]) with two schema versions. [`SimHandle`] seeds data, publishes events (good and
@@ -36,6 +39,7 @@ pub mod rest;
 pub mod sobjects;
 pub mod state;
 pub mod store;
+pub mod tls;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -67,6 +71,8 @@ pub struct SfSim {
     pubsub_addr: SocketAddr,
     cancel: CancellationToken,
     tasks: Vec<JoinHandle<()>>,
+    /// The generated CA's PEM (TLS with a generated certificate only).
+    ca_pem: Option<String>,
 }
 
 async fn bind(what: &'static str, addr: SocketAddr) -> Result<(TcpListener, SocketAddr), SimError> {
@@ -89,11 +95,17 @@ impl SfSim {
         let (login, login_addr) = bind("login", config.login_addr).await?;
         let (instance, instance_addr) = bind("instance", config.instance_addr).await?;
         let (pubsub, pubsub_addr) = bind("pubsub", config.pubsub_addr).await?;
+        let identity = tls::ServerIdentity::resolve(&config.tls, &config.public_host)?;
+        let http_tls = identity
+            .as_ref()
+            .map(tls::ServerIdentity::http_acceptor)
+            .transpose()?;
         let host = config.public_host.clone();
+        let scheme = if identity.is_some() { "https" } else { "http" };
         let urls = Urls {
-            login: format!("http://{host}:{}", login_addr.port()),
-            instance: format!("http://{host}:{}", instance_addr.port()),
-            pubsub: format!("http://{host}:{}", pubsub_addr.port()),
+            login: format!("{scheme}://{host}:{}", login_addr.port()),
+            instance: format!("{scheme}://{host}:{}", instance_addr.port()),
+            pubsub: format!("{scheme}://{host}:{}", pubsub_addr.port()),
         };
         let cancel = CancellationToken::new();
         let inner = Arc::new(Inner::new(config, urls, decoding_key, cancel.clone())?);
@@ -113,7 +125,13 @@ impl SfSim {
         let instance_app = rest::router(inner.clone());
         let grpc_service =
             pubsub_proto::pub_sub_server::PubSubServer::new(pubsub::PubSubService::new(inner));
-        let grpc = tonic::transport::Server::builder().serve_with_incoming_shutdown(
+        let mut grpc = tonic::transport::Server::builder();
+        if let Some(identity) = &identity {
+            grpc = grpc
+                .tls_config(identity.grpc_config())
+                .map_err(|e| SimError::Tls(format!("the Pub/Sub listener: {e}")))?;
+        }
+        let grpc = grpc.serve_with_incoming_shutdown(
             grpc_service,
             // Without TCP_NODELAY the tail segment of each FetchResponse waits for the
             // client's delayed ACK (about 40 ms on Linux), capping delivery near 2,500 events/s;
@@ -130,14 +148,18 @@ impl SfSim {
             cancel.clone().cancelled_owned(),
         );
 
-        let tasks = vec![
-            tokio::spawn(serve_http("login", login, login_app, cancel.clone())),
-            tokio::spawn(serve_http(
-                "instance",
-                instance,
-                instance_app,
+        let http = |what: &'static str, listener: TcpListener, app: Router| match &http_tls {
+            Some(acceptor) => tokio::spawn(serve_http(
+                what,
+                tls::TlsListener::new(what, listener, acceptor.clone()),
+                app,
                 cancel.clone(),
             )),
+            None => tokio::spawn(serve_http(what, listener, app, cancel.clone())),
+        };
+        let tasks = vec![
+            http("login", login, login_app),
+            http("instance", instance, instance_app),
             tokio::spawn(async move {
                 if let Err(err) = grpc.await {
                     tracing::error!(error = %err, "The Pub/Sub listener failed.");
@@ -151,10 +173,17 @@ impl SfSim {
             pubsub_addr,
             cancel,
             tasks,
+            ca_pem: identity.and_then(|i| i.ca_pem),
         })
     }
 
-    /// `http://host:port` of the login listener: `SF_LOGIN_URL` for clients, and the JWT `aud`.
+    /// The PEM of the CA that signed the generated certificate, for clients to trust
+    /// (`SF_CA_FILE`). `None` with TLS off or with a certificate given in files.
+    pub fn ca_pem(&self) -> Option<&str> {
+        self.ca_pem.as_deref()
+    }
+
+    /// `http(s)://host:port` of the login listener: `SF_LOGIN_URL` for clients, and the JWT `aud`.
     pub fn login_url(&self) -> String {
         self.handle.inner.urls.login.clone()
     }
@@ -164,7 +193,7 @@ impl SfSim {
         self.handle.inner.urls.instance.clone()
     }
 
-    /// `http://host:port` of the Pub/Sub listener (`SF_PUBSUB_ENDPOINT`).
+    /// `http(s)://host:port` of the Pub/Sub listener (`SF_PUBSUB_ENDPOINT`).
     pub fn pubsub_url(&self) -> String {
         self.handle.inner.urls.pubsub.clone()
     }
@@ -210,12 +239,10 @@ impl Drop for SfSim {
     }
 }
 
-async fn serve_http(
-    what: &'static str,
-    listener: TcpListener,
-    app: Router,
-    cancel: CancellationToken,
-) {
+async fn serve_http<L>(what: &'static str, listener: L, app: Router, cancel: CancellationToken)
+where
+    L: axum::serve::Listener<Addr = SocketAddr>,
+{
     let served = axum::serve(listener, app)
         .with_graceful_shutdown(cancel.cancelled_owned())
         .await;
