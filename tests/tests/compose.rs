@@ -793,9 +793,22 @@ fn compose_dependencies_volumes_and_files_exist() {
 
 // ------------------------------------------------------------------------------------------------
 // deploy/k8s
+//
+// What an operator applies with `kubectl apply -k` is the output of kustomize, so the checks run
+// on that output, built here from the files (the build machines have no kubectl to rely on):
+// [`kustomize`] follows `resources`, generates the ConfigMaps and applies the patches.
 
-/// The image every pipeline container runs (`images:` in kustomization.yaml sets registry and tag).
+/// The image every pipeline container runs (`images:` in the kustomizations sets registry and tag).
 const K8S_IMAGE: &str = "provisioning-pipeline";
+
+/// The kustomizations an operator applies; each must hold the whole pipeline.
+const K8S_KUSTOMIZATIONS: &[&str] = &["deploy/k8s/base", "deploy/k8s/overlays/production"];
+
+/// The namespace the pipeline runs in, and the one of the NATS Helm release.
+const K8S_NAMESPACE: &str = "provisioning";
+const NATS_NAMESPACE: &str = "nats";
+/// The Helm release name of the NATS chart (docs/deployment.md, deploy/k8s/nats/values.yaml).
+const NATS_RELEASE: &str = "nats";
 
 fn yaml_files_under(dir: &Path, out: &mut Vec<PathBuf>) {
     for entry in std::fs::read_dir(dir).unwrap().flatten() {
@@ -808,20 +821,170 @@ fn yaml_files_under(dir: &Path, out: &mut Vec<PathBuf>) {
     }
 }
 
-/// Every Kubernetes object (a document with `kind`) under deploy/k8s, with its file.
-fn k8s_objects() -> Vec<(PathBuf, Value)> {
+/// The documents of a YAML file that are Kubernetes objects (have a `kind`).
+fn k8s_documents(file: &Path) -> Vec<Value> {
+    let text = std::fs::read_to_string(file).unwrap_or_else(|e| panic!("{}: {e}", file.display()));
+    serde_norway::Deserializer::from_str(&text)
+        .map(|document| {
+            <Value as serde::Deserialize>::deserialize(document)
+                .unwrap_or_else(|e| panic!("{}: {e}", file.display()))
+        })
+        .filter(|v| v.get("kind").is_some())
+        .collect()
+}
+
+/// Every `kustomization.yaml` under deploy/k8s.
+fn k8s_kustomization_files() -> Vec<PathBuf> {
     let mut files = Vec::new();
     yaml_files_under(&root().join("deploy/k8s"), &mut files);
+    files.retain(|f| f.file_name().is_some_and(|n| n == "kustomization.yaml"));
     files.sort();
-    let mut objects = Vec::new();
-    for file in files {
-        let text = std::fs::read_to_string(&file).unwrap();
-        for document in serde_norway::Deserializer::from_str(&text) {
-            let value = <Value as serde::Deserialize>::deserialize(document)
-                .unwrap_or_else(|e| panic!("{}: {e}", file.display()));
-            if value.get("kind").is_some() {
-                objects.push((file.clone(), value));
+    files
+}
+
+/// `KEY=VALUE` pairs of a generator's `literals` and `envs` files (comments and blank lines
+/// skipped, as kustomize does).
+fn generator_data(dir: &Path, generator: &Value) -> BTreeMap<String, String> {
+    let mut lines = string_list(generator.get("literals"));
+    for env_file in string_list(generator.get("envs")) {
+        let text = std::fs::read_to_string(dir.join(&env_file))
+            .unwrap_or_else(|e| panic!("{}: envs {env_file}: {e}", dir.display()));
+        lines.extend(
+            text.lines()
+                .map(str::trim)
+                .filter(|l| !l.is_empty() && !l.starts_with('#'))
+                .map(str::to_owned),
+        );
+    }
+    lines
+        .iter()
+        .map(|line| {
+            let (key, value) = line
+                .split_once('=')
+                .unwrap_or_else(|| panic!("{}: {line:?} is no KEY=VALUE", dir.display()));
+            (key.to_owned(), value.to_owned())
+        })
+        .collect()
+}
+
+/// A strategic merge patch as kustomize applies it to the objects here: maps merge key by key,
+/// lists of named items (containers, env, ports) merge item by name, anything else is replaced.
+fn strategic_merge(target: &mut Value, patch: &Value) {
+    match (target, patch) {
+        (Value::Mapping(target), Value::Mapping(patch)) => {
+            for (key, value) in patch {
+                match target.get_mut(key) {
+                    Some(existing) => strategic_merge(existing, value),
+                    None => {
+                        target.insert(key.clone(), value.clone());
+                    }
+                }
             }
+        }
+        (Value::Sequence(target), Value::Sequence(patch))
+            if patch.iter().all(|item| item.get("name").is_some()) =>
+        {
+            for item in patch {
+                match target
+                    .iter_mut()
+                    .find(|t| t.get("name") == item.get("name"))
+                {
+                    Some(existing) => strategic_merge(existing, item),
+                    None => target.push(item.clone()),
+                }
+            }
+        }
+        (target, patch) => *target = patch.clone(),
+    }
+}
+
+/// The objects `kubectl kustomize dir` builds, each with the file it comes from. Generated
+/// ConfigMaps keep their generator's name (kustomize appends a content hash to it and rewrites
+/// the references, so references match by the generator's name here). Not modelled: images
+/// and labels, which no check here depends on.
+fn kustomize(dir: &Path) -> Vec<(PathBuf, Value)> {
+    let file = dir.join("kustomization.yaml");
+    let k: Value = serde_norway::from_str(&std::fs::read_to_string(&file).unwrap_or_else(|e| {
+        panic!("{}: {e}", file.display());
+    }))
+    .unwrap_or_else(|e| panic!("{}: {e}", file.display()));
+    let mut objects = Vec::new();
+    for resource in string_list(k.get("resources")) {
+        let path = dir.join(&resource);
+        if path.is_dir() {
+            objects.extend(kustomize(&path));
+        } else {
+            objects.extend(k8s_documents(&path).into_iter().map(|o| (path.clone(), o)));
+        }
+    }
+    for generator in k
+        .get("configMapGenerator")
+        .and_then(Value::as_sequence)
+        .into_iter()
+        .flatten()
+    {
+        let name = generator["name"].as_str().unwrap().to_owned();
+        let data = generator_data(dir, generator);
+        let existing = objects.iter_mut().find(|(_, o)| {
+            o["kind"] == "ConfigMap" && o["metadata"]["name"].as_str() == Some(&name)
+        });
+        match (generator.get("behavior").and_then(Value::as_str), existing) {
+            (None | Some("create"), None) => {
+                let mut object: Value = serde_norway::from_str(&format!(
+                    "{{apiVersion: v1, kind: ConfigMap, metadata: {{name: {name}}}, data: {{}}}}"
+                ))
+                .unwrap();
+                for (key, value) in data {
+                    object["data"][key.as_str()] = Value::String(value);
+                }
+                objects.push((file.clone(), object));
+            }
+            (Some("merge"), Some((_, object))) => {
+                for (key, value) in data {
+                    object["data"][key.as_str()] = Value::String(value);
+                }
+            }
+            (behavior, existing) => {
+                panic!(
+                "{}: configMapGenerator {name} with behavior {behavior:?}, but the ConfigMap {}",
+                file.display(),
+                if existing.is_some() { "exists" } else { "does not exist" }
+            )
+            }
+        }
+    }
+    for patch in k
+        .get("patches")
+        .and_then(Value::as_sequence)
+        .into_iter()
+        .flatten()
+    {
+        let path = patch
+            .get("path")
+            .and_then(Value::as_str)
+            .unwrap_or_else(|| panic!("{}: only `patches: - path:` is modelled", file.display()));
+        assert!(
+            patch.get("target").is_none(),
+            "{}: patch targets are not modelled",
+            file.display()
+        );
+        for document in k8s_documents(&dir.join(path)) {
+            let wanted = kind_and_name(&document);
+            let (_, target) = objects
+                .iter_mut()
+                .find(|(_, o)| kind_and_name(o) == wanted)
+                .unwrap_or_else(|| {
+                    panic!(
+                        "{}: patch {path} targets {wanted:?}, which is not built",
+                        file.display()
+                    )
+                });
+            strategic_merge(target, &document);
+        }
+    }
+    if let Some(namespace) = k.get("namespace").and_then(Value::as_str) {
+        for (_, object) in &mut objects {
+            object["metadata"]["namespace"] = Value::String(namespace.to_owned());
         }
     }
     objects
@@ -859,35 +1022,47 @@ fn pod_spec(object: &Value) -> Option<&Value> {
     }
 }
 
-#[test]
-fn k8s_containers_run_existing_binaries_with_variables_they_read() {
-    let objects = k8s_objects();
+/// The Secrets the operator creates (no kustomization holds one): their example file.
+fn k8s_example_secrets() -> BTreeMap<String, BTreeMap<String, String>> {
+    k8s_documents(&root().join("deploy/k8s/secrets.example.yaml"))
+        .iter()
+        .inspect(|o| {
+            assert_eq!(
+                o["kind"], "Secret",
+                "secrets.example.yaml holds Secrets only"
+            )
+        })
+        .map(|o| (kind_and_name(o).1, data_keys(o)))
+        .collect()
+}
+
+/// A pipeline container of a built kustomization, with its environment resolved.
+struct PipelineContainer {
+    /// `<kustomization> <Kind>/<name>`, for messages.
+    at: String,
+    binary: String,
+    workload: Value,
+    container: Value,
+    /// Name -> value; `None` for values from a secret or the downward API.
+    env: BTreeMap<String, Option<String>>,
+}
+
+fn pipeline_containers(
+    kustomization: &str,
+    objects: &[(PathBuf, Value)],
+) -> Vec<PipelineContainer> {
     let config_maps: BTreeMap<String, BTreeMap<String, String>> = objects
         .iter()
         .filter(|(_, o)| o["kind"] == "ConfigMap")
         .map(|(_, o)| (kind_and_name(o).1, data_keys(o)))
         .collect();
-    let secrets: BTreeMap<String, BTreeMap<String, String>> = objects
-        .iter()
-        .filter(|(_, o)| o["kind"] == "Secret")
-        .map(|(_, o)| (kind_and_name(o).1, data_keys(o)))
-        .collect();
-    let workspace = workspace_binaries();
-    let image = image_binaries();
-    let mut deployed = BTreeMap::new();
-    for (file, object) in &objects {
+    let mut out = Vec::new();
+    for (_, object) in objects {
         let Some(spec) = pod_spec(object) else {
             continue;
         };
         let (kind, name) = kind_and_name(object);
-        let at = format!("{} {kind}/{name}", file.display());
-        let volumes: BTreeMap<String, &Value> = spec
-            .get("volumes")
-            .and_then(Value::as_sequence)
-            .into_iter()
-            .flatten()
-            .map(|v| (v["name"].as_str().unwrap().to_owned(), v))
-            .collect();
+        let at = format!("{kustomization} {kind}/{name}");
         for container in spec["containers"].as_sequence().unwrap() {
             let image_name = container["image"].as_str().unwrap();
             if image_name.split(':').next() != Some(K8S_IMAGE) {
@@ -902,13 +1077,6 @@ fn k8s_containers_run_existing_binaries_with_variables_they_read() {
                 .first()
                 .unwrap_or_else(|| panic!("{at}: name the binary in args"))
                 .clone();
-            assert!(
-                workspace.contains(&binary),
-                "{at}: {binary} is no workspace binary"
-            );
-            assert!(image.contains(&binary), "{at}: the image has no {binary}");
-            let allowed = variables_read_by(&binary);
-            // name -> value (None when it comes from a secret or the downward API)
             let mut env: BTreeMap<String, Option<String>> = BTreeMap::new();
             for from in container
                 .get("envFrom")
@@ -916,27 +1084,18 @@ fn k8s_containers_run_existing_binaries_with_variables_they_read() {
                 .into_iter()
                 .flatten()
             {
-                let (source, map_name) = if let Some(r) = from.get("configMapRef") {
-                    (&config_maps, r["name"].as_str().unwrap())
-                } else if let Some(r) = from.get("secretRef") {
-                    (&secrets, r["name"].as_str().unwrap())
-                } else {
-                    panic!("{at}: unknown envFrom {from:?}")
-                };
+                let map_name = from
+                    .get("configMapRef")
+                    .map(|r| r["name"].as_str().unwrap())
+                    .unwrap_or_else(|| panic!("{at}: envFrom other than configMapRef: {from:?}"));
                 assert!(
                     from.get("prefix").is_none(),
                     "{at}: envFrom prefixes are not checked"
                 );
-                let data = source
+                let data = config_maps
                     .get(map_name)
-                    .unwrap_or_else(|| panic!("{at}: envFrom {map_name}, which is not defined"));
-                for (key, value) in data {
-                    assert!(
-                        allowed.contains(key),
-                        "{at}: {map_name} sets {key}, which {binary} does not read"
-                    );
-                    env.insert(key.clone(), Some(value.clone()));
-                }
+                    .unwrap_or_else(|| panic!("{at}: envFrom {map_name}, which is not built"));
+                env.extend(data.iter().map(|(k, v)| (k.clone(), Some(v.clone()))));
             }
             for var in container
                 .get("env")
@@ -945,10 +1104,80 @@ fn k8s_containers_run_existing_binaries_with_variables_they_read() {
                 .flatten()
             {
                 let key = var["name"].as_str().unwrap().to_owned();
+                env.insert(key, var.get("value").map(scalar));
+            }
+            out.push(PipelineContainer {
+                at: at.clone(),
+                binary,
+                workload: object.clone(),
+                container: container.clone(),
+                env,
+            });
+        }
+    }
+    out
+}
+
+/// Each kustomization an operator applies, built.
+fn k8s_builds() -> Vec<(&'static str, Vec<(PathBuf, Value)>)> {
+    K8S_KUSTOMIZATIONS
+        .iter()
+        .map(|k| (*k, kustomize(&root().join(k))))
+        .collect()
+}
+
+/// Pod template labels of a workload.
+fn template_labels(workload: &Value) -> BTreeMap<String, String> {
+    workload["spec"]["template"]["metadata"]["labels"]
+        .as_mapping()
+        .into_iter()
+        .flatten()
+        .map(|(k, v)| (k.as_str().unwrap().to_owned(), scalar(v)))
+        .collect()
+}
+
+/// Whether a label selector (`matchLabels` only) selects pods with `labels`.
+fn selects(selector: &Value, labels: &BTreeMap<String, String>) -> bool {
+    assert!(
+        selector.get("matchExpressions").is_none(),
+        "matchExpressions are not modelled: {selector:?}"
+    );
+    selector
+        .get("matchLabels")
+        .and_then(Value::as_mapping)
+        .into_iter()
+        .flatten()
+        .all(|(k, v)| labels.get(k.as_str().unwrap()) == Some(&scalar(v)))
+}
+
+#[test]
+fn k8s_containers_run_existing_binaries_with_variables_they_read() {
+    let secrets = k8s_example_secrets();
+    let workspace = workspace_binaries();
+    let image = image_binaries();
+    for (kustomization, objects) in k8s_builds() {
+        let mut deployed = BTreeMap::new();
+        for c in pipeline_containers(kustomization, &objects) {
+            let (at, binary, container) = (&c.at, &c.binary, &c.container);
+            assert!(
+                workspace.contains(binary),
+                "{at}: {binary} is no workspace binary"
+            );
+            assert!(image.contains(binary), "{at}: the image has no {binary}");
+            let allowed = variables_read_by(binary);
+            for key in c.env.keys() {
                 assert!(
-                    allowed.contains(&key),
-                    "{at}: sets {key}, which {binary} does not read"
+                    allowed.contains(key),
+                    "{at}: sets {key} (env or envFrom), which {binary} does not read"
                 );
+            }
+            for var in container
+                .get("env")
+                .and_then(Value::as_sequence)
+                .into_iter()
+                .flatten()
+            {
+                let key = var["name"].as_str().unwrap();
                 if let Some(secret) = var.get("valueFrom").and_then(|v| v.get("secretKeyRef")) {
                     let secret_name = secret["name"].as_str().unwrap();
                     let secret_key = secret["key"].as_str().unwrap();
@@ -958,45 +1187,32 @@ fn k8s_containers_run_existing_binaries_with_variables_they_read() {
                         .is_some_and(|s| s.contains_key(secret_key));
                     assert!(
                         exists || optional,
-                        "{at}: {key} from secret {secret_name}/{secret_key}, which is not defined"
+                        "{at}: {key} from secret {secret_name}/{secret_key}, which \
+                         secrets.example.yaml does not describe"
                     );
                 }
-                env.insert(key, var.get("value").map(scalar));
             }
-            for var in variables_required_by(&binary) {
+            for var in variables_required_by(binary) {
                 assert!(
-                    env.contains_key(&var),
+                    c.env.contains_key(&var),
                     "{at}: {binary} requires {var}, which is not set"
                 );
             }
-            // Probes hit /health on the port the binary listens on.
-            let (addr_var, default_addr) = listen_variables(&binary)[0];
+            let (addr_var, default_addr) = listen_variables(binary)[0];
             let listen_port = port_of_addr(
-                env.get(addr_var)
+                c.env
+                    .get(addr_var)
                     .and_then(Option::as_deref)
                     .unwrap_or(default_addr),
             );
-            let ports: BTreeMap<String, u16> = container
-                .get("ports")
-                .and_then(Value::as_sequence)
-                .into_iter()
-                .flatten()
-                .map(|p| {
-                    (
-                        p.get("name")
-                            .and_then(Value::as_str)
-                            .unwrap_or_default()
-                            .to_owned(),
-                        u16::try_from(p["containerPort"].as_u64().unwrap()).unwrap(),
-                    )
-                })
-                .collect();
+            let ports = container_ports(container);
             assert!(
                 ports.values().any(|p| *p == listen_port),
                 "{at}: containerPort {ports:?} is not {addr_var}'s port {listen_port}"
             );
-            // Readiness is /health; liveness (and start-up) is /livez, which never depends on
-            // NATS, Salesforce or WHMCS (docs/contract.md §3), so their outage restarts nothing.
+            // Readiness is /health; liveness and start-up are /livez, which never depends on
+            // NATS, Salesforce or WHMCS (docs/contract.md §3), so their outage restarts nothing,
+            // also for a pod that starts during it.
             for (probe, path) in [
                 ("readinessProbe", "/health"),
                 ("livenessProbe", "/livez"),
@@ -1007,20 +1223,22 @@ fn k8s_containers_run_existing_binaries_with_variables_they_read() {
                     .and_then(|p| p.get("httpGet"))
                     .unwrap_or_else(|| panic!("{at}: {probe} must be an httpGet on {path}"));
                 assert_eq!(http["path"].as_str(), Some(path), "{at}: {probe}");
-                let port = match &http["port"] {
-                    Value::Number(n) => u16::try_from(n.as_u64().unwrap()).unwrap(),
-                    Value::String(named) => *ports
-                        .get(named)
-                        .unwrap_or_else(|| panic!("{at}: {probe} names no container port {named}")),
-                    other => panic!("{at}: {probe} port {other:?}"),
-                };
                 assert_eq!(
-                    port, listen_port,
+                    resolve_port(&http["port"], &ports, at),
+                    listen_port,
                     "{at}: {probe} must probe {addr_var}'s port"
                 );
             }
             // Files handed over by path lie on a mounted volume; a secret volume holds the file.
-            for (var, value) in &env {
+            let volumes: BTreeMap<String, Value> = pod_spec(&c.workload)
+                .unwrap()
+                .get("volumes")
+                .and_then(Value::as_sequence)
+                .into_iter()
+                .flatten()
+                .map(|v| (v["name"].as_str().unwrap().to_owned(), v.clone()))
+                .collect();
+            for (var, value) in &c.env {
                 let (Some(value), true) = (value, var.ends_with("_PATH") || var.ends_with("_FILE"))
                 else {
                     continue;
@@ -1033,7 +1251,7 @@ fn k8s_containers_run_existing_binaries_with_variables_they_read() {
                     .flatten()
                     .find(|m| m["mountPath"].as_str() == Some(dir))
                     .unwrap_or_else(|| panic!("{at}: {var}={value} is on no mounted volume"));
-                let volume = volumes[mount["name"].as_str().unwrap()];
+                let volume = &volumes[mount["name"].as_str().unwrap()];
                 if let Some(secret) = volume.get("secret") {
                     let secret_name = secret["secretName"].as_str().unwrap();
                     assert!(
@@ -1051,68 +1269,563 @@ fn k8s_containers_run_existing_binaries_with_variables_they_read() {
                     "{at}: set resources.{field}.memory"
                 );
             }
-            let replicas = object["spec"].get("replicas").and_then(Value::as_u64);
-            deployed.insert(binary, (kind.clone(), replicas));
+            let replicas = c.workload["spec"].get("replicas").and_then(Value::as_u64);
+            deployed.insert(
+                binary.clone(),
+                (c.workload["kind"].as_str().unwrap().to_owned(), replicas),
+            );
         }
+        for needed in ["sf-bridge", "provisioner", "sf-writer"] {
+            assert!(
+                deployed.contains_key(needed),
+                "{kustomization} runs no {needed}"
+            );
+        }
+        assert_eq!(
+            deployed["sf-bridge"],
+            ("Deployment".to_owned(), Some(2)),
+            "{kustomization}: sf-bridge runs two replicas, one active through its lease"
+        );
     }
-    for needed in ["sf-bridge", "provisioner", "sf-writer"] {
-        assert!(deployed.contains_key(needed), "deploy/k8s runs no {needed}");
+}
+
+/// Container ports by name (unnamed ones under "").
+fn container_ports(container: &Value) -> BTreeMap<String, u16> {
+    container
+        .get("ports")
+        .and_then(Value::as_sequence)
+        .into_iter()
+        .flatten()
+        .map(|p| {
+            (
+                p.get("name")
+                    .and_then(Value::as_str)
+                    .unwrap_or_default()
+                    .to_owned(),
+                u16::try_from(p["containerPort"].as_u64().unwrap()).unwrap(),
+            )
+        })
+        .collect()
+}
+
+/// A port given by number or by a container port's name.
+fn resolve_port(port: &Value, ports: &BTreeMap<String, u16>, at: &str) -> u16 {
+    match port {
+        Value::Number(n) => u16::try_from(n.as_u64().unwrap()).unwrap(),
+        Value::String(named) => *ports
+            .get(named)
+            .unwrap_or_else(|| panic!("{at}: names no container port {named}")),
+        other => panic!("{at}: port {other:?}"),
     }
-    assert_eq!(
-        deployed["sf-bridge"],
-        ("Deployment".to_owned(), Some(2)),
-        "sf-bridge runs two replicas, one active through its lease"
-    );
 }
 
 #[test]
 fn k8s_references_resolve() {
-    let objects = k8s_objects();
-    let names: BTreeSet<(String, String)> = objects.iter().map(|(_, o)| kind_and_name(o)).collect();
-    for (file, object) in &objects {
-        let (kind, name) = kind_and_name(object);
-        if kind == "HorizontalPodAutoscaler" || kind == "PodDisruptionBudget" {
-            let target = if kind == "HorizontalPodAutoscaler" {
-                let target = &object["spec"]["scaleTargetRef"];
-                (
-                    target["kind"].as_str().unwrap().to_owned(),
-                    target["name"].as_str().unwrap().to_owned(),
-                )
-            } else {
-                ("Deployment".to_owned(), name.clone())
-            };
+    for file in k8s_kustomization_files() {
+        let dir = file.parent().unwrap();
+        let k: Value = serde_norway::from_str(&read_path(&file)).unwrap();
+        let mut paths = string_list(k.get("resources"));
+        paths.extend(
+            k.get("patches")
+                .and_then(Value::as_sequence)
+                .into_iter()
+                .flatten()
+                .filter_map(|p| p.get("path").and_then(Value::as_str).map(str::to_owned)),
+        );
+        for generator in k
+            .get("configMapGenerator")
+            .and_then(Value::as_sequence)
+            .into_iter()
+            .flatten()
+        {
+            paths.extend(string_list(generator.get("envs")));
+        }
+        for path in paths {
             assert!(
-                names.contains(&target),
-                "{}: {kind}/{name} targets {target:?}, which is not defined",
+                dir.join(&path).exists(),
+                "{}: {path} does not exist",
                 file.display()
             );
         }
-        if kind == "Kustomization" {
-            let dir = file.parent().unwrap();
-            for resource in string_list(object.get("resources")) {
-                assert!(
-                    dir.join(&resource).exists(),
-                    "{}: resource {resource} does not exist",
-                    file.display()
-                );
+    }
+    for (kustomization, objects) in k8s_builds() {
+        let names: BTreeSet<(String, String)> =
+            objects.iter().map(|(_, o)| kind_and_name(o)).collect();
+        let workloads: Vec<&Value> = objects
+            .iter()
+            .map(|(_, o)| o)
+            .filter(|o| o["kind"] == "Deployment")
+            .collect();
+        for (file, object) in &objects {
+            let (kind, name) = kind_and_name(object);
+            let at = format!("{kustomization} ({}) {kind}/{name}", file.display());
+            match kind.as_str() {
+                "HorizontalPodAutoscaler" | "ScaledObject" => {
+                    let target = &object["spec"]["scaleTargetRef"];
+                    let target = (
+                        target["kind"].as_str().unwrap_or("Deployment").to_owned(),
+                        target["name"].as_str().unwrap().to_owned(),
+                    );
+                    assert!(
+                        names.contains(&target),
+                        "{at} targets {target:?}, which is not built"
+                    );
+                }
+                "PodDisruptionBudget" | "Service" | "NetworkPolicy" => {
+                    let selector = match kind.as_str() {
+                        "PodDisruptionBudget" => object["spec"]["selector"].clone(),
+                        "Service" => {
+                            let mut s = Value::Mapping(serde_norway::Mapping::new());
+                            s["matchLabels"] = object["spec"]["selector"].clone();
+                            s
+                        }
+                        _ => object["spec"]["podSelector"].clone(),
+                    };
+                    let empty = selector
+                        .get("matchLabels")
+                        .and_then(Value::as_mapping)
+                        .is_none_or(serde_norway::Mapping::is_empty);
+                    assert!(
+                        (kind == "NetworkPolicy" && empty)
+                            || workloads
+                                .iter()
+                                .any(|w| selects(&selector, &template_labels(w))),
+                        "{at} selects no pod of a Deployment built here"
+                    );
+                }
+                _ => {}
+            }
+            if kind == "Service" {
+                for port in object["spec"]["ports"].as_sequence().unwrap() {
+                    let target = &port["targetPort"];
+                    let backing = workloads
+                        .iter()
+                        .filter(|w| {
+                            let mut s = Value::Mapping(serde_norway::Mapping::new());
+                            s["matchLabels"] = object["spec"]["selector"].clone();
+                            selects(&s, &template_labels(w))
+                        })
+                        .flat_map(|w| pod_spec(w).unwrap()["containers"].as_sequence().unwrap())
+                        .any(|c| match target {
+                            Value::String(named) => container_ports(c).contains_key(named),
+                            other => container_ports(c)
+                                .values()
+                                .any(|p| Some(u64::from(*p)) == other.as_u64()),
+                        });
+                    assert!(backing, "{at}: targetPort {target:?} is no container port");
+                }
             }
         }
     }
 }
 
-/// Default stream and bucket names, from libs/messages (the services' defaults).
-fn default_resource_names() -> Vec<String> {
+fn read_path(path: &Path) -> String {
+    std::fs::read_to_string(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
+}
+
+/// `kubectl apply -k` and `kubectl delete -k` on any kustomization must not destroy what the
+/// operator owns: no Namespace (deleting it deletes everything in it, secrets and all) and no
+/// Secret (apply would overwrite the real one with a placeholder, delete would remove it).
+#[test]
+fn k8s_kustomizations_hold_no_namespace_and_no_secret_and_generate_their_config() {
+    for file in k8s_kustomization_files() {
+        let dir = file.parent().unwrap();
+        let rel = dir.strip_prefix(root()).unwrap().display().to_string();
+        for (source, object) in kustomize(dir) {
+            let (kind, name) = kind_and_name(&object);
+            assert!(
+                kind != "Namespace" && kind != "Secret",
+                "{rel} builds {kind}/{name} (from {}): create it out of band \
+                 (deploy/k8s/namespaces, deploy/k8s/secrets.example.yaml)",
+                source.display()
+            );
+            // ConfigMaps come from configMapGenerator (content-hashed names roll the pods on a
+            // change); a plain ConfigMap file would be edited and applied without a rollout.
+            assert!(
+                kind != "ConfigMap" || source.ends_with("kustomization.yaml"),
+                "{rel}: ConfigMap/{name} comes from {}; generate it with configMapGenerator",
+                source.display()
+            );
+        }
+        let text = read_path(&file);
+        for operator_owned in ["secrets.example", "namespaces"] {
+            assert!(
+                !text
+                    .lines()
+                    .filter(|l| !l.trim_start().starts_with('#'))
+                    .any(|l| l.contains(operator_owned)),
+                "{rel}/kustomization.yaml refers to {operator_owned}, which the operator applies once"
+            );
+        }
+    }
+    for (kustomization, objects) in k8s_builds() {
+        let generated = objects
+            .iter()
+            .filter(|(_, o)| o["kind"] == "ConfigMap")
+            .count();
+        assert!(
+            generated >= 4,
+            "{kustomization}: {generated} generated ConfigMaps"
+        );
+        for (_, object) in &objects {
+            assert_eq!(
+                object["metadata"]["namespace"].as_str(),
+                Some(K8S_NAMESPACE),
+                "{kustomization}: {:?}",
+                kind_and_name(object)
+            );
+        }
+    }
+    // The namespaces the operator applies once: the pipeline's at Pod Security `restricted`
+    // (which every pod of the base meets), NATS's own at the level its chart's pods meet.
+    let mut namespaces = BTreeMap::new();
+    let mut files = Vec::new();
+    yaml_files_under(&root().join("deploy/k8s/namespaces"), &mut files);
+    for file in files {
+        for object in k8s_documents(&file) {
+            assert_eq!(object["kind"], "Namespace", "{}", file.display());
+            let enforce = object["metadata"]["labels"]["pod-security.kubernetes.io/enforce"]
+                .as_str()
+                .map(str::to_owned);
+            namespaces.insert(kind_and_name(&object).1, enforce);
+        }
+    }
+    assert_eq!(
+        namespaces.get(K8S_NAMESPACE),
+        Some(&Some("restricted".to_owned())),
+        "{namespaces:?}"
+    );
+    assert!(
+        matches!(namespaces.get(NATS_NAMESPACE), Some(Some(level)) if level == "baseline" || level == "restricted"),
+        "namespace {NATS_NAMESPACE} needs a Pod Security level: {namespaces:?}"
+    );
+}
+
+/// A Deployment scaled by an HPA or a KEDA ScaledObject must not set `replicas`: every
+/// `kubectl apply` would reset the autoscaler's choice (for a moment, or for good while it
+/// stabilises). The provisioner scales on its consumer's lag, not on CPU.
+#[test]
+fn k8s_autoscaling_owns_the_replicas_and_follows_the_provisioners_consumer() {
+    let values: Value = serde_norway::from_str(&read("deploy/k8s/nats/values.yaml")).unwrap();
+    let monitor_port = values["config"]["monitor"]["port"].as_u64().unwrap_or(8222);
+    assert_eq!(
+        values["config"]["monitor"]["enabled"].as_bool(),
+        Some(true),
+        "KEDA reads the lag from the NATS monitoring port"
+    );
+    for (kustomization, objects) in k8s_builds() {
+        let mut scaled_provisioner = false;
+        for (_, object) in &objects {
+            let (kind, name) = kind_and_name(object);
+            if kind != "HorizontalPodAutoscaler" && kind != "ScaledObject" {
+                continue;
+            }
+            let target = object["spec"]["scaleTargetRef"]["name"].as_str().unwrap();
+            let (_, deployment) = objects
+                .iter()
+                .find(|(_, o)| kind_and_name(o) == ("Deployment".to_owned(), target.to_owned()))
+                .unwrap_or_else(|| panic!("{kustomization}: {kind}/{name} targets no Deployment"));
+            assert!(
+                deployment["spec"].get("replicas").is_none(),
+                "{kustomization}: Deployment/{target} sets replicas beside {kind}/{name}"
+            );
+            if target != "provisioner" {
+                continue;
+            }
+            assert_eq!(
+                kind, "ScaledObject",
+                "{kustomization}: scale the provisioner on consumer lag (KEDA), not with {kind}/{name}"
+            );
+            let container = pipeline_containers(kustomization, &objects)
+                .into_iter()
+                .find(|c| c.binary == "provisioner")
+                .unwrap();
+            let configured = |var: &str, default: &str| {
+                container
+                    .env
+                    .get(var)
+                    .cloned()
+                    .flatten()
+                    .unwrap_or_else(|| default.to_owned())
+            };
+            let defaults = default_resource_names();
+            let nats_url = configured("NATS_URL", "");
+            let (nats_host, _) = url_host_port(&nats_url).unwrap();
+            let triggers = object["spec"]["triggers"].as_sequence().unwrap();
+            assert_eq!(triggers.len(), 1, "{kustomization}: one trigger, the lag");
+            let trigger = &triggers[0];
+            assert_eq!(trigger["type"].as_str(), Some("nats-jetstream"));
+            let meta = &trigger["metadata"];
+            let field = |key: &str| meta[key].as_str().map(str::to_owned);
+            assert_eq!(
+                field("stream"),
+                Some(configured("SF_BRIDGE_STREAM", &defaults["REQUESTS"])),
+                "{kustomization}: the provisioner consumes the requests stream"
+            );
+            assert_eq!(
+                field("consumer"),
+                Some(configured("PROVISIONER_CONSUMER", &defaults["PROVISIONER"])),
+                "{kustomization}: the provisioner's durable consumer"
+            );
+            assert_eq!(field("account"), Some("$G".to_owned()));
+            // The chart's headless service, in the namespace of NATS_URL's service: the scaler
+            // reaches the consumer's leader as <server name>.<endpoint host>.
+            let namespace = nats_host
+                .strip_prefix(&format!("{NATS_RELEASE}."))
+                .unwrap_or_else(|| panic!("NATS_URL {nats_url} is not the release's service"));
+            assert_eq!(
+                field("natsServerMonitoringEndpoint"),
+                Some(format!(
+                    "{NATS_RELEASE}-headless.{namespace}:{monitor_port}"
+                )),
+                "{kustomization}"
+            );
+            assert_eq!(
+                field("lagThreshold"),
+                Some(configured("PROVISIONER_CONCURRENCY", "32")),
+                "{kustomization}: lagThreshold is one replica's PROVISIONER_CONCURRENCY"
+            );
+            let min = object["spec"]["minReplicaCount"].as_u64().unwrap_or(0);
+            let max = object["spec"]["maxReplicaCount"].as_u64().unwrap_or(100);
+            assert!(
+                (2..=max).contains(&min),
+                "{kustomization}: {min}..{max} replicas (two at least, for the PDB)"
+            );
+            scaled_provisioner = true;
+        }
+        assert!(
+            scaled_provisioner,
+            "{kustomization}: no ScaledObject scales the provisioner"
+        );
+    }
+}
+
+/// The seconds in `Duration::from_secs(N)` first found after `marker` in `path`.
+fn secs_after(path: &str, marker: &str) -> u64 {
+    let source = read(path);
+    let at = source
+        .find(marker)
+        .unwrap_or_else(|| panic!("{path}: no {marker}"));
+    let rest = &source[at..];
+    let call = rest
+        .find("Duration::from_secs(")
+        .filter(|i| *i < 200)
+        .unwrap_or_else(|| panic!("{path}: no Duration::from_secs after {marker}"));
+    let digits: String = rest[call + "Duration::from_secs(".len()..]
+        .chars()
+        .take_while(char::is_ascii_digit)
+        .collect();
+    digits.parse().unwrap()
+}
+
+/// What a service may take from SIGTERM to exit: its own grace for the work in hand, then the
+/// NATS flush and the supervised tasks' stop, each with its deadline from the code.
+fn shutdown_budget_secs(binary: &str, env: &BTreeMap<String, Option<String>>) -> u64 {
+    let flush = secs_after("libs/platform/src/nats.rs", "const SHUTDOWN_FLUSH_DEADLINE");
+    let app = format!("services/{binary}/src/app.rs");
+    let tasks = secs_after(&app, "const TASKS_STOP_DEADLINE");
+    let grace = |var: &str, config: &str| {
+        env.get(var)
+            .cloned()
+            .flatten()
+            .map(|v| v.parse().unwrap())
+            .unwrap_or_else(|| secs_after(config, &format!("\"{var}\"")))
+    };
+    let own = match binary {
+        "provisioner" => grace(
+            "PROVISIONER_SHUTDOWN_GRACE_SECS",
+            "services/provisioner/src/config.rs",
+        ),
+        "sf-writer" => grace(
+            "SF_WRITER_SHUTDOWN_GRACE_SECS",
+            "services/sf-writer/src/config.rs",
+        ),
+        // The leader settles its in-flight publishes before it lets go of the lease.
+        "sf-bridge" => secs_after("services/sf-bridge/src/ingest.rs", "async fn drain("),
+        other => panic!("no shutdown budget known for {other}"),
+    };
+    own + flush + tasks
+}
+
+#[test]
+fn k8s_termination_grace_exceeds_each_services_shutdown() {
+    for (kustomization, objects) in k8s_builds() {
+        for c in pipeline_containers(kustomization, &objects) {
+            let budget = shutdown_budget_secs(&c.binary, &c.env);
+            let granted = pod_spec(&c.workload).unwrap()["terminationGracePeriodSeconds"]
+                .as_u64()
+                .unwrap_or_else(|| panic!("{}: set terminationGracePeriodSeconds", c.at));
+            assert!(
+                granted > budget,
+                "{}: terminationGracePeriodSeconds {granted} must exceed the {budget} s {} may \
+                 take to shut down (SIGKILL would cut its work in hand)",
+                c.at,
+                c.binary
+            );
+        }
+    }
+    // The budget is read from the code: a grace raised in the ConfigMap raises it.
+    let mut env = BTreeMap::new();
+    let base = shutdown_budget_secs("sf-writer", &env);
+    env.insert(
+        "SF_WRITER_SHUTDOWN_GRACE_SECS".to_owned(),
+        Some("100".to_owned()),
+    );
+    assert_eq!(shutdown_budget_secs("sf-writer", &env), base - 30 + 100);
+}
+
+/// Every port a NetworkPolicy rule allows; a rule without ports allows all (`None`).
+fn rule_ports(rule: &Value) -> Option<Vec<(String, Value)>> {
+    rule.get("ports").and_then(Value::as_sequence).map(|ports| {
+        ports
+            .iter()
+            .map(|p| {
+                (
+                    p.get("protocol")
+                        .and_then(Value::as_str)
+                        .unwrap_or("TCP")
+                        .to_owned(),
+                    p["port"].clone(),
+                )
+            })
+            .collect()
+    })
+}
+
+#[test]
+fn k8s_network_policies_deny_by_default_and_allow_what_each_service_uses() {
+    for (kustomization, objects) in k8s_builds() {
+        let policies: Vec<&Value> = objects
+            .iter()
+            .map(|(_, o)| o)
+            .filter(|o| o["kind"] == "NetworkPolicy")
+            .collect();
+        let both = |p: &Value| {
+            let types = string_list(p["spec"].get("policyTypes"));
+            types.contains(&"Ingress".to_owned()) && types.contains(&"Egress".to_owned())
+        };
+        assert!(
+            policies.iter().any(|p| {
+                p["spec"]["podSelector"]
+                    .as_mapping()
+                    .is_some_and(serde_norway::Mapping::is_empty)
+                    && both(p)
+                    && p["spec"].get("ingress").is_none()
+                    && p["spec"].get("egress").is_none()
+            }),
+            "{kustomization}: no default-deny NetworkPolicy (podSelector {{}}, both directions)"
+        );
+        for (_, workload) in objects.iter().filter(|(_, o)| o["kind"] == "Deployment") {
+            let name = kind_and_name(workload).1;
+            let labels = template_labels(workload);
+            let own: Vec<&&Value> = policies
+                .iter()
+                .filter(|p| {
+                    let selector = &p["spec"]["podSelector"];
+                    !selector
+                        .as_mapping()
+                        .is_some_and(serde_norway::Mapping::is_empty)
+                        && selects(selector, &labels)
+                })
+                .collect();
+            assert!(
+                own.iter().any(|p| both(p)),
+                "{kustomization}: no NetworkPolicy of its own selects Deployment/{name}"
+            );
+            let at = format!("{kustomization} Deployment/{name}");
+            let container = &pod_spec(workload).unwrap()["containers"][0];
+            let ports = container_ports(container);
+            let mut egress = BTreeSet::new();
+            for policy in &own {
+                for rule in policy["spec"]
+                    .get("ingress")
+                    .and_then(Value::as_sequence)
+                    .into_iter()
+                    .flatten()
+                {
+                    let allowed = rule_ports(rule)
+                        .unwrap_or_else(|| panic!("{at}: an ingress rule without ports"));
+                    for (_, port) in allowed {
+                        let port = resolve_port(&port, &ports, &at);
+                        assert_eq!(
+                            Some(&port),
+                            ports.get("http"),
+                            "{at}: ingress only to the http port"
+                        );
+                    }
+                    assert!(
+                        rule.get("from").is_some(),
+                        "{at}: an ingress rule from anywhere"
+                    );
+                }
+                for rule in policy["spec"]
+                    .get("egress")
+                    .and_then(Value::as_sequence)
+                    .into_iter()
+                    .flatten()
+                {
+                    let allowed = rule_ports(rule)
+                        .unwrap_or_else(|| panic!("{at}: an egress rule without ports"));
+                    for (protocol, port) in allowed {
+                        egress.insert((protocol, resolve_port(&port, &ports, &at)));
+                    }
+                }
+            }
+            assert!(
+                egress.contains(&("UDP".to_owned(), 53))
+                    && egress.contains(&("TCP".to_owned(), 53)),
+                "{at}: DNS (53 UDP and TCP) is not allowed: {egress:?}"
+            );
+            // Every endpoint the service is configured to reach is reachable.
+            let c = pipeline_containers(kustomization, &objects)
+                .into_iter()
+                .find(|c| kind_and_name(&c.workload).1 == name)
+                .unwrap();
+            for (var, value) in &c.env {
+                let Some((_, Some(port))) = value.as_deref().and_then(url_host_port) else {
+                    continue;
+                };
+                assert!(
+                    egress.contains(&("TCP".to_owned(), port)),
+                    "{at}: {var}={} needs egress to port {port}: {egress:?}",
+                    value.as_deref().unwrap_or_default()
+                );
+            }
+            let wanted: BTreeSet<u16> = c
+                .env
+                .values()
+                .filter_map(|v| v.as_deref().and_then(url_host_port).and_then(|(_, p)| p))
+                .chain([53])
+                .collect();
+            let extra: Vec<_> = egress.iter().filter(|(_, p)| !wanted.contains(p)).collect();
+            assert!(
+                extra.is_empty(),
+                "{at}: egress to ports nothing uses: {extra:?}"
+            );
+        }
+    }
+}
+
+/// Default stream, consumer and bucket names, from libs/messages (the services' defaults), by
+/// constant name.
+fn default_resource_names() -> BTreeMap<String, String> {
     let source = read("libs/messages/src/subjects.rs");
-    let mut names = Vec::new();
-    for module in ["pub mod streams {", "pub mod buckets {"] {
+    let mut names = BTreeMap::new();
+    for module in [
+        "pub mod streams {",
+        "pub mod consumers {",
+        "pub mod buckets {",
+    ] {
         let start = source.find(module).unwrap();
         let body = &source[start..start + source[start..].find("\n}").unwrap()];
-        names.extend(
-            body.lines()
-                .filter(|l| l.trim_start().starts_with("pub const"))
-                .filter_map(|l| l.split('"').nth(1))
-                .map(str::to_owned),
-        );
+        for line in body.lines().map(str::trim_start) {
+            let Some(rest) = line.strip_prefix("pub const ") else {
+                continue;
+            };
+            let constant = rest.split(':').next().unwrap().trim().to_owned();
+            let value = rest.split('"').nth(1).unwrap().to_owned();
+            names.insert(constant, value);
+        }
     }
     names
 }
@@ -1121,7 +1834,8 @@ fn default_resource_names() -> Vec<String> {
 fn nats_cluster_and_jetstream_resources_are_replicated() {
     let values: Value = serde_norway::from_str(&read("deploy/k8s/nats/values.yaml")).unwrap();
     assert_eq!(values["config"]["cluster"]["enabled"].as_bool(), Some(true));
-    assert_eq!(values["config"]["cluster"]["replicas"].as_u64(), Some(3));
+    let cluster = values["config"]["cluster"]["replicas"].as_u64().unwrap();
+    assert_eq!(cluster, 3);
     assert_eq!(
         values["config"]["jetstream"]["enabled"].as_bool(),
         Some(true)
@@ -1130,15 +1844,109 @@ fn nats_cluster_and_jetstream_resources_are_replicated() {
         values["config"]["jetstream"]["fileStore"]["enabled"].as_bool(),
         Some(true)
     );
-    let setup = read("deploy/k8s/nats/jetstream-setup.yaml");
-    let names = default_resource_names();
-    assert!(names.len() >= 8, "{names:?}");
-    for name in names {
-        assert!(
-            setup.contains(&format!("stream {name} "))
-                || setup.contains(&format!("bucket {name} ")),
-            "jetstream-setup.yaml does not create {name}"
-        );
+    // The services create every stream and bucket (nothing is created beforehand), so each
+    // service must ask for the cluster's replica count, and reach the release's service.
+    for (kustomization, objects) in k8s_builds() {
+        for c in pipeline_containers(kustomization, &objects) {
+            assert_eq!(
+                c.env.get("JETSTREAM_REPLICAS").cloned().flatten(),
+                Some(cluster.to_string()),
+                "{}: JETSTREAM_REPLICAS",
+                c.at
+            );
+            let url = c.env.get("NATS_URL").cloned().flatten().unwrap();
+            assert_eq!(
+                url_host_port(&url),
+                Some((
+                    format!("{NATS_RELEASE}.{NATS_NAMESPACE}.svc.cluster.local"),
+                    Some(4222)
+                )),
+                "{}: NATS_URL {url} is not the chart's service in namespace {NATS_NAMESPACE}",
+                c.at
+            );
+        }
     }
-    assert!(setup.contains("--replicas 3"));
+    assert!(
+        default_resource_names().len() >= 10,
+        "{:?}",
+        default_resource_names()
+    );
+    // The server version the tests run against (scripts/ensure-nats.sh).
+    let ensure = read("scripts/ensure-nats.sh");
+    let current = ensure
+        .lines()
+        .find_map(|l| {
+            l.trim()
+                .strip_prefix("current_version=\"${NATS_SERVER_CURRENT_VERSION:-")
+        })
+        .and_then(|rest| rest.split('}').next())
+        .expect("current_version in scripts/ensure-nats.sh");
+    assert_eq!(
+        values["container"]["image"]["tag"].as_str(),
+        Some(format!("{current}-alpine").as_str()),
+        "deploy/k8s/nats/values.yaml runs another nats-server than the tests"
+    );
+}
+
+#[test]
+fn kustomize_model_generates_merges_and_patches() {
+    let dir = std::env::temp_dir().join(format!("compose-kustomize-{}", std::process::id()));
+    let base = dir.join("base");
+    let overlay = dir.join("overlay");
+    std::fs::create_dir_all(&base).unwrap();
+    std::fs::create_dir_all(&overlay).unwrap();
+    std::fs::write(
+        base.join("kustomization.yaml"),
+        "resources: [app.yaml]\nconfigMapGenerator:\n  - name: cfg\n    literals: [A=1, B=x=y]\n",
+    )
+    .unwrap();
+    std::fs::write(
+        base.join("app.yaml"),
+        "apiVersion: apps/v1\nkind: Deployment\nmetadata: {name: app}\nspec:\n  replicas: 2\n  \
+         template:\n    spec:\n      containers:\n        - {name: a, image: i, resources: {limits: {memory: 1Mi}}}\n        - {name: b, image: j}\n",
+    )
+    .unwrap();
+    std::fs::write(
+        overlay.join("kustomization.yaml"),
+        "namespace: ns\nresources: [../base]\nconfigMapGenerator:\n  - name: cfg\n    behavior: merge\n    envs: [extra.env]\npatches:\n  - path: p.yaml\n",
+    )
+    .unwrap();
+    std::fs::write(overlay.join("extra.env"), "# comment\n\nA=2\nC=3\n").unwrap();
+    std::fs::write(
+        overlay.join("p.yaml"),
+        "apiVersion: apps/v1\nkind: Deployment\nmetadata: {name: app}\nspec:\n  template:\n    spec:\n      containers:\n        - {name: a, resources: {requests: {memory: 1Mi}}}\n",
+    )
+    .unwrap();
+    let objects = kustomize(&overlay);
+    std::fs::remove_dir_all(&dir).unwrap();
+    let cm = &objects
+        .iter()
+        .find(|(_, o)| o["kind"] == "ConfigMap")
+        .unwrap()
+        .1;
+    assert_eq!(
+        data_keys(cm).into_iter().collect::<Vec<_>>(),
+        [("A", "2"), ("B", "x=y"), ("C", "3")].map(|(k, v)| (k.to_owned(), v.to_owned()))
+    );
+    let app = &objects
+        .iter()
+        .find(|(_, o)| o["kind"] == "Deployment")
+        .unwrap()
+        .1;
+    let containers = app["spec"]["template"]["spec"]["containers"]
+        .as_sequence()
+        .unwrap();
+    assert_eq!(containers.len(), 2);
+    assert_eq!(
+        containers[0]["resources"]["limits"]["memory"].as_str(),
+        Some("1Mi")
+    );
+    assert_eq!(
+        containers[0]["resources"]["requests"]["memory"].as_str(),
+        Some("1Mi")
+    );
+    assert_eq!(containers[1]["image"].as_str(), Some("j"));
+    assert!(objects
+        .iter()
+        .all(|(_, o)| o["metadata"]["namespace"] == "ns"));
 }
