@@ -296,7 +296,9 @@ impl TokenProvider {
                 if e.is_timeout() {
                     AuthError::Timeout
                 } else {
-                    AuthError::Transport(e.to_string())
+                    // With its causes, which name the TLS failure when the certificate is not
+                    // trusted (reqwest's own text stops at "error sending request").
+                    AuthError::Transport(platform::error::Chain(&e).to_string())
                 }
             })?;
         let status = response.status();

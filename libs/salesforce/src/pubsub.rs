@@ -151,8 +151,13 @@ impl PubSubClient {
             .keep_alive_while_idle(true)
             .tcp_nodelay(true);
         if endpoint.starts_with("https://") {
+            // SF_CA_FILE's CAs on top of the system's, as for the token and REST clients.
+            let mut tls = ClientTlsConfig::new().with_native_roots();
+            if let Some(roots) = &tokens.settings().extra_roots {
+                tls = tls.ca_certificate(roots.tonic_certificate());
+            }
             builder = builder
-                .tls_config(ClientTlsConfig::new().with_native_roots())
+                .tls_config(tls)
                 .map_err(|e| PubSubError::Endpoint(format!("{endpoint}: {e}")))?;
         } else if !endpoint.starts_with("http://") {
             return Err(PubSubError::Endpoint(format!(

@@ -399,9 +399,11 @@ fn classify_transport(err: reqwest::Error) -> RestError {
     if err.is_timeout() {
         RestError::Timeout
     } else if err.is_connect() {
-        RestError::Connect(err.to_string())
+        // With its causes: reqwest's own text stops at "error sending request", and the cause
+        // is what tells an untrusted certificate (SF_CA_FILE) from a refused connection.
+        RestError::Connect(platform::error::Chain(&err).to_string())
     } else {
-        RestError::Transport(err.to_string())
+        RestError::Transport(platform::error::Chain(&err).to_string())
     }
 }
 

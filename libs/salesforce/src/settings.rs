@@ -7,6 +7,8 @@ use platform::config::{ConfigError, Env};
 use secrecy::zeroize::Zeroizing;
 use secrecy::SecretSlice;
 
+use crate::tls::ExtraRoots;
+
 /// Connection settings. The private key is a [`SecretSlice`]: `Debug` never shows it, it is
 /// wiped from memory when dropped, and only the token provider reads it, to sign an assertion
 /// (docs/security.md).
@@ -31,6 +33,9 @@ pub struct SalesforceSettings {
     pub token_max_age: Duration,
     /// `SF_HTTP_TIMEOUT_SECS`: per-request timeout for the token endpoint and REST.
     pub http_timeout: Duration,
+    /// `SF_CA_FILE`: CAs trusted for the token, REST and Pub/Sub endpoints in addition to the
+    /// built-in roots (a TLS-inspecting proxy's, or sf-sim's generated one).
+    pub extra_roots: Option<ExtraRoots>,
 }
 
 impl std::fmt::Debug for SalesforceSettings {
@@ -41,6 +46,7 @@ impl std::fmt::Debug for SalesforceSettings {
             .field("username", &self.username)
             .field("private_key_path", &self.private_key_path)
             .field("api_version", &self.api_version)
+            .field("extra_roots", &self.extra_roots)
             .finish_non_exhaustive()
     }
 }
@@ -78,6 +84,13 @@ impl SalesforceSettings {
                 format!("must look like 62.0, not {api_version:?}"),
             ));
         }
+        let extra_roots = match env.get("SF_CA_FILE") {
+            None => None,
+            Some(path) => Some(
+                ExtraRoots::load(std::path::Path::new(&path))
+                    .map_err(|e| ConfigError::new("SF_CA_FILE", e.to_string()))?,
+            ),
+        };
         Ok(Self {
             login_url,
             client_id,
@@ -87,6 +100,7 @@ impl SalesforceSettings {
             api_version,
             token_max_age: env.secs_or("SF_TOKEN_MAX_AGE_SECS", Duration::from_secs(30 * 60))?,
             http_timeout: env.secs_or("SF_HTTP_TIMEOUT_SECS", Duration::from_secs(20))?,
+            extra_roots,
         })
     }
 }
@@ -141,6 +155,44 @@ mod tests {
         .unwrap_err();
         assert_eq!(err.variable, "SF_PRIVATE_KEY_PATH");
         assert!(!err.to_string().contains("c2VjcmV0"), "{err}");
+        let _ = std::fs::remove_dir_all(dir);
+    }
+
+    #[test]
+    fn the_ca_file_is_read_and_its_problems_named() {
+        let keys = testkit::keys::test_keys();
+        let key = keys.private_key_path.display().to_string();
+        let dir = tempfile_dir();
+        let read = |ca: &str| {
+            SalesforceSettings::from_env(&Env::from_pairs([
+                ("SF_CLIENT_ID", "client"),
+                ("SF_USERNAME", "user@example.com"),
+                ("SF_PRIVATE_KEY_PATH", key.as_str()),
+                ("SF_CA_FILE", ca),
+            ]))
+        };
+        let missing = dir.join("missing-ca.pem").display().to_string();
+        let err = read(&missing).unwrap_err();
+        assert_eq!(err.variable, "SF_CA_FILE");
+        assert!(err.to_string().contains("cannot be read"), "{err}");
+        // A private key where the CA should be: named, and its content not shown.
+        let err = read(&key).unwrap_err();
+        assert_eq!(err.variable, "SF_CA_FILE");
+        assert!(err.to_string().contains("no PEM certificate"), "{err}");
+        let body_line = keys.private_pem.lines().nth(1).unwrap();
+        assert!(!err.to_string().contains(body_line), "{err}");
+
+        let mut params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+        params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+        let ca = params
+            .self_signed(&rcgen::KeyPair::generate().unwrap())
+            .unwrap()
+            .pem();
+        let path = dir.join("ca.pem");
+        std::fs::write(&path, ca).unwrap();
+        let settings = read(&path.display().to_string()).unwrap();
+        assert_eq!(settings.extra_roots.as_ref().map(ExtraRoots::len), Some(1));
+        assert!(format!("{settings:?}").contains("ca.pem"));
         let _ = std::fs::remove_dir_all(dir);
     }
 

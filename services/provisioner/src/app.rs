@@ -133,7 +133,8 @@ impl App {
             metrics.journal_writes.clone(),
         );
 
-        let http_client = reqwest::Client::builder()
+        // Also WHMCS's client: SF_CA_FILE's CAs are only added trust, never a restriction.
+        let http_client = salesforce::http_client_builder(&settings.salesforce)
             .pool_max_idle_per_host(settings.concurrency.max(8))
             .build()
             .map_err(|e| AppError::HttpClient(e.to_string()))?;

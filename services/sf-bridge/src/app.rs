@@ -125,7 +125,7 @@ impl App {
 
         let client = match &settings.salesforce {
             Some(sf) if settings.events_enabled => {
-                let http_client = reqwest::Client::builder()
+                let http_client = salesforce::http_client_builder(sf)
                     .timeout(sf.http_timeout)
                     .build()
                     .map_err(|e| std::io::Error::other(e.to_string()))?;

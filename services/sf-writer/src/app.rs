@@ -110,7 +110,7 @@ impl App {
                 .with_metrics(replica_metrics);
         let (applied_kv, consumer) = ensure_resources(&resources, &settings, cancel).await?;
 
-        let http_client = reqwest::Client::builder()
+        let http_client = salesforce::http_client_builder(&settings.salesforce)
             .pool_max_idle_per_host(settings.concurrency.max(4))
             .build()
             .map_err(|e| AppError::HttpClient(e.to_string()))?;
