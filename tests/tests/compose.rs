@@ -1374,11 +1374,7 @@ fn k8s_references_resolve() {
                 "PodDisruptionBudget" | "Service" | "NetworkPolicy" => {
                     let selector = match kind.as_str() {
                         "PodDisruptionBudget" => object["spec"]["selector"].clone(),
-                        "Service" => {
-                            let mut s = Value::Mapping(serde_norway::Mapping::new());
-                            s["matchLabels"] = object["spec"]["selector"].clone();
-                            s
-                        }
+                        "Service" => service_selector(object),
                         _ => object["spec"]["podSelector"].clone(),
                     };
                     let empty = selector
@@ -1400,11 +1396,7 @@ fn k8s_references_resolve() {
                     let target = &port["targetPort"];
                     let backing = workloads
                         .iter()
-                        .filter(|w| {
-                            let mut s = Value::Mapping(serde_norway::Mapping::new());
-                            s["matchLabels"] = object["spec"]["selector"].clone();
-                            selects(&s, &template_labels(w))
-                        })
+                        .filter(|w| selects(&service_selector(object), &template_labels(w)))
                         .flat_map(|w| pod_spec(w).unwrap()["containers"].as_sequence().unwrap())
                         .any(|c| match target {
                             Value::String(named) => container_ports(c).contains_key(named),
@@ -1417,6 +1409,13 @@ fn k8s_references_resolve() {
             }
         }
     }
+}
+
+/// A Service's plain label map as a label selector.
+fn service_selector(service: &Value) -> Value {
+    let mut selector = Value::Mapping(serde_norway::Mapping::new());
+    selector["matchLabels"] = service["spec"]["selector"].clone();
+    selector
 }
 
 fn read_path(path: &Path) -> String {
@@ -1890,9 +1889,9 @@ fn nats_cluster_and_jetstream_resources_are_replicated() {
 
 #[test]
 fn kustomize_model_generates_merges_and_patches() {
-    let dir = std::env::temp_dir().join(format!("compose-kustomize-{}", std::process::id()));
-    let base = dir.join("base");
-    let overlay = dir.join("overlay");
+    let dir = tempfile::tempdir().unwrap();
+    let base = dir.path().join("base");
+    let overlay = dir.path().join("overlay");
     std::fs::create_dir_all(&base).unwrap();
     std::fs::create_dir_all(&overlay).unwrap();
     std::fs::write(
@@ -1918,7 +1917,6 @@ fn kustomize_model_generates_merges_and_patches() {
     )
     .unwrap();
     let objects = kustomize(&overlay);
-    std::fs::remove_dir_all(&dir).unwrap();
     let cm = &objects
         .iter()
         .find(|(_, o)| o["kind"] == "ConfigMap")
