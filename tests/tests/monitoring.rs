@@ -308,6 +308,32 @@ fn metric_names(expr: &str) -> Result<BTreeSet<String>, String> {
     }
 }
 
+/// The metric names `expr` tests with `absent()`: a healthy process must export them from its
+/// start, or the alert fires on a fresh deployment.
+fn absent_names(expr: &str) -> BTreeSet<String> {
+    struct Absent(BTreeSet<String>);
+    impl ExprVisitor for Absent {
+        type Error = std::convert::Infallible;
+        fn pre_visit(&mut self, expr: &Expr) -> Result<bool, Self::Error> {
+            if let Expr::Call(call) = expr {
+                if matches!(call.func.name, "absent" | "absent_over_time") {
+                    for arg in &call.args.args {
+                        let mut selectors = Selectors::default();
+                        let Ok(_) = walk_expr(&mut selectors, arg);
+                        self.0.extend(selectors.names);
+                    }
+                }
+            }
+            Ok(true)
+        }
+    }
+    let mut absent = Absent(BTreeSet::new());
+    if let Ok(ast) = parser::parse(expr) {
+        let Ok(_) = walk_expr(&mut absent, &ast);
+    }
+    absent.0
+}
+
 /// What is wrong with `expr` against the `exported` names: an unknown metric, a parse error.
 fn check_expr(expr: &str, exported: &BTreeSet<String>) -> Result<(), String> {
     let unknown: Vec<String> = metric_names(expr)?
@@ -448,6 +474,21 @@ async fn rules_and_dashboard_name_only_metrics_the_services_export() {
             );
         }
     }
+    // What the absent() alerts look for is there before any traffic.
+    let from_start = union_of_names(&fresh);
+    let absent: BTreeSet<String> = exprs
+        .iter()
+        .flat_map(|(_, expr)| absent_names(expr))
+        .collect();
+    assert!(
+        absent.contains("sf_bridge_leader"),
+        "the no-leader alert tests absent(sf_bridge_leader): {absent:?}"
+    );
+    let missing: Vec<&String> = absent.difference(&from_start).collect();
+    assert!(
+        missing.is_empty(),
+        "absent() of {missing:?}, which a fresh service does not export: the alert would fire"
+    );
     pipeline.exercise().await;
     // The dead letters are counted after the test's last step; wait for every family the
     // expressions use, and report the ones that never appear.
@@ -514,6 +555,12 @@ fn an_unknown_metric_or_an_unparsable_expression_is_reported() {
         .is_err_and(|e| e.contains("without a metric name")));
     assert!(check_expr("sum(rate(sf_bridge_leader[5m]", &exported)
         .is_err_and(|e| e.contains("does not parse")));
+    assert_eq!(
+        absent_names(
+            "max(sf_bridge_leader) < 1 or absent(sf_bridge_leader) or absent(up{job=\"x\"})"
+        ),
+        ["sf_bridge_leader", "up"].map(str::to_owned).into()
+    );
     // Grafana's variables are replaced before parsing.
     assert_eq!(
         check_expr(
