@@ -14,6 +14,9 @@ cd "$(dirname "$0")/.."
 if [ "${CI:-}" = true ]; then export CARGO_INCREMENTAL=0; fi
 
 eval "$(scripts/ensure-nats.sh)"
+# promtool for the alert rules' checks in tests/tests/monitoring.rs (required there when set).
+eval "$(scripts/ensure-promtool.sh)"
+export PROMTOOL
 echo "nats-server (Debian):  $("$NATS_SERVER_DEBIAN" --version)"
 echo "nats-server (current): $("$NATS_SERVER_CURRENT" --version)"
 

@@ -2,8 +2,9 @@
 # Checks the alerting rules with Prometheus' own tool: `promtool check rules` (syntax, PromQL,
 # templates) and `promtool test rules` (rules.test.yml: each alert fires on the series it is
 # for, and the no-leader alert also when no sf-bridge is scraped at all). Needs promtool
-# (Debian: apt-get install prometheus). tests/tests/monitoring.rs runs it when promtool is there.
+# (on PATH, or PROMTOOL=<path>; scripts/ensure-promtool.sh provides one). tests/tests/monitoring.rs
+# runs it, always under scripts/test.sh.
 set -euo pipefail
 cd "$(dirname "$0")"
-promtool check rules rules.yml
-promtool test rules rules.test.yml
+"${PROMTOOL:-promtool}" check rules rules.yml
+"${PROMTOOL:-promtool}" test rules rules.test.yml
