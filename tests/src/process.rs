@@ -198,3 +198,38 @@ pub fn workspace_binaries(names: &[&str]) -> Vec<PathBuf> {
         })
         .collect()
 }
+
+/// The port a service bound for `HTTP_ADDR=127.0.0.1:0`, from its start-up line in a JSON log
+/// (`LOG_FORMAT=json`): only the process knows it, and asking for port 0 leaves no window in
+/// which another process could take a port picked beforehand.
+pub fn http_port(log: &str) -> Option<u16> {
+    log.lines()
+        .filter_map(|line| serde_json::from_str::<serde_json::Value>(line).ok())
+        .find(|line| line["message"] == "Serving /health, /livez and /metrics.")
+        .and_then(|line| {
+            line["local_addr"]
+                .as_str()?
+                .rsplit_once(':')?
+                .1
+                .parse()
+                .ok()
+        })
+}
+
+/// Waits (up to `wait`) for `service` to report its HTTP port ([`http_port`]); panics with its
+/// log when it exits first or never does.
+pub async fn wait_http_port(
+    name: &str,
+    service: &mut ChildProcess,
+    wait: std::time::Duration,
+) -> u16 {
+    crate::wait::until(&format!("{name}'s listener"), wait, || {
+        let exited = service.has_exited();
+        let log = service.log();
+        async move {
+            assert!(!exited, "{name} exited:\n{log}");
+            http_port(&log)
+        }
+    })
+    .await
+}

@@ -85,22 +85,6 @@ fn exported_names(text: &str) -> BTreeSet<String> {
     names
 }
 
-/// The port of the service's `/metrics` listener, from its JSON log line (`HTTP_ADDR` is
-/// `127.0.0.1:0`, so only the process knows it).
-fn http_port(log: &str) -> Option<u16> {
-    log.lines()
-        .filter_map(|line| serde_json::from_str::<Value>(line).ok())
-        .find(|line| line["message"] == "Serving /health, /livez and /metrics.")
-        .and_then(|line| {
-            line["local_addr"]
-                .as_str()?
-                .rsplit_once(':')?
-                .1
-                .parse()
-                .ok()
-        })
-}
-
 const SERVICES: [&str; 3] = ["sf-bridge", "provisioner", "sf-writer"];
 
 /// The three services as processes against a real nats-server and the simulators.
@@ -146,16 +130,7 @@ impl Pipeline {
             .collect();
         let mut ports = Vec::new();
         for (name, service) in SERVICES.iter().zip(services.iter_mut()) {
-            let port = testkit::wait::until(&format!("{name}'s listener"), WAIT, || {
-                let exited = service.has_exited();
-                let log = service.log();
-                async move {
-                    assert!(!exited, "{name} exited:\n{log}");
-                    http_port(&log)
-                }
-            })
-            .await;
-            ports.push(port);
+            ports.push(testkit::process::wait_http_port(name, service, WAIT).await);
         }
         Self {
             nats,
@@ -492,7 +467,7 @@ async fn rules_and_dashboard_name_only_metrics_the_services_export() {
     pipeline.exercise().await;
     // The dead letters are counted after the test's last step; wait for every family the
     // expressions use, and report the ones that never appear.
-    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    let deadline = std::time::Instant::now() + WAIT;
     let (scraped, exported) = loop {
         let scraped = pipeline.scrape().await;
         let exported = union_of_names(&scraped);

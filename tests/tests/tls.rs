@@ -14,7 +14,7 @@ use std::time::Duration;
 mod support;
 
 use sf_sim::{SfSim, SimConfig};
-use testkit::nats::{free_port, NatsServer};
+use testkit::nats::NatsServer;
 use testkit::process::ChildProcess;
 use whmcs_sim::{WhmcsSim, WhmcsSimConfig};
 
@@ -72,13 +72,12 @@ impl Stack {
         testkit::stack::env(env.into_iter().chain(extra))
     }
 
-    fn bridge_env(&self, trust: bool, http_port: u16) -> HashMap<String, String> {
+    fn bridge_env(&self, trust: bool) -> HashMap<String, String> {
         self.env(
             trust,
             &[
                 ("SF_PUBSUB_ENDPOINT", self.sf.pubsub_url()),
                 ("SF_EVENTS_REPLAY", "ALL".to_owned()),
-                ("HTTP_ADDR", format!("127.0.0.1:{http_port}")),
             ],
         )
     }
@@ -107,8 +106,8 @@ async fn one_order_over_tls_with_sf_ca_file_and_none_without() {
 
     // Without SF_CA_FILE the bridge knows only the system's roots, which do not hold sf-sim's
     // CA: the token request's handshake fails, and says so.
-    let port = free_port();
-    let mut untrusting = ChildProcess::spawn(&bin(0), &stack.bridge_env(false, port));
+    let mut untrusting = ChildProcess::spawn(&bin(0), &stack.bridge_env(false));
+    let port = testkit::process::wait_http_port("sf-bridge", &mut untrusting, WAIT).await;
     let deadline = std::time::Instant::now() + WAIT;
     let reason = loop {
         if let Some(reason) = salesforce_down_reason(port).await {
@@ -136,9 +135,8 @@ async fn one_order_over_tls_with_sf_ca_file_and_none_without() {
     // With it, the whole flow.
     let order = support::seed_good_order(&stack.sf, &stack.whmcs, "Acme TLS Ltd");
     let mut writes = stack.sf.state().watch_order_writes();
-    let bridge_port = free_port();
     let mut services = vec![
-        ChildProcess::spawn(&bin(0), &stack.bridge_env(true, bridge_port)),
+        ChildProcess::spawn(&bin(0), &stack.bridge_env(true)),
         ChildProcess::spawn(
             &bin(1),
             &stack.env(
@@ -156,6 +154,7 @@ async fn one_order_over_tls_with_sf_ca_file_and_none_without() {
             &stack.env(true, &[("SF_WRITER_SHUTDOWN_GRACE_SECS", "5".to_owned())]),
         ),
     ];
+    let bridge_port = testkit::process::wait_http_port("sf-bridge", &mut services[0], WAIT).await;
     stack.sf.state().approve_order(&order).expect("approve");
     let logs = |services: &[ChildProcess]| {
         services

@@ -133,16 +133,21 @@ impl App {
             metrics.journal_writes.clone(),
         );
 
-        // Also WHMCS's client: SF_CA_FILE's CAs are only added trust, never a restriction.
-        let http_client = salesforce::http_client_builder(&settings.salesforce)
-            .pool_max_idle_per_host(settings.concurrency.max(8))
+        // One pool per peer: SF_CA_FILE's CAs are trusted for Salesforce only, never for WHMCS.
+        let idle_per_host = settings.concurrency.max(8);
+        let salesforce_http = salesforce::http_client_builder(&settings.salesforce)
+            .pool_max_idle_per_host(idle_per_host)
             .build()
             .map_err(|e| AppError::HttpClient(e.to_string()))?;
-        let tokens = TokenProvider::new(settings.salesforce.clone(), http_client.clone());
-        let salesforce = RestClient::new(http_client.clone(), tokens)
+        let whmcs_http = reqwest::Client::builder()
+            .pool_max_idle_per_host(idle_per_host)
+            .build()
+            .map_err(|e| AppError::HttpClient(e.to_string()))?;
+        let tokens = TokenProvider::new(settings.salesforce.clone(), salesforce_http.clone());
+        let salesforce = RestClient::new(salesforce_http, tokens)
             .with_metrics(metrics.salesforce_api.clone())
             .with_limit_usage(metrics.salesforce_limit.clone());
-        let whmcs = whmcs::WhmcsClient::with_http(settings.whmcs.clone(), http_client)
+        let whmcs = whmcs::WhmcsClient::with_http(settings.whmcs.clone(), whmcs_http)
             .with_metrics(metrics.whmcs_api.clone());
         let publisher = Publisher::new(js.clone());
         let deadletter = DeadLetters::new(js.clone(), crate::job::SERVICE);
