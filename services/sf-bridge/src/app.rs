@@ -1,5 +1,5 @@
-//! Wiring of sf-bridge: NATS resources, the HTTP listener, and the leadership loop that runs the
-//! ingest while this replica holds the lease.
+//! Wiring of sf-bridge: NATS resources, the HTTP listener, and the ingest run under the lease
+//! ([`Lease::lead`]) while this replica holds it.
 //!
 //! Shutdown order (on cancel): the ingest stops reading from Salesforce, settles the publishes in
 //! flight and stores the cursor; the lease is released so a standby takes over at once; NATS is
@@ -38,6 +38,8 @@ pub enum AppError {
     Nats(#[from] platform::nats::NatsError),
     #[error("cannot bind the HTTP listener: {0}")]
     Http(#[from] std::io::Error),
+    #[error("cannot build the Salesforce HTTP client")]
+    HttpClient(#[source] reqwest::Error),
     #[error(transparent)]
     PubSub(#[from] salesforce::pubsub::PubSubError),
     #[error("stopped before NATS became available")]
@@ -115,9 +117,10 @@ impl App {
         let cursor = CursorStore::new(cursor_kv, &settings.channel, &settings.instance_id);
         let lease = Lease::new(
             lease_kv,
-            &settings.channel,
-            &settings.instance_id,
-            settings.lease_ttl,
+            &settings,
+            supervisor.clone(),
+            status.clone(),
+            metrics.is_leader.clone(),
         );
         if let Ok(Some(stored)) = cursor.load().await {
             status.set_cursor(stored.view());
@@ -128,7 +131,7 @@ impl App {
                 let http_client = salesforce::http_client_builder(sf)
                     .timeout(sf.http_timeout)
                     .build()
-                    .map_err(|e| std::io::Error::other(e.to_string()))?;
+                    .map_err(AppError::HttpClient)?;
                 let tokens = TokenProvider::new(sf.clone(), http_client);
                 Some(Arc::new(PubSubClient::new(
                     &settings.pubsub_endpoint,
@@ -179,7 +182,18 @@ impl App {
                 self.status.set_state(SubscriptionState::Disabled);
                 cancel.cancelled().await;
             }
-            Some(client) => self.lead_or_stand_by(client, &cancel).await,
+            Some(client) => {
+                let ingest = Ingest::new(
+                    self.settings.clone(),
+                    client,
+                    self.nats.clone(),
+                    self.cursor.clone(),
+                    self.status.clone(),
+                    self.metrics.clone(),
+                    self.health.clone(),
+                );
+                self.lease.lead(&cancel, |stop| ingest.run(stop)).await;
+            }
         }
         if let Err(err) =
             platform::nats::flush_with_deadline(&self.nats, platform::nats::SHUTDOWN_FLUSH_DEADLINE)
@@ -192,75 +206,6 @@ impl App {
         self.supervisor.result()?;
         tracing::info!("sf-bridge stopped.");
         Ok(())
-    }
-
-    async fn lead_or_stand_by(&self, client: Arc<PubSubClient>, cancel: &CancellationToken) {
-        let ingest = Ingest::new(
-            self.settings.clone(),
-            client,
-            self.nats.clone(),
-            self.cursor.clone(),
-            self.status.clone(),
-            self.metrics.clone(),
-            self.health.clone(),
-        );
-        let mut announced_standby = false;
-        while !cancel.is_cancelled() {
-            match self.lease.try_acquire().await {
-                Ok(Some(revision)) => {
-                    announced_standby = false;
-                    tracing::info!(instance_id = %self.settings.instance_id, channel = %self.settings.channel, "Acquired the subscription lease; this replica is the active subscriber.");
-                    self.metrics.is_leader.set(1);
-                    let lost = CancellationToken::new();
-                    let release = CancellationToken::new();
-                    let lease = self.lease.clone();
-                    // Supervised: a keeper that panics would leave the ingest running without
-                    // renewing the lease, and a standby would start a second subscription. Its
-                    // death cancels the root token, which stops the ingest below.
-                    let holder = self.supervisor.spawn_finite("lease-keeper", {
-                        let (release, lost) = (release.clone(), lost.clone());
-                        async move { lease.hold(revision, release, lost).await }
-                    });
-                    let stop = CancellationToken::new();
-                    let watcher = tokio::spawn({
-                        let (stop, cancel, lost) = (stop.clone(), cancel.clone(), lost.clone());
-                        async move {
-                            tokio::select! {
-                                () = cancel.cancelled() => {}
-                                () = lost.cancelled() => {}
-                            }
-                            stop.cancel();
-                        }
-                    });
-                    ingest.run(stop).await;
-                    watcher.abort();
-                    release.cancel();
-                    let _ = holder.await;
-                    self.metrics.is_leader.set(0);
-                }
-                Ok(None) => {
-                    if !announced_standby {
-                        let holder = self.lease.holder().await.unwrap_or_default();
-                        tracing::info!(leader = %holder, "Another replica holds the subscription lease; standing by.");
-                        announced_standby = true;
-                    }
-                    self.status.set_state(SubscriptionState::Standby);
-                    self.wait(cancel, self.lease.poll_interval()).await;
-                }
-                Err(err) => {
-                    tracing::warn!(error = %err, "Cannot reach the lease bucket; retrying.");
-                    self.status.set_state(SubscriptionState::Backoff);
-                    self.wait(cancel, self.lease.poll_interval()).await;
-                }
-            }
-        }
-    }
-
-    async fn wait(&self, cancel: &CancellationToken, delay: Duration) {
-        tokio::select! {
-            () = cancel.cancelled() => {}
-            () = tokio::time::sleep(delay) => {}
-        }
     }
 }
 
