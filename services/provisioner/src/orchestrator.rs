@@ -143,6 +143,26 @@ pub struct Finished {
     pub step: Step,
 }
 
+impl Step {
+    /// The job ends at this step with `result`.
+    fn ends(self, result: JobResult) -> Finished {
+        Finished { result, step: self }
+    }
+}
+
+/// Why the sequence of steps stopped before activating: the job ended at a step (with its
+/// result, to be recorded and reported), or it lost its journal entry (nothing to report).
+enum Stop {
+    Finished(Finished),
+    Lost(JobLost),
+}
+
+impl From<Finished> for Stop {
+    fn from(finished: Finished) -> Self {
+        Self::Finished(finished)
+    }
+}
+
 pub struct Orchestrator {
     pub catalog: crate::catalog::Catalog,
     pub salesforce: RestClient,
@@ -170,116 +190,125 @@ impl Orchestrator {
         job: &JobJournal,
         previous: Option<&JobRecord>,
     ) -> Result<Finished, JobLost> {
-        let order = match self
-            .step(
-                Step::OrderDetails,
-                job,
-                self.order_reader.read(&request.order_id),
-            )
+        match self.steps(request, job, previous).await {
+            Ok(finished) | Err(Stop::Finished(finished)) => Ok(finished),
+            Err(Stop::Lost(lost)) => Err(lost),
+        }
+    }
+
+    /// The steps in order; the first that ends the job (a failure, a skip, a lost entry) stops
+    /// the sequence, and only a job that passed them all is activated.
+    async fn steps(
+        &self,
+        request: &ProvisioningRequestedV1,
+        job: &JobJournal,
+        previous: Option<&JobRecord>,
+    ) -> Result<Finished, Stop> {
+        let order = self.order_details(request, job).await?;
+        self.guard(&order, job).await?;
+        let (client_id, items) = self.mapping(&order, job).await?;
+        let payment_method = self.payment_method_step(client_id, job).await?;
+        let (whmcs_order_id, service_ids, invoice_id) = self
+            .whmcs_create(request, job, previous, client_id, &payment_method, &items)
+            .await?;
+        self.whmcs_accept(whmcs_order_id, job).await?;
+        Ok(Finished {
+            result: JobResult::Activated {
+                whmcs_order_id,
+                service_ids,
+                invoice_id,
+            },
+            step: Step::WhmcsAccept,
+        })
+    }
+
+    async fn order_details(
+        &self,
+        request: &ProvisioningRequestedV1,
+        job: &JobJournal,
+    ) -> Result<SfOrder, Finished> {
+        let step = Step::OrderDetails;
+        match self
+            .step(step, job, self.order_reader.read(&request.order_id))
             .await
         {
-            Ok(Some(order)) => order,
+            Ok(Some(order)) => Ok(order),
             // No such Order (deleted, or an id of another object or none at all in a hand-made
             // message): it is not Activating, so the guard's answer applies, and nothing is
             // written to Salesforce for it (a Failed update would be a write for a record that
             // does not exist).
-            Ok(None) => {
-                return Ok(Finished {
-                    result: JobResult::Skipped {
-                        reason: format!("Order {} not found in Salesforce", request.order_id),
-                    },
-                    step: Step::OrderDetails,
-                })
-            }
-            Err(err) => {
-                return Ok(Finished {
-                    result: JobResult::failed(err.contract_code(), err.to_string()),
-                    step: Step::OrderDetails,
-                })
-            }
-        };
+            Ok(None) => Err(step.ends(JobResult::Skipped {
+                reason: format!("Order {} not found in Salesforce", request.order_id),
+            })),
+            Err(err) => Err(step.ends(JobResult::failed(err.contract_code(), err.to_string()))),
+        }
+    }
 
+    /// Only an Order whose activation is requested is provisioned; any other is skipped.
+    async fn guard(&self, order: &SfOrder, job: &JobJournal) -> Result<(), Finished> {
         let status = order.activation_status.as_deref().unwrap_or("");
-        let guard_passed = self
+        let passed = self
             .step(Step::Guard, job, async { status == "Activating" })
             .await;
-        if !guard_passed {
-            let reason = format!(
-                "Activation_Status__c is {:?}, not Activating",
-                order.activation_status
-            );
-            return Ok(Finished {
-                result: JobResult::Skipped { reason },
-                step: Step::Guard,
-            });
+        if passed {
+            return Ok(());
         }
+        let reason = format!(
+            "Activation_Status__c is {:?}, not Activating",
+            order.activation_status
+        );
+        Err(Step::Guard.ends(JobResult::Skipped { reason }))
+    }
 
-        let (client_id, items) = match self
-            .step(Step::Mapping, job, async {
-                let (client_id, items) = map_order(&order)?;
-                self.check_products(&items).await?;
-                Ok((client_id, items))
-            })
+    async fn mapping(
+        &self,
+        order: &SfOrder,
+        job: &JobJournal,
+    ) -> Result<(u64, Vec<MappedItem>), Finished> {
+        self.step(Step::Mapping, job, async {
+            let (client_id, items) = map_order(order)?;
+            self.check_products(&items).await?;
+            Ok((client_id, items))
+        })
+        .await
+        .map_err(|result| Step::Mapping.ends(result))
+    }
+
+    async fn payment_method_step(
+        &self,
+        client_id: u64,
+        job: &JobJournal,
+    ) -> Result<String, Finished> {
+        self.step(Step::PaymentMethod, job, self.payment_method(client_id))
             .await
-        {
-            Ok(mapped) => mapped,
-            Err(result) => {
-                return Ok(Finished {
-                    result,
-                    step: Step::Mapping,
-                })
-            }
-        };
-        let payment_method = match self
-            .step(Step::PaymentMethod, job, self.payment_method(client_id))
-            .await
-        {
-            Ok(gateway) => gateway,
-            Err(result) => {
-                return Ok(Finished {
-                    result,
-                    step: Step::PaymentMethod,
-                })
-            }
-        };
+            .map_err(|result| Step::PaymentMethod.ends(result))
+    }
 
-        let created = self
-            .step(
-                Step::WhmcsCreate,
-                job,
-                self.create_order(request, job, previous, client_id, &payment_method, &items),
-            )
-            .await;
-        let (whmcs_order_id, service_ids, invoice_id) = match created {
-            Ok(created) => created,
-            Err(CreateFailure::Failed(result)) => {
-                return Ok(Finished {
-                    result,
-                    step: Step::WhmcsCreate,
-                })
-            }
-            Err(CreateFailure::Lost(lost)) => return Err(lost),
-        };
-
-        Ok(
-            match self
-                .step(Step::WhmcsAccept, job, self.accept_order(whmcs_order_id))
-                .await
-            {
-                Ok(()) => Finished {
-                    result: JobResult::Activated {
-                        whmcs_order_id,
-                        service_ids,
-                        invoice_id,
-                    },
-                    step: Step::WhmcsAccept,
-                },
-                Err(result) => Finished {
-                    result,
-                    step: Step::WhmcsAccept,
-                },
-            },
+    async fn whmcs_create(
+        &self,
+        request: &ProvisioningRequestedV1,
+        job: &JobJournal,
+        previous: Option<&JobRecord>,
+        client_id: u64,
+        payment_method: &str,
+        items: &[MappedItem],
+    ) -> Result<(u64, Vec<u64>, Option<u64>), Stop> {
+        self.step(
+            Step::WhmcsCreate,
+            job,
+            self.create_order(request, job, previous, client_id, payment_method, items),
         )
+        .await
+        .map_err(|failure| match failure {
+            CreateFailure::Failed(result) => Stop::Finished(Step::WhmcsCreate.ends(result)),
+            CreateFailure::Lost(lost) => Stop::Lost(lost),
+        })
+    }
+
+    async fn whmcs_accept(&self, whmcs_order_id: u64, job: &JobJournal) -> Result<(), Finished> {
+        self.step(Step::WhmcsAccept, job, self.accept_order(whmcs_order_id))
+            .await
+            .map_err(|result| Step::WhmcsAccept.ends(result))
     }
 
     /// Runs one step inside its span, logging its duration and recording it in the metrics.
