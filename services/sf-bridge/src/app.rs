@@ -36,7 +36,7 @@ use crate::status::{BridgeStatus, SubscriptionState};
 pub enum AppError {
     #[error(transparent)]
     Nats(#[from] platform::nats::NatsError),
-    #[error("cannot bind the HTTP listener: {0}")]
+    #[error("cannot bind the HTTP listener")]
     Http(#[from] std::io::Error),
     #[error("cannot build the Salesforce HTTP client")]
     HttpClient(#[source] reqwest::Error),

@@ -45,33 +45,73 @@ pub(super) struct Acked {
 
 pub(super) type AckFuture = Pin<Box<dyn Future<Output = Acked> + Send>>;
 
+/// One session's publishes in flight, in arrival order, and the cursor progress their acks
+/// allow: an ack moves the cursor only once every earlier one has arrived.
+pub(super) struct AckWindow {
+    in_flight: FuturesOrdered<AckFuture>,
+    progress: CursorProgress,
+}
+
+impl AckWindow {
+    /// A window that starts from the stored cursor's replay id (`None` when there is none).
+    pub(super) fn new(saved: Option<Vec<u8>>) -> Self {
+        Self {
+            in_flight: FuturesOrdered::new(),
+            progress: CursorProgress::new(saved),
+        }
+    }
+
+    pub(super) fn len(&self) -> usize {
+        self.in_flight.len()
+    }
+
+    pub(super) fn is_empty(&self) -> bool {
+        self.in_flight.is_empty()
+    }
+
+    pub(super) fn push(&mut self, ack: AckFuture) {
+        self.in_flight.push_back(ack);
+    }
+
+    /// The oldest publish's ack; `None` at once when nothing is in flight.
+    pub(super) async fn next(&mut self) -> Option<Acked> {
+        self.in_flight.next().await
+    }
+
+    /// Whether the cursor is due to be written: the window emptied, or `interval` has passed
+    /// since the last write.
+    pub(super) fn flush_due(&self, interval: Duration) -> bool {
+        self.in_flight.is_empty() || self.progress.flush_due(interval)
+    }
+
+    /// Moves the cursor to a keepalive's `latest_replay_id`, only with nothing in flight (an
+    /// event in flight lies before it). Whether there is something to write.
+    pub(super) fn advance_to_keepalive(&mut self, latest_replay_id: &[u8]) -> bool {
+        self.progress
+            .advance_to_keepalive(latest_replay_id, self.in_flight.is_empty())
+    }
+}
+
 impl Ingest {
     /// Settles what is in flight (up to 10 s). After a failed ack nothing moves the cursor any
     /// more ([`CursorProgress`]), but the later acks are still awaited: their events are stored
     /// (and counted), and a refused event's dead letter is still written.
-    pub(super) async fn drain(
-        &self,
-        in_flight: &mut FuturesOrdered<AckFuture>,
-        progress: &mut CursorProgress,
-    ) {
+    pub(super) async fn drain(&self, window: &mut AckWindow) {
         let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
-        while let Ok(Some(acked)) = tokio::time::timeout_at(deadline, in_flight.next()).await {
+        while let Ok(Some(acked)) = tokio::time::timeout_at(deadline, window.next()).await {
             // A failure is logged by on_ack and halts the cursor; the session is ending anyway.
-            let _ = self.on_ack(acked, progress);
+            let _ = self.on_ack(acked, window);
         }
-        if !in_flight.is_empty() {
+        if !window.is_empty() {
             tracing::warn!(
-                unsettled = in_flight.len(),
+                unsettled = window.len(),
                 "Publishes still unacknowledged after 10 s; the cursor stays before them."
             );
         }
     }
 
-    pub(super) fn on_ack(
-        &self,
-        acked: Acked,
-        progress: &mut CursorProgress,
-    ) -> Result<(), SessionError> {
+    pub(super) fn on_ack(&self, acked: Acked, window: &mut AckWindow) -> Result<(), SessionError> {
+        let progress = &mut window.progress;
         let Acked { entry, result } = acked;
         let _entered = entry.span.enter();
         let ack = match result {
@@ -146,10 +186,9 @@ impl Ingest {
         Ok(())
     }
 
-    pub(super) async fn flush_cursor(
-        &self,
-        progress: &mut CursorProgress,
-    ) -> Result<(), SessionError> {
+    /// Writes the position the acks reached, when it moved since the last write.
+    pub(super) async fn flush_cursor(&self, window: &mut AckWindow) -> Result<(), SessionError> {
+        let progress = &mut window.progress;
         let Some(position) = progress.take_unsaved() else {
             return Ok(());
         };

@@ -3,17 +3,15 @@
 
 use std::time::Duration;
 
-use futures::stream::FuturesOrdered;
-use futures::StreamExt;
 use platform::backoff::Backoff;
 use platform::error::Chain;
 use salesforce::pubsub::ReplayStart;
 use tokio_util::sync::CancellationToken;
 
-use super::ack_window::AckFuture;
+use super::ack_window::AckWindow;
 use super::{Ingest, SessionError};
 use crate::config::InitialReplay;
-use crate::cursor::{CursorProgress, CursorRead};
+use crate::cursor::CursorRead;
 use crate::status::SubscriptionState;
 
 /// How a session ended without an error.
@@ -143,12 +141,12 @@ impl Ingest {
             return Err(SessionError::NatsDown);
         }
         let stored = self.cursor.read().await?;
-        let mut progress = match &stored {
+        let mut window = match &stored {
             CursorRead::Valid { cursor, replay_id } => {
                 self.status.set_cursor(cursor.view());
-                CursorProgress::new(Some(replay_id.clone()))
+                AckWindow::new(Some(replay_id.clone()))
             }
-            CursorRead::Absent | CursorRead::Unreadable(_) => CursorProgress::new(None),
+            CursorRead::Absent | CursorRead::Unreadable(_) => AckWindow::new(None),
         };
         let start = self.replay_start(&stored, fallback_to_earliest);
         let batch = self.settings.batch;
@@ -158,21 +156,20 @@ impl Ingest {
             .subscribe(&self.settings.channel, &start, batch as i32)
             .await?;
         let mut outstanding = batch;
-        let mut in_flight: FuturesOrdered<AckFuture> = FuturesOrdered::new();
         let mut idle_deadline = tokio::time::Instant::now() + self.settings.stream_idle_timeout;
 
         let result = loop {
-            self.metrics.in_flight.set(in_flight.len() as i64);
+            self.metrics.in_flight.set(window.len() as i64);
             tokio::select! {
                 biased;
                 () = stop.cancelled() => break Ok(SessionEnd::Stopped),
-                Some(acked) = in_flight.next(), if !in_flight.is_empty() => {
-                    if let Err(err) = self.on_ack(acked, &mut progress) {
+                Some(acked) = window.next(), if !window.is_empty() => {
+                    if let Err(err) = self.on_ack(acked, &mut window) {
                         break Err(err);
                     }
-                    if in_flight.is_empty() || progress.flush_due(self.settings.cursor_flush_interval) {
+                    if window.flush_due(self.settings.cursor_flush_interval) {
                         // Every exit goes through the settling below (no `?` in this loop).
-                        if let Err(err) = self.flush_cursor(&mut progress).await {
+                        if let Err(err) = self.flush_cursor(&mut window).await {
                             break Err(err);
                         }
                     }
@@ -194,8 +191,8 @@ impl Ingest {
                     outstanding = outstanding.saturating_sub(delivered);
                     if response.events.is_empty() {
                         self.metrics.keepalives.inc();
-                        if progress.advance_to_keepalive(&response.latest_replay_id, in_flight.is_empty()) {
-                            if let Err(err) = self.flush_cursor(&mut progress).await {
+                        if window.advance_to_keepalive(&response.latest_replay_id) {
+                            if let Err(err) = self.flush_cursor(&mut window).await {
                                 break Err(err);
                             }
                         }
@@ -209,7 +206,7 @@ impl Ingest {
                     }
                     for consumer_event in response.events {
                         match self.dispatch(consumer_event, &received_at).await {
-                            Ok(future) => in_flight.push_back(future),
+                            Ok(future) => window.push(future),
                             Err(err) => {
                                 failed = Some(err);
                                 break;
@@ -224,7 +221,7 @@ impl Ingest {
             }
             // Top up at half the batch, unless JetStream is behind.
             if outstanding <= batch / 2
-                && in_flight.len() + (batch as usize) <= self.settings.max_in_flight
+                && window.len() + (batch as usize) <= self.settings.max_in_flight
             {
                 let more = batch - outstanding;
                 if let Err(err) = subscription.request(more as i32).await {
@@ -236,9 +233,9 @@ impl Ingest {
 
         // Whatever ended the session, settle what was handed to JetStream so the cursor covers
         // every event that was stored.
-        self.drain(&mut in_flight, &mut progress).await;
+        self.drain(&mut window).await;
         self.metrics.in_flight.set(0);
-        if let Err(err) = self.flush_cursor(&mut progress).await {
+        if let Err(err) = self.flush_cursor(&mut window).await {
             tracing::warn!(error = %Chain(&err), "Could not store the cursor at the end of the session.");
         }
         result
