@@ -196,3 +196,136 @@ async fn wait(cancel: &CancellationToken, delay: Duration) {
         () = tokio::time::sleep(delay) => {}
     }
 }
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::expect_used)]
+
+    use super::*;
+    use async_nats::jetstream;
+    use platform::http::Health;
+    use testkit::nats::NatsServer;
+
+    const WAIT: Duration = Duration::from_secs(30);
+
+    struct Fixture {
+        lease: Lease,
+        kv: kv::Store,
+        status: Arc<BridgeStatus>,
+        is_leader: Gauge,
+        _nats: NatsServer,
+    }
+
+    /// The shortest lease the settings allow (1 s, renewed every third), so that a lost lease
+    /// and an expired key show within a test's patience.
+    async fn fixture(cancel: &CancellationToken) -> Fixture {
+        let nats = NatsServer::start().await;
+        // The lease needs no Salesforce credentials.
+        let env = platform::config::Env::from_pairs([
+            ("NATS_URL", nats.url()),
+            ("SF_EVENTS_ENABLED", "false".to_owned()),
+        ]);
+        let mut settings = BridgeSettings::from_env(&env).unwrap();
+        settings.lease_ttl = Duration::from_secs(1);
+        // As the service makes it: creating a bucket takes care on nats-server 2.9.
+        let kv = platform::nats::JetStreamResources::new(jetstream::new(nats.client().await), 1)
+            .bucket(kv::Config {
+                bucket: settings.lease_bucket.clone(),
+                history: 1,
+                max_age: settings.lease_ttl,
+                ..Default::default()
+            })
+            .await
+            .unwrap();
+        let status = BridgeStatus::new(true, &settings.channel, &settings.instance_id);
+        let is_leader = Gauge::default();
+        let supervisor = Supervisor::new(Health::new("sf-bridge-test", "0"), cancel.clone());
+        let lease = Lease::new(
+            kv.clone(),
+            &settings,
+            supervisor,
+            status.clone(),
+            is_leader.clone(),
+        );
+        Fixture {
+            lease,
+            kv,
+            status,
+            is_leader,
+            _nats: nats,
+        }
+    }
+
+    /// Another writer takes the key over: the work's stop token fires and the replica stands by;
+    /// once the other writer's key has expired, it leads again.
+    #[tokio::test]
+    async fn a_lost_lease_stops_the_work_until_the_lease_is_free_again() {
+        let cancel = CancellationToken::new();
+        let f = fixture(&cancel).await;
+        let (started_tx, mut started) = tokio::sync::mpsc::unbounded_channel();
+        let (stopped_tx, mut stopped) = tokio::sync::mpsc::unbounded_channel();
+        let lead = tokio::spawn({
+            let (lease, cancel) = (f.lease.clone(), cancel.clone());
+            async move {
+                lease
+                    .lead(&cancel, |stop| {
+                        let (started_tx, stopped_tx) = (started_tx.clone(), stopped_tx.clone());
+                        async move {
+                            started_tx.send(()).unwrap();
+                            stop.cancelled().await;
+                            stopped_tx.send(()).unwrap();
+                        }
+                    })
+                    .await;
+            }
+        });
+        tokio::time::timeout(WAIT, started.recv()).await.unwrap();
+        assert_eq!(f.is_leader.get(), 1);
+        let key = messages::subjects::channel_key(&f.status.channel);
+        f.kv.put(&key, "someone-else".into()).await.unwrap();
+
+        tokio::time::timeout(WAIT, stopped.recv())
+            .await
+            .expect("the work is stopped once the keeper sees the takeover");
+        tokio::time::timeout(WAIT, started.recv())
+            .await
+            .expect("a second term once the other writer's key expired");
+        // The test's work sets no state of its own: what is left is the standby in between.
+        assert_eq!(f.status.state(), SubscriptionState::Standby);
+        assert_eq!(f.is_leader.get(), 1);
+
+        cancel.cancel();
+        tokio::time::timeout(WAIT, lead).await.unwrap().unwrap();
+        assert_eq!(f.is_leader.get(), 0);
+    }
+
+    /// On cancel the work winds down while the lease is still held, then the key is released
+    /// for a standby.
+    #[tokio::test]
+    async fn cancel_stops_the_work_then_releases_the_lease() {
+        let cancel = CancellationToken::new();
+        let f = fixture(&cancel).await;
+        let (held_tx, mut held) = tokio::sync::mpsc::unbounded_channel();
+        let lease = f.lease.clone();
+        tokio::time::timeout(
+            WAIT,
+            f.lease.lead(&cancel, |stop| {
+                let (lease, cancel, held_tx) = (lease.clone(), cancel.clone(), held_tx.clone());
+                async move {
+                    cancel.cancel();
+                    stop.cancelled().await;
+                    held_tx.send(lease.holder().await).unwrap();
+                }
+            }),
+        )
+        .await
+        .expect("lead returns on cancel");
+        assert_eq!(
+            held.try_recv().unwrap().as_deref(),
+            Some(f.status.instance_id.as_str()),
+            "held while the work winds down"
+        );
+        assert_eq!(f.lease.holder().await, None, "released");
+        assert_eq!(f.is_leader.get(), 0);
+    }
+}
