@@ -47,10 +47,10 @@ const TASKS_STOP_DEADLINE: Duration = Duration::from_secs(5);
 pub enum AppError {
     #[error(transparent)]
     Nats(#[from] platform::nats::NatsError),
-    #[error("cannot bind the HTTP listener: {0}")]
+    #[error("cannot bind the HTTP listener")]
     Http(#[from] std::io::Error),
-    #[error("cannot build an HTTP client: {0}")]
-    HttpClient(String),
+    #[error("cannot build an HTTP client")]
+    HttpClient(#[source] reqwest::Error),
     #[error("stopped before NATS became available")]
     Cancelled,
     #[error(transparent)]
@@ -138,11 +138,11 @@ impl App {
         let salesforce_http = salesforce::http_client_builder(&settings.salesforce)
             .pool_max_idle_per_host(idle_per_host)
             .build()
-            .map_err(|e| AppError::HttpClient(e.to_string()))?;
+            .map_err(AppError::HttpClient)?;
         let whmcs_http = reqwest::Client::builder()
             .pool_max_idle_per_host(idle_per_host)
             .build()
-            .map_err(|e| AppError::HttpClient(e.to_string()))?;
+            .map_err(AppError::HttpClient)?;
         let tokens = TokenProvider::new(settings.salesforce.clone(), salesforce_http.clone());
         let salesforce = RestClient::new(salesforce_http, tokens)
             .with_metrics(metrics.salesforce_api.clone())
@@ -182,7 +182,7 @@ impl App {
         ));
         if let Err(err) = recovery.initialize_watermark().await {
             // The first scan then starts at the beginning of the stream: slower, never unsafe.
-            tracing::warn!(error = %err, "Could not store the reconciler's first watermark.");
+            tracing::warn!(error = %platform::error::Chain(&err), "Could not store the reconciler's first watermark.");
         }
         Ok(Self {
             settings,

@@ -23,6 +23,7 @@ use std::time::{Duration, Instant};
 
 use async_nats::jetstream;
 use messages::ProvisioningRequestedV1;
+use platform::error::Chain;
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
@@ -31,7 +32,7 @@ use crate::journal::{
 };
 use crate::metrics::{ProvisionerMetrics, ReasonLabel};
 use crate::orchestrator::{Finished, JobJournal, JobLost, Orchestrator};
-use crate::publisher::{self, Publisher, Report};
+use crate::publisher::{self, PublishError, Publisher, Report};
 use crate::steps::{codes, JobResult, Step};
 
 pub const SERVICE: &str = "provisioner";
@@ -91,7 +92,7 @@ impl Delivery {
     async fn ack(&self) {
         if let Some(message) = &self.message {
             if let Err(err) = message.ack().await {
-                tracing::warn!(error = %err, "Could not acknowledge the message; the journal holds the job.");
+                tracing::warn!(error = %Chain(&*err), "Could not acknowledge the message; the journal holds the job.");
             }
         }
     }
@@ -100,7 +101,7 @@ impl Delivery {
     async fn in_progress(&self) {
         if let Some(message) = &self.message {
             if let Err(err) = message.ack_with(jetstream::AckKind::Progress).await {
-                tracing::debug!(error = %err, "Could not send an in-progress ack.");
+                tracing::debug!(error = %Chain(&*err), "Could not send an in-progress ack.");
             }
         }
     }
@@ -153,6 +154,12 @@ pub fn report_deadline(lease: Duration) -> Duration {
 pub enum ClaimError {
     #[error(transparent)]
     Journal(#[from] JournalError),
+    /// The outcomes stream, read or written for the previous job's report, did not answer.
+    #[error(transparent)]
+    Report(#[from] PublishError),
+    /// Other writers kept moving the entry between this claim's read and its write.
+    #[error("too much contention on the journal entry")]
+    Contention,
     /// The order's previous job is closed and its report is not in the outcomes stream yet: its
     /// closer is publishing it (a retry arriving the instant after the close), or died before
     /// it could. The claim waits, holding its message, rather than publish it a second time.
@@ -165,7 +172,25 @@ impl ClaimError {
     pub fn is_transient(&self) -> bool {
         match self {
             Self::Journal(err) => err.is_transient(),
-            Self::PreviousReportPending { .. } => true,
+            Self::Report(_) | Self::Contention | Self::PreviousReportPending { .. } => true,
+        }
+    }
+}
+
+/// Why a closed entry's report could not be taken over.
+#[derive(Debug, thiserror::Error)]
+pub enum TakeOverError {
+    #[error(transparent)]
+    Journal(#[from] JournalError),
+    #[error(transparent)]
+    Publish(#[from] PublishError),
+}
+
+impl From<TakeOverError> for ClaimError {
+    fn from(err: TakeOverError) -> Self {
+        match err {
+            TakeOverError::Journal(err) => Self::Journal(err),
+            TakeOverError::Publish(err) => Self::Report(err),
         }
     }
 }
@@ -250,7 +275,7 @@ impl JobRunner {
             )
             .await;
         if let Err(err) = dead_lettered {
-            tracing::error!(error = %err, "Could not publish the dead letter.");
+            tracing::error!(error = %Chain(&err), "Could not publish the dead letter.");
         }
         self.metrics.dead_lettered.inc();
     }
@@ -279,7 +304,7 @@ impl JobRunner {
             {
                 Ok(claim) => break claim,
                 Err(err @ ClaimError::PreviousReportPending { .. }) => {
-                    tracing::debug!(error = %err, "Waiting for the previous job's report before claiming.");
+                    tracing::debug!(error = %Chain(&err), "Waiting for the previous job's report before claiming.");
                     report_poll.next_delay()
                 }
                 Err(err) => {
@@ -289,7 +314,7 @@ impl JobRunner {
                             reason: if err.is_transient() { "store" } else { "other" }.to_owned(),
                         })
                         .inc();
-                    tracing::warn!(error = %err, "Cannot claim the job yet; retrying with the message held.");
+                    tracing::warn!(error = %Chain(&err), "Cannot claim the job yet; retrying with the message held.");
                     backoff.next_delay()
                 }
             };
@@ -334,12 +359,15 @@ impl JobRunner {
                     .get_or_create(&ReasonLabel {
                         reason: match lost {
                             JobLost::TakenOver => "taken_over",
-                            JobLost::JournalUnavailable(_) => "journal_unavailable",
+                            // Both leave the job unable to prove it holds its entry.
+                            JobLost::JournalUnavailable(_) | JobLost::WriteAborted(_) => {
+                                "journal_unavailable"
+                            }
                         }
                         .to_owned(),
                     })
                     .inc();
-                tracing::error!(error = %lost, "The job no longer holds its journal entry; stopping without acting further. Its report comes from recovery.");
+                tracing::error!(error = %Chain(&lost), "The job no longer holds its journal entry; stopping without acting further. Its report comes from recovery.");
             }
         }
         self.metrics.in_flight.dec();
@@ -417,7 +445,7 @@ impl JobRunner {
                 Err(err) => return Err(err.into()),
             }
         }
-        Err(JournalError::Store("too much contention on the journal entry".to_owned()).into())
+        Err(ClaimError::Contention)
     }
 
     /// Before a finished entry is replaced: is its report out? The entry is the only record of
@@ -439,12 +467,10 @@ impl JobRunner {
         let Some(report) = Report::of(previous, revision) else {
             return Ok(true);
         };
-        let unreadable = |e: publisher::PublishError| JournalError::Store(e.to_string());
         if self
             .publisher
             .outcome_published(&self.outcomes_stream, &report.outcome)
-            .await
-            .map_err(unreadable)?
+            .await?
         {
             return Ok(true);
         }
@@ -477,7 +503,7 @@ impl JobRunner {
         record: &JobRecord,
         revision: u64,
         span: &tracing::Span,
-    ) -> Result<Option<bool>, JournalError> {
+    ) -> Result<Option<bool>, TakeOverError> {
         let Some(report) = Report::of(record, revision) else {
             return Ok(Some(false));
         };
@@ -485,17 +511,24 @@ impl JobRunner {
         match self.journal.replace(&mut touched, revision).await {
             Ok(_) => {}
             Err(JournalError::Conflict(_)) => return Ok(None),
-            Err(err) => return Err(err),
+            Err(err) => return Err(err.into()),
         }
-        self.publisher
-            .report_if_missing(&self.outcomes_stream, &report, span)
-            .await
-            .map(Some)
-            .map_err(|e| JournalError::Store(e.to_string()))
+        Ok(Some(
+            self.publisher
+                .report_if_missing(&self.outcomes_stream, &report, span)
+                .await?,
+        ))
     }
 
-    async fn set_aside_unreadable(&self, order_id: &str, revision: u64, raw: &[u8], error: &str) {
+    async fn set_aside_unreadable(
+        &self,
+        order_id: &str,
+        revision: u64,
+        raw: &[u8],
+        error: &serde_json::Error,
+    ) {
         self.metrics.journal_unreadable.inc();
+        let error = error.to_string();
         tracing::error!(
             order_id,
             revision,
@@ -511,11 +544,11 @@ impl JobRunner {
                 &Journal::key(order_id),
                 None,
                 "journal_entry_unreadable",
-                error,
+                &error,
             )
             .await;
         if let Err(err) = dead_lettered {
-            tracing::error!(error = %err, "Could not publish the dead letter of the journal entry.");
+            tracing::error!(error = %Chain(&err), "Could not publish the dead letter of the journal entry.");
         }
     }
 
@@ -543,7 +576,7 @@ impl JobRunner {
             .record_skipped(&request.event_id, &request.order_id)
             .await
         {
-            tracing::warn!(error = %err, "Could not record the skipped event in the journal; its outcome is its only record.");
+            tracing::warn!(error = %Chain(&err), "Could not record the skipped event in the journal; its outcome is its only record.");
         }
         let result = JobResult::Skipped {
             reason: reason.message(),
@@ -560,7 +593,7 @@ impl JobRunner {
             .outcome(&outcome, &tracing::Span::current())
             .await
         {
-            tracing::error!(error = %err, "Could not publish the skipped outcome; the reconciler will handle the event again.");
+            tracing::error!(error = %Chain(&err), "Could not publish the skipped outcome; the reconciler will handle the event again.");
         }
     }
 
@@ -579,7 +612,7 @@ impl JobRunner {
             })
             .await;
         if let Err(lost) = closed {
-            tracing::error!(error = %lost, "Could not close the job's journal entry; not reporting (recovery reports the job).");
+            tracing::error!(error = %Chain(&lost), "Could not close the job's journal entry; not reporting (recovery reports the job).");
             return;
         }
         let (record, revision) = job.snapshot().await;
@@ -599,7 +632,7 @@ impl JobRunner {
             publish.await
         };
         if let Err(err) = published {
-            tracing::error!(error = %err, "Could not publish the job's report; the reconciler publishes it again from the journal.");
+            tracing::error!(error = %Chain(&err), "Could not publish the job's report; the reconciler publishes it again from the journal.");
         }
         self.metrics
             .attempt(result.outcome().as_str(), result.error_code());
@@ -660,7 +693,7 @@ async fn keep_lease(job: &JobJournal) -> JobLost {
             Err(lost @ JobLost::TakenOver) => return lost,
             // The next checkpoint before a side effect decides; recovery needs a whole lease
             // without a renewal before it takes over.
-            Err(err) => tracing::warn!(error = %err, "Could not renew the job lease."),
+            Err(err) => tracing::warn!(error = %Chain(&err), "Could not renew the job lease."),
         }
     }
 }

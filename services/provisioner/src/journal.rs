@@ -143,23 +143,31 @@ pub enum Stored {
     Unreadable {
         revision: u64,
         raw: Vec<u8>,
-        error: String,
+        error: serde_json::Error,
     },
 }
 
+/// What the KV store answered; kept as the journal error's source.
+pub type StoreError = Box<dyn std::error::Error + Send + Sync + 'static>;
+
 #[derive(Debug, thiserror::Error)]
 pub enum JournalError {
-    #[error("job journal unavailable: {0}")]
-    Store(String),
+    #[error("job journal unavailable")]
+    Store(#[source] StoreError),
     #[error("the journal entry changed under this worker (revision {0} is stale)")]
     Conflict(u64),
     #[error("the journal entry already exists")]
     Exists,
-    #[error("cannot encode the journal entry: {0}")]
+    #[error("cannot encode the journal entry")]
     Encode(#[from] serde_json::Error),
 }
 
 impl JournalError {
+    /// The KV store failed (did not answer, or refused for a reason other than a conflict).
+    pub fn store(err: impl std::error::Error + Send + Sync + 'static) -> Self {
+        Self::Store(Box::new(err))
+    }
+
     /// A store error may pass; a conflict means another writer owns the entry now.
     pub fn is_transient(&self) -> bool {
         matches!(self, Self::Store(_))
@@ -255,7 +263,7 @@ impl Journal {
             .kv
             .entry(Self::key(order_id))
             .await
-            .map_err(|e| JournalError::Store(e.to_string()))?;
+            .map_err(JournalError::store)?;
         Ok(match entry {
             Some(entry) if entry.operation == kv::Operation::Put => {
                 match serde_json::from_slice(&entry.value) {
@@ -263,7 +271,7 @@ impl Journal {
                     Err(err) => Stored::Unreadable {
                         revision: entry.revision,
                         raw: entry.value.to_vec(),
-                        error: err.to_string(),
+                        error: err,
                     },
                 }
             }
@@ -286,14 +294,14 @@ impl Journal {
                 if e.kind() == kv::CreateErrorKind::AlreadyExists {
                     JournalError::Exists
                 } else {
-                    JournalError::Store(e.to_string())
+                    JournalError::store(e)
                 }
             }),
             Some(rev) => self.kv.update(&key, bytes.into(), rev).await.map_err(|e| {
                 if e.kind() == kv::UpdateErrorKind::WrongLastRevision {
                     JournalError::Conflict(rev)
                 } else {
-                    JournalError::Store(e.to_string())
+                    JournalError::store(e)
                 }
             }),
         }?;
@@ -344,7 +352,7 @@ impl Journal {
                 Ok(())
             }
             Err(e) if e.kind() == kv::CreateErrorKind::AlreadyExists => Ok(()),
-            Err(e) => Err(JournalError::Store(e.to_string())),
+            Err(e) => Err(JournalError::store(e)),
         }
     }
 
@@ -354,7 +362,7 @@ impl Journal {
             .get(Self::skipped_key(event_id))
             .await
             .map(|value| value.is_some())
-            .map_err(|e| JournalError::Store(e.to_string()))
+            .map_err(JournalError::store)
     }
 }
 

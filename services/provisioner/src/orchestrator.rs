@@ -11,6 +11,7 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use messages::ProvisioningRequestedV1;
+use platform::error::Chain;
 use salesforce::rest::RestClient;
 use tracing::Instrument;
 use whmcs::WhmcsClient;
@@ -32,8 +33,12 @@ pub fn marker(order_id: &str) -> String {
 pub enum JobLost {
     #[error("another worker took over the job's journal entry")]
     TakenOver,
-    #[error("the job journal stayed unavailable: {0}")]
-    JournalUnavailable(String),
+    #[error("the job journal stayed unavailable")]
+    JournalUnavailable(#[source] JournalError),
+    /// The task writing the entry ended without an answer (a panic): whether the write landed
+    /// is unknown, so the job cannot prove it still holds the entry.
+    #[error("the journal write ended without an answer")]
+    WriteAborted(#[source] tokio::task::JoinError),
 }
 
 /// A running job's journal entry, shared by the steps (which record progress) and the lease
@@ -74,7 +79,7 @@ impl JobJournal {
         });
         write
             .await
-            .unwrap_or_else(|e| Err(JobLost::JournalUnavailable(e.to_string())))
+            .unwrap_or_else(|e| Err(JobLost::WriteAborted(e)))
     }
 
     pub async fn snapshot(&self) -> (JobRecord, u64) {
@@ -114,9 +119,9 @@ async fn write_fenced(
             Err(err) => {
                 ambiguous = true;
                 if tokio::time::Instant::now() >= give_up {
-                    return Err(JobLost::JournalUnavailable(err.to_string()));
+                    return Err(JobLost::JournalUnavailable(err));
                 }
-                tracing::warn!(error = %err, "Could not write the job's journal entry; retrying.");
+                tracing::warn!(error = %Chain(&err), "Could not write the job's journal entry; retrying.");
                 tokio::time::sleep(backoff.next_delay()).await;
             }
         }
@@ -582,7 +587,9 @@ impl<T> StepOutcome for Result<T, CreateFailure> {
                 Some((code.clone(), message.clone()))
             }
             Err(CreateFailure::Failed(_)) => None,
-            Err(CreateFailure::Lost(lost)) => Some(("JOB_LOST".to_owned(), lost.to_string())),
+            Err(CreateFailure::Lost(lost)) => {
+                Some(("JOB_LOST".to_owned(), Chain(lost).to_string()))
+            }
         }
     }
 }
@@ -626,7 +633,7 @@ impl<T> StepOutcome for Result<T, crate::publisher::PublishError> {
     fn failure(&self) -> Option<(String, String)> {
         self.as_ref()
             .err()
-            .map(|err| ("PUBLISH_FAILED".to_owned(), err.to_string()))
+            .map(|err| ("PUBLISH_FAILED".to_owned(), Chain(err).to_string()))
     }
 }
 

@@ -7,16 +7,21 @@ use std::time::Duration;
 use async_nats::jetstream::{self, message::PublishMessage};
 use messages::{OrderUpdateV1, OutcomeResult, ProvisioningOutcomeV1};
 use platform::backoff::Backoff;
+use platform::error::Chain;
 use serde_json::{json, Map, Value};
 
 use crate::journal::{JobRecord, JobState};
 use crate::steps::JobResult;
 
+/// JetStream's answer (or the reason no answer came); kept as the publish error's source.
+pub type PublishCause = Box<dyn std::error::Error + Send + Sync + 'static>;
+
 #[derive(Debug, thiserror::Error)]
-#[error("cannot publish to {subject}: {detail}")]
+#[error("cannot publish to {subject}")]
 pub struct PublishError {
     pub subject: String,
-    pub detail: String,
+    #[source]
+    pub source: PublishCause,
 }
 
 #[derive(Debug, Clone)]
@@ -91,7 +96,7 @@ impl Publisher {
                         &report.outcome.order_id,
                         report.outcome.result.as_str(),
                     ),
-                    detail: format!("no acknowledgement within {deadline:?}"),
+                    source: format!("no acknowledgement within {deadline:?}").into(),
                 })
             })
     }
@@ -161,15 +166,15 @@ impl Publisher {
         subject: &str,
         event_id: &str,
     ) -> Result<bool, PublishError> {
-        let failed = |detail: String| PublishError {
+        let failed = |source: PublishCause| PublishError {
             subject: subject.to_owned(),
-            detail,
+            source,
         };
         let stream = self
             .js
             .get_stream_no_info(outcomes_stream)
             .await
-            .map_err(|e| failed(e.to_string()))?;
+            .map_err(|e| failed(e.into()))?;
         match stream.get_last_raw_message_by_subject(subject).await {
             Ok(message) => Ok(
                 serde_json::from_slice::<ProvisioningOutcomeV1>(&message.payload)
@@ -180,7 +185,7 @@ impl Publisher {
             {
                 Ok(false)
             }
-            Err(err) => Err(failed(err.to_string())),
+            Err(err) => Err(failed(err.into())),
         }
     }
 
@@ -215,7 +220,7 @@ impl Publisher {
     ) -> Result<(), PublishError> {
         let payload = serde_json::to_vec(body).map_err(|e| PublishError {
             subject: subject.clone(),
-            detail: e.to_string(),
+            source: e.into(),
         })?;
         // The producer span (messaging conventions): its context is what the consumer continues.
         let send = tracing::info_span!(
@@ -233,7 +238,7 @@ impl Publisher {
             .publish_in(subject, msg_id, payload, correlation_id, &send, schema)
             .await;
         if let Err(err) = &result {
-            platform::telemetry::record_error(&send, "PUBLISH_FAILED", &err.to_string());
+            platform::telemetry::record_error(&send, "PUBLISH_FAILED", &Chain(err).to_string());
         }
         result
     }
@@ -248,7 +253,7 @@ impl Publisher {
         schema: &str,
     ) -> Result<(), PublishError> {
         let mut backoff = Backoff::new(Duration::from_millis(200), Duration::from_secs(3));
-        let mut last_error = String::new();
+        let mut last_error: Option<PublishCause> = None;
         for _ in 0..8 {
             let mut headers = async_nats::HeaderMap::new();
             platform::nats::insert_header(
@@ -262,21 +267,22 @@ impl Publisher {
                 .payload(payload.clone().into())
                 .headers(headers)
                 .message_id(msg_id.as_str());
-            match self.js.send_publish(subject.clone(), message).await {
+            let err: PublishCause = match self.js.send_publish(subject.clone(), message).await {
                 Ok(ack) => match ack.await {
                     Ok(_) => return Ok(()),
-                    Err(e) => last_error = e.to_string(),
+                    Err(e) => e.into(),
                 },
-                Err(e) => last_error = e.to_string(),
-            }
+                Err(e) => e.into(),
+            };
             span.in_scope(
-                || tracing::warn!(%subject, error = %last_error, "Publish failed; retrying."),
+                || tracing::warn!(%subject, error = %Chain(&*err), "Publish failed; retrying."),
             );
+            last_error = Some(err);
             tokio::time::sleep(backoff.next_delay()).await;
         }
         Err(PublishError {
             subject,
-            detail: last_error,
+            source: last_error.unwrap_or_else(|| "no attempt was made".into()),
         })
     }
 }

@@ -32,6 +32,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use async_nats::jetstream::{self, kv};
+use platform::error::Chain;
 use serde::{Deserialize, Serialize};
 use tokio::task::JoinSet;
 use tokio::time::Instant;
@@ -49,10 +50,16 @@ const MAX_ORPHANS_RUNNING: usize = 16;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ReconcileError {
-    #[error("cannot read the requests stream or its consumer: {0}")]
-    Stream(String),
+    #[error("cannot read the requests stream or its consumer")]
+    Stream(#[source] Box<dyn std::error::Error + Send + Sync + 'static>),
     #[error(transparent)]
     Journal(#[from] journal::JournalError),
+}
+
+impl ReconcileError {
+    fn stream(err: impl std::error::Error + Send + Sync + 'static) -> Self {
+        Self::Stream(Box::new(err))
+    }
 }
 
 /// The stored watermark.
@@ -145,7 +152,7 @@ impl Recovery {
                     // same outage must get a whole lease once the journal is back.
                     self.observations.lock().await.running.clear();
                     self.runner.metrics.reconciler_scan_failures.inc();
-                    tracing::warn!(error = %err, "Reconciliation scan failed; trying again next interval.");
+                    tracing::warn!(error = %Chain(&err), "Reconciliation scan failed; trying again next interval.");
                 }
             }
         }
@@ -176,16 +183,15 @@ impl Recovery {
     async fn positions(
         &self,
     ) -> Result<(jetstream::stream::Stream, jetstream::consumer::Info), ReconcileError> {
-        let stream_error = |e: &dyn std::fmt::Display| ReconcileError::Stream(e.to_string());
         let stream = self
             .js
             .get_stream(&self.requests_stream)
             .await
-            .map_err(|e| stream_error(&e))?;
+            .map_err(ReconcileError::stream)?;
         let consumer = stream
             .consumer_info(&self.consumer)
             .await
-            .map_err(|e| stream_error(&e))?;
+            .map_err(ReconcileError::stream)?;
         Ok((stream, consumer))
     }
 
@@ -203,7 +209,7 @@ impl Recovery {
             .store()
             .entry(self.watermark_key())
             .await
-            .map_err(|e| journal::JournalError::Store(e.to_string()))?;
+            .map_err(journal::JournalError::store)?;
         Ok(entry.and_then(|entry| {
             let mark = serde_json::from_slice::<Watermark>(&entry.value).ok()?;
             Some((mark.stream_sequence, entry.revision))
@@ -224,25 +230,24 @@ impl Recovery {
                 .update(self.watermark_key(), bytes.into(), revision)
                 .await
                 .map(drop)
-                .map_err(|e| e.to_string()),
+                .map_err(journal::JournalError::store),
             None => store
                 .create(self.watermark_key(), bytes.into())
                 .await
                 .map(drop)
-                .map_err(|e| e.to_string()),
+                .map_err(journal::JournalError::store),
         };
         match written {
             Ok(()) => {
                 self.runner.metrics.reconciled_sequence.set(to as i64);
             }
             // Another replica moved it first; the next scan starts from theirs.
-            Err(err) => tracing::debug!(error = %err, "Watermark not moved."),
+            Err(err) => tracing::debug!(error = %Chain(&err), "Watermark not moved."),
         }
     }
 
     /// One pass; returns how many delivered messages are still open.
     pub async fn scan(&self, hard_stop: &CancellationToken) -> Result<usize, ReconcileError> {
-        let stream_error = |e: &dyn std::fmt::Display| ReconcileError::Stream(e.to_string());
         let (stream, consumer) = self.positions().await?;
         let first = stream.cached_info().state.first_sequence;
         let delivered = consumer.delivered.stream_sequence;
@@ -275,7 +280,7 @@ impl Recovery {
                 {
                     MessageState::Done
                 }
-                Err(err) => return Err(stream_error(&err)),
+                Err(err) => return Err(ReconcileError::stream(err)),
             };
             match state {
                 MessageState::Done => {
@@ -378,7 +383,9 @@ impl Recovery {
                     sequences.remove(&finished);
                 }
                 // The sequence stays marked; the journal tells the next scans what happened.
-                Err(err) => tracing::error!(error = %err, "A reconciled job ended abnormally."),
+                Err(err) => {
+                    tracing::error!(error = %Chain(&err), "A reconciled job ended abnormally.")
+                }
             }
         }
         if sequences.contains(&sequence) || running.len() >= MAX_ORPHANS_RUNNING {
@@ -427,7 +434,7 @@ impl Recovery {
             }
             Ok(false) => {}
             Err(err) => {
-                span.in_scope(|| tracing::warn!(error = %err, "Could not check a finished job's report; trying again next scan."));
+                span.in_scope(|| tracing::warn!(error = %Chain(&err), "Could not check a finished job's report; trying again next scan."));
                 return MessageState::Open;
             }
         }
@@ -457,7 +464,7 @@ impl Recovery {
             // Someone else moved the entry (and publishes), or a new job claimed it: next scan.
             Ok(None) => MessageState::Open,
             Err(err) => {
-                span.in_scope(|| tracing::error!(error = %err, "Could not publish a finished job's report; trying again next scan."));
+                span.in_scope(|| tracing::error!(error = %Chain(&err), "Could not publish a finished job's report; trying again next scan."));
                 MessageState::Open
             }
         }
@@ -523,7 +530,7 @@ impl Recovery {
             {
                 Ok(status) => status,
                 Err(err) => {
-                    tracing::warn!(error = %err, "Cannot read the Order to report an abandoned job; trying again next scan.");
+                    tracing::warn!(error = %Chain(&err), "Cannot read the Order to report an abandoned job; trying again next scan.");
                     return false;
                 }
             };
@@ -550,7 +557,7 @@ impl Recovery {
             let closed = match self.journal().replace(&mut record, revision).await {
                 Ok(closed) => closed,
                 Err(err) => {
-                    tracing::info!(error = %err, "Abandoned job changed meanwhile; not reporting it.");
+                    tracing::info!(error = %Chain(&err), "Abandoned job changed meanwhile; not reporting it.");
                     return false;
                 }
             };
@@ -562,7 +569,7 @@ impl Recovery {
                 // Bounded like a worker's report: others may take it over after a lease.
                 let deadline = crate::job::report_deadline(self.journal().lease());
                 if let Err(err) = self.runner.publisher.report_within(&report, &span, deadline).await {
-                    tracing::error!(error = %err, "Could not publish the abandoned job's report; the next scan publishes it.");
+                    tracing::error!(error = %Chain(&err), "Could not publish the abandoned job's report; the next scan publishes it.");
                 }
             }
             self.runner

@@ -64,7 +64,7 @@ pub async fn run(
             Err(err) => {
                 drop(first);
                 let delay = failures.next_delay();
-                tracing::warn!(error = %err, delay_ms = delay.as_millis() as u64, "Pull request failed; retrying.");
+                tracing::warn!(error = %platform::error::Chain(&err), delay_ms = delay.as_millis() as u64, "Pull request failed; retrying.");
                 tokio::select! {
                     () = cancel.cancelled() => break,
                     () = tokio::time::sleep(delay) => continue,
@@ -81,7 +81,7 @@ pub async fn run(
                 None => break,
                 Some(Ok(message)) => message,
                 Some(Err(err)) => {
-                    tracing::debug!(error = %err, "Pull batch ended with an error.");
+                    tracing::debug!(error = %platform::error::Chain(&*err), "Pull batch ended with an error.");
                     break;
                 }
             };
