@@ -26,7 +26,7 @@ use tokio_util::sync::CancellationToken;
 use crate::config::BridgeSettings;
 use crate::status::{BridgeStatus, SubscriptionState};
 
-#[derive(Clone)]
+#[derive(Debug, Clone)]
 pub struct Lease {
     kv: kv::Store,
     key: String,
