@@ -111,34 +111,50 @@ impl Delivery {
 /// comes back in its canonical 18-character form (docs/contract.md §4). The message's subject must name
 /// the same Order: the subject is what the stream, the outcome and every filter go by, so a body
 /// about another Order (a hand-made or forged message) is refused rather than acted on.
-pub fn validate(subject: &str, payload: &[u8]) -> Result<ProvisioningRequestedV1, String> {
-    let mut request: ProvisioningRequestedV1 = serde_json::from_slice(payload)
-        .map_err(|e| format!("body is not provisioning.requested.v1 JSON: {e}"))?;
+pub fn validate(subject: &str, payload: &[u8]) -> Result<ProvisioningRequestedV1, InvalidRequest> {
+    let mut request: ProvisioningRequestedV1 =
+        serde_json::from_slice(payload).map_err(InvalidRequest::Json)?;
     if request.schema != ProvisioningRequestedV1::SCHEMA {
-        return Err(format!(
-            "schema is {:?}, expected {}",
-            request.schema,
-            ProvisioningRequestedV1::SCHEMA
-        ));
+        return Err(InvalidRequest::Schema(request.schema));
     }
-    request.order_id = messages::salesforce_id::canonical(&request.order_id).map_err(|e| {
-        format!(
-            "order_id {:?} is not a Salesforce id: {e}",
-            request.order_id
-        )
+    request.order_id = messages::salesforce_id::canonical(&request.order_id).map_err(|source| {
+        InvalidRequest::OrderId {
+            order_id: request.order_id.clone(),
+            source,
+        }
     })?;
     if request.event_id.trim().is_empty() {
-        return Err("event_id is empty".to_owned());
+        return Err(InvalidRequest::EventIdEmpty);
     }
     let named =
         messages::subjects::order_named(subject, messages::subjects::PROVISIONING_REQUESTED_PREFIX);
     if named.as_deref() != Some(request.order_id.as_str()) {
-        return Err(format!(
-            "subject {subject:?} does not name the body's order {}",
-            request.order_id
-        ));
+        return Err(InvalidRequest::SubjectMismatch {
+            subject: subject.to_owned(),
+            order_id: request.order_id,
+        });
     }
     Ok(request)
+}
+
+/// Why a request message is refused (the `validation` step). Its chain is the dead letter's
+/// reason.
+#[derive(Debug, thiserror::Error)]
+pub enum InvalidRequest {
+    #[error("body is not provisioning.requested.v1 JSON")]
+    Json(#[source] serde_json::Error),
+    #[error("schema is {0:?}, expected {expected}", expected = ProvisioningRequestedV1::SCHEMA)]
+    Schema(String),
+    #[error("order_id {order_id:?} is not a Salesforce id")]
+    OrderId {
+        order_id: String,
+        #[source]
+        source: messages::salesforce_id::InvalidId,
+    },
+    #[error("event_id is empty")]
+    EventIdEmpty,
+    #[error("subject {subject:?} does not name the body's order {order_id}")]
+    SubjectMismatch { subject: String, order_id: String },
 }
 
 /// How long the closer of a journal entry (the worker, or recovery) keeps trying to publish its
@@ -216,8 +232,8 @@ impl JobRunner {
         let received = Instant::now();
         let request = match validate(&delivery.subject, &delivery.payload) {
             Ok(request) => request,
-            Err(reason) => {
-                self.dead_letter(&delivery, &reason).await;
+            Err(invalid) => {
+                self.dead_letter(&delivery, &invalid).await;
                 delivery.ack().await;
                 return;
             }
@@ -261,7 +277,8 @@ impl JobRunner {
         .await;
     }
 
-    pub async fn dead_letter(&self, delivery: &Delivery, reason: &str) {
+    pub async fn dead_letter(&self, delivery: &Delivery, invalid: &InvalidRequest) {
+        let reason = Chain(invalid).to_string();
         let dead_lettered = self
             .deadletter
             .stored(
@@ -271,7 +288,7 @@ impl JobRunner {
                 &delivery.subject,
                 None,
                 "invalid_request",
-                reason,
+                &reason,
             )
             .await;
         if let Err(err) = dead_lettered {
@@ -714,8 +731,9 @@ mod tests {
         })
     }
 
+    /// The request, or the refusal as the dead letter gives it (the chain).
     fn check(subject: &str, body: &serde_json::Value) -> Result<ProvisioningRequestedV1, String> {
-        validate(subject, &serde_json::to_vec(body).unwrap())
+        validate(subject, &serde_json::to_vec(body).unwrap()).map_err(|e| Chain(&e).to_string())
     }
 
     #[test]
