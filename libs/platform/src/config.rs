@@ -67,6 +67,19 @@ impl Env {
         }
     }
 
+    /// A path that must name an existing file when set: checked at start, so a missing mount is
+    /// a line naming the variable rather than a failure at first use.
+    pub fn existing_file(&self, name: &str) -> Result<Option<std::path::PathBuf>, ConfigError> {
+        match self.get(name) {
+            None => Ok(None),
+            Some(path) if std::path::Path::new(&path).is_file() => Ok(Some(path.into())),
+            Some(path) => Err(ConfigError::new(
+                name,
+                format!("names a file that does not exist: {path}"),
+            )),
+        }
+    }
+
     pub fn required(&self, name: &str) -> Result<String, ConfigError> {
         self.get(name)
             .ok_or_else(|| ConfigError::new(name, "is required but not set"))
@@ -224,6 +237,30 @@ impl CommonSettings {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn an_existing_file_is_taken_and_a_missing_one_named() {
+        let dir = std::env::temp_dir();
+        let file = dir.join(format!("platform-config-{}.txt", std::process::id()));
+        std::fs::write(&file, "x").unwrap();
+        let env = Env::from_pairs([
+            ("PRESENT", file.to_str().unwrap()),
+            ("MISSING", "/nonexistent/ca.pem"),
+            ("A_DIRECTORY", dir.to_str().unwrap()),
+        ]);
+        assert_eq!(env.existing_file("PRESENT").unwrap(), Some(file.clone()));
+        assert_eq!(env.existing_file("UNSET").unwrap(), None);
+        let err = env.existing_file("MISSING").unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "configuration variable MISSING names a file that does not exist: /nonexistent/ca.pem"
+        );
+        assert!(
+            env.existing_file("A_DIRECTORY").is_err(),
+            "a directory is not a file"
+        );
+        std::fs::remove_file(file).unwrap();
+    }
 
     #[test]
     fn missing_required_variable_is_named() {

@@ -81,18 +81,8 @@ impl NatsSettings {
                 "must be set together with its pair (NATS_USER and NATS_PASSWORD)",
             ));
         }
-        let existing_file = |name: &str| -> Result<Option<PathBuf>, ConfigError> {
-            match env.get(name) {
-                None => Ok(None),
-                Some(path) if std::path::Path::new(&path).is_file() => Ok(Some(path.into())),
-                Some(path) => Err(ConfigError::new(
-                    name,
-                    format!("names a file that does not exist: {path}"),
-                )),
-            }
-        };
-        let cert_file = existing_file("NATS_TLS_CERT_FILE")?;
-        let key_file = existing_file("NATS_TLS_KEY_FILE")?;
+        let cert_file = env.existing_file("NATS_TLS_CERT_FILE")?;
+        let key_file = env.existing_file("NATS_TLS_KEY_FILE")?;
         let tls_client_cert =
             match (cert_file, key_file) {
                 (Some(cert_file), Some(key_file)) => Some(TlsClientCert {
@@ -111,11 +101,11 @@ impl NatsSettings {
             };
         Ok(Self {
             urls,
-            creds_file: existing_file("NATS_CREDS_FILE")?,
+            creds_file: env.existing_file("NATS_CREDS_FILE")?,
             user,
             password: password.map(SecretString::from),
             token: env.get("NATS_TOKEN").map(SecretString::from),
-            tls_ca_file: existing_file("NATS_TLS_CA_FILE")?,
+            tls_ca_file: env.existing_file("NATS_TLS_CA_FILE")?,
             tls_client_cert,
             // Read once here, for every service: 3 on a production cluster survives the loss of
             // a node; 5 is JetStream's maximum.

@@ -126,20 +126,10 @@ impl SimConfig {
 /// `SF_SIM_TLS_CERT_FILE` and `SF_SIM_TLS_KEY_FILE` for a given certificate. Combinations that
 /// cannot mean anything are refused rather than one part silently ignored.
 fn tls_from_env(env: &Env) -> Result<TlsMode, ConfigError> {
-    let existing_file = |name: &str| -> Result<Option<std::path::PathBuf>, ConfigError> {
-        match env.get(name) {
-            None => Ok(None),
-            Some(path) if std::path::Path::new(&path).is_file() => Ok(Some(path.into())),
-            Some(path) => Err(ConfigError::new(
-                name,
-                format!("names a file that does not exist: {path}"),
-            )),
-        }
-    };
     let mode = env.get("SF_SIM_TLS");
     let ca_out = env.get("SF_SIM_TLS_CA_OUT").map(std::path::PathBuf::from);
-    let cert_file = existing_file("SF_SIM_TLS_CERT_FILE")?;
-    let key_file = existing_file("SF_SIM_TLS_KEY_FILE")?;
+    let cert_file = env.existing_file("SF_SIM_TLS_CERT_FILE")?;
+    let key_file = env.existing_file("SF_SIM_TLS_KEY_FILE")?;
     let given = match (cert_file, key_file) {
         (Some(cert_file), Some(key_file)) => Some(TlsMode::Files {
             cert_file,
