@@ -388,7 +388,7 @@ def shutdown_budget(root: Path, binary: str, env: dict[str, str]) -> tuple[int, 
     if binary == "sf-bridge":
         # Ingest::drain settles the publishes in flight, then the app flushes and stops tasks.
         drain = find_int(
-            root, "services/sf-bridge/src/ingest.rs",
+            root, "services/sf-bridge/src/ingest/ack_window.rs",
             r"async fn drain\(.*?Duration::from_secs\((\d+)\)", "sf-bridge drain",
         )
         task_secs = tasks("services/sf-bridge/src/app.rs")
