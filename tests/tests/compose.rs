@@ -1640,7 +1640,10 @@ fn shutdown_budget_secs(binary: &str, env: &BTreeMap<String, Option<String>>) ->
             "services/sf-writer/src/config.rs",
         ),
         // The leader settles its in-flight publishes before it lets go of the lease.
-        "sf-bridge" => secs_after("services/sf-bridge/src/ingest/ack_window.rs", "async fn drain("),
+        "sf-bridge" => secs_after(
+            "services/sf-bridge/src/ingest/ack_window.rs",
+            "async fn drain(",
+        ),
         other => panic!("no shutdown budget known for {other}"),
     };
     own + flush + tasks
