@@ -4,7 +4,8 @@
 #     and every manifest no kustomization uses) against the Kubernetes API schemas, strictly,
 #     and the custom resources against their vendored CRDs (tests/deploy/crds);
 #   - docker-compose.yml against the Compose Specification schema, its image pins, the NATS
-#     version (scripts/ensure-nats.sh), the single image build and the stop grace periods;
+#     version (scripts/ensure-nats.sh) and the single image build (the stop grace periods are
+#     checked against the services' shutdown budgets in tests/tests/compose.rs);
 #   - a self-test: the broken files under tests/deploy/fixtures must each be rejected.
 # The checker is tests/deploy/validate.py; its packages (tests/deploy/requirements.txt, from
 # PyPI) go into a virtualenv under .tools/, rebuilt when the requirements change. Needs python3

@@ -12,8 +12,9 @@ schemas those would apply:
   tests/deploy/crds, made strict the same way;
 * docker-compose.yml against the Compose Specification's JSON schema
   (tests/deploy/compose-spec), and against what the code and the tests need: exact image
-  versions, the NATS release the tests run, the image built once, and stop grace periods longer
-  than each service's shutdown.
+  versions, the NATS release the tests run, and the image built once. (The stop grace periods
+  against each service's shutdown budget are checked in tests/tests/compose.rs, which asks the
+  services' crates for their budgets.)
 
 Then a self-test (`--no-self-test` skips it) runs the same checks on the broken files under
 tests/deploy/fixtures, each of which names the errors it must produce (`# expect: <text>`); it fails if one is accepted or
@@ -344,14 +345,6 @@ def read_repo(root: Path, path: str) -> str:
     return (root / path).read_text()
 
 
-def find_int(root: Path, path: str, pattern: str, what: str) -> int:
-    """An integer the code defines, found by `pattern` (one group) in `path`."""
-    found = re.search(pattern, read_repo(root, path), re.S)
-    if found is None:
-        raise LookupError(f"{what}: /{pattern}/ not found in {path}; update validate.py")
-    return int(found.group(1))
-
-
 def nats_current_version(root: Path) -> str:
     found = re.search(
         r'^current_version="\$\{NATS_SERVER_CURRENT_VERSION:-([^}]+)\}"',
@@ -361,61 +354,6 @@ def nats_current_version(root: Path) -> str:
     if found is None:
         raise LookupError("current_version not found in scripts/ensure-nats.sh; update validate.py")
     return found.group(1)
-
-
-def shutdown_budget(root: Path, binary: str, env: dict[str, str]) -> tuple[int, str] | None:
-    """The longest a pipeline service may take to stop after SIGTERM, in seconds, summed from the
-    deadlines in its code (and its grace variable as the compose file sets it), with how."""
-    flush = find_int(
-        root, "libs/platform/src/nats.rs",
-        r"SHUTDOWN_FLUSH_DEADLINE: Duration = Duration::from_secs\((\d+)\)", "NATS flush",
-    )
-
-    def tasks(app: str) -> int:
-        return find_int(
-            root, app, r"TASKS_STOP_DEADLINE: Duration = Duration::from_secs\((\d+)\)",
-            "tasks stop",
-        )
-
-    def grace(var: str, config: str) -> tuple[int, str]:
-        if var in env:
-            return int(env[var]), f"{var}={env[var]} (compose)"
-        default = find_int(
-            root, config, rf'"{var}",\s*Duration::from_secs\((\d+)\)', f"{var} default",
-        )
-        return default, f"{var} default {default}"
-
-    if binary == "sf-bridge":
-        # Ingest::drain settles the publishes in flight, then the app flushes and stops tasks.
-        drain = find_int(
-            root, "services/sf-bridge/src/ingest/ack_window.rs",
-            r"async fn drain\(.*?Duration::from_secs\((\d+)\)", "sf-bridge drain",
-        )
-        task_secs = tasks("services/sf-bridge/src/app.rs")
-        return drain + flush + task_secs, (
-            f"publishes drain {drain} + NATS flush {flush} + tasks {task_secs}"
-        )
-    services = {
-        "provisioner": ("PROVISIONER_SHUTDOWN_GRACE_SECS", "services/provisioner/src"),
-        "sf-writer": ("SF_WRITER_SHUTDOWN_GRACE_SECS", "services/sf-writer/src"),
-    }
-    if binary not in services:
-        return None
-    var, src = services[binary]
-    secs, how = grace(var, f"{src}/config.rs")
-    task_secs = tasks(f"{src}/app.rs")
-    return secs + flush + task_secs, f"{how} + NATS flush {flush} + tasks {task_secs}"
-
-
-def duration_secs(text: Any) -> float | None:
-    """A compose duration (`1m30s`, `45s`, `500ms`) in seconds."""
-    if isinstance(text, (int, float)):
-        return float(text)  # compose reads a bare number as seconds
-    parts = re.findall(r"(\d+(?:\.\d+)?)(us|ms|s|m|h)", str(text))
-    if not parts or "".join(n + u for n, u in parts) != str(text):
-        return None
-    scale = {"us": 1e-6, "ms": 1e-3, "s": 1, "m": 60, "h": 3600}
-    return sum(float(n) * scale[u] for n, u in parts)
 
 
 def image_parts(image: str) -> tuple[str, str | None, str | None]:
@@ -503,27 +441,6 @@ def check_compose_runtime(
                         f"{name}: {image} is not nats-server {nats_current}, the current release "
                         "the NATS integration tests run (scripts/ensure-nats.sh current_version)",
                     )
-        command = svc.get("command")
-        binary = command[0] if isinstance(command, list) and command else None
-        if image in built and isinstance(binary, str):
-            env = svc.get("environment") or {}
-            if isinstance(env, list):
-                env = dict(e.split("=", 1) if "=" in e else (e, "") for e in env)
-            env = {str(k): str(v) for k, v in env.items()}
-            budget = shutdown_budget(root, binary, env)
-            if budget is None:
-                continue
-            needed, how = budget
-            given = duration_secs(svc.get("stop_grace_period", "10s"))
-            if given is None:
-                period = svc.get("stop_grace_period")
-                report.error(source, f"{name}: stop_grace_period {period!r} is no duration")
-            elif given <= needed:
-                report.error(
-                    source,
-                    f"{name}: stop_grace_period {given:g}s must exceed its shutdown "
-                    f"({needed}s: {how}), or Docker kills it mid-shutdown",
-                )
     if require_nats and not nats_seen:
         report.error(source, "no service runs the official nats image")
 

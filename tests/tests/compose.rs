@@ -11,6 +11,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
+use std::time::Duration;
 
 use serde_norway::Value;
 
@@ -1599,54 +1600,125 @@ fn k8s_autoscaling_owns_the_replicas_and_follows_the_provisioners_consumer() {
     }
 }
 
-/// The seconds in `Duration::from_secs(N)` first found after `marker` in `path`.
-fn secs_after(path: &str, marker: &str) -> u64 {
-    let source = read(path);
-    let at = source
-        .find(marker)
-        .unwrap_or_else(|| panic!("{path}: no {marker}"));
-    let rest = &source[at..];
-    let call = rest
-        .find("Duration::from_secs(")
-        .filter(|i| *i < 200)
-        .unwrap_or_else(|| panic!("{path}: no Duration::from_secs after {marker}"));
-    let digits: String = rest[call + "Duration::from_secs(".len()..]
-        .chars()
-        .take_while(char::is_ascii_digit)
-        .collect();
-    digits.parse().unwrap()
-}
-
-/// What a service may take from SIGTERM to exit: its own grace for the work in hand, then the
-/// NATS flush and the supervised tasks' stop, each with its deadline from the code.
+/// What a service may take from SIGTERM to exit, as its crate computes it: its own grace for the
+/// work in hand (the variable as the deployment sets it, else the crate's default), then the
+/// common shutdown tail (NATS flush, supervised tasks).
 fn shutdown_budget_secs(binary: &str, env: &BTreeMap<String, Option<String>>) -> u64 {
-    let flush = secs_after("libs/platform/src/nats.rs", "const SHUTDOWN_FLUSH_DEADLINE");
-    let app = format!("services/{binary}/src/app.rs");
-    let tasks = secs_after(&app, "const TASKS_STOP_DEADLINE");
-    let grace = |var: &str, config: &str| {
+    let grace = |var: &str, default: Duration| {
         env.get(var)
             .cloned()
             .flatten()
-            .map(|v| v.parse().unwrap())
-            .unwrap_or_else(|| secs_after(config, &format!("\"{var}\"")))
+            .map_or(default, |v| Duration::from_secs(v.parse().unwrap()))
     };
-    let own = match binary {
-        "provisioner" => grace(
+    let budget = match binary {
+        "provisioner" => provisioner::app::shutdown_budget(grace(
             "PROVISIONER_SHUTDOWN_GRACE_SECS",
-            "services/provisioner/src/config.rs",
-        ),
-        "sf-writer" => grace(
+            provisioner::config::DEFAULT_SHUTDOWN_GRACE,
+        )),
+        "sf-writer" => sf_writer::app::shutdown_budget(grace(
             "SF_WRITER_SHUTDOWN_GRACE_SECS",
-            "services/sf-writer/src/config.rs",
-        ),
-        // The leader settles its in-flight publishes before it lets go of the lease.
-        "sf-bridge" => secs_after(
-            "services/sf-bridge/src/ingest/ack_window.rs",
-            "async fn drain(",
-        ),
+            sf_writer::config::DEFAULT_SHUTDOWN_GRACE,
+        )),
+        "sf-bridge" => sf_bridge::app::shutdown_budget(),
         other => panic!("no shutdown budget known for {other}"),
     };
-    own + flush + tasks
+    budget.as_secs()
+}
+
+/// A compose duration (`1m30s`, `45s`, `500ms`, a bare number of seconds) in seconds.
+fn compose_duration_secs(value: &Value) -> Option<f64> {
+    if let Some(secs) = value.as_f64() {
+        return Some(secs);
+    }
+    let text = value.as_str()?;
+    let (mut total, mut number) = (0.0, String::new());
+    let mut chars = text.chars().peekable();
+    while let Some(c) = chars.next() {
+        if c.is_ascii_digit() || c == '.' {
+            number.push(c);
+            continue;
+        }
+        let mut unit = c.to_string();
+        if c == 'm' && chars.peek() == Some(&'s') || c == 'u' {
+            unit.extend(chars.next());
+        }
+        let scale = match unit.as_str() {
+            "us" => 1e-6,
+            "ms" => 1e-3,
+            "s" => 1.0,
+            "m" => 60.0,
+            "h" => 3600.0,
+            _ => return None,
+        };
+        total += number.parse::<f64>().ok()? * scale;
+        number.clear();
+    }
+    number.is_empty().then_some(total)
+}
+
+/// Each pipeline service's `stop_grace_period` (Docker's default 10 s when unset) against its
+/// shutdown budget: the errors, one per service that Docker would kill mid-shutdown.
+fn compose_grace_errors(compose: &Compose) -> Vec<String> {
+    let mut errors = Vec::new();
+    for (name, service) in &compose.services {
+        let Some(binary) = binary_of(service) else {
+            continue;
+        };
+        if !["sf-bridge", "provisioner", "sf-writer"].contains(&binary.as_str()) {
+            continue;
+        }
+        let env = environment(service)
+            .into_iter()
+            .map(|(k, v)| (k, Some(v)))
+            .collect();
+        let budget = shutdown_budget_secs(&binary, &env);
+        let default = Value::String("10s".to_owned());
+        let period = service.get("stop_grace_period").unwrap_or(&default);
+        match compose_duration_secs(period) {
+            None => errors.push(format!("{name}: stop_grace_period {period:?} is no duration")),
+            Some(given) if given <= budget as f64 => errors.push(format!(
+                "{name}: stop_grace_period {given}s must exceed its {budget} s shutdown, or \
+                 Docker kills it mid-shutdown"
+            )),
+            Some(_) => {}
+        }
+    }
+    errors
+}
+
+#[test]
+fn compose_stop_grace_exceeds_each_services_shutdown() {
+    let mut compose = compose();
+    assert_eq!(compose_grace_errors(&compose), Vec::<String>::new());
+
+    // The check bites: the default grace, a grace too short for the budget, and a budget raised
+    // by the grace variable the file sets.
+    assert_eq!(compose_duration_secs(&Value::from("1m30s")), Some(90.0));
+    assert_eq!(compose_duration_secs(&Value::from("500ms")), Some(0.5));
+    assert_eq!(compose_duration_secs(&Value::from("soon")), None);
+    let (writer, _) = compose
+        .services
+        .iter()
+        .find(|(_, s)| binary_of(s).as_deref() == Some("sf-writer"))
+        .map(|(n, s)| (n.clone(), s.clone()))
+        .expect("docker-compose.yml runs sf-writer");
+    let service = compose.services.get_mut(&writer).unwrap();
+    let map = service.as_mapping_mut().unwrap();
+    map.remove("stop_grace_period");
+    let errors = compose_grace_errors(&compose);
+    assert_eq!(errors.len(), 1, "{errors:?}");
+    assert!(errors[0].starts_with(&format!("{writer}: stop_grace_period 10s")));
+    let map = compose.services.get_mut(&writer).unwrap().as_mapping_mut().unwrap();
+    map.insert("stop_grace_period".into(), "10m".into());
+    let env = map
+        .entry("environment".into())
+        .or_insert_with(|| Value::Mapping(Default::default()));
+    env.as_mapping_mut()
+        .expect("environment as a map")
+        .insert("SF_WRITER_SHUTDOWN_GRACE_SECS".into(), "900".into());
+    let errors = compose_grace_errors(&compose);
+    assert_eq!(errors.len(), 1, "{errors:?}");
+    assert!(errors[0].contains("910 s shutdown"), "{errors:?}");
 }
 
 #[test]
@@ -1673,7 +1745,8 @@ fn k8s_termination_grace_exceeds_each_services_shutdown() {
         "SF_WRITER_SHUTDOWN_GRACE_SECS".to_owned(),
         Some("100".to_owned()),
     );
-    assert_eq!(shutdown_budget_secs("sf-writer", &env), base - 30 + 100);
+    let default = sf_writer::config::DEFAULT_SHUTDOWN_GRACE.as_secs();
+    assert_eq!(shutdown_budget_secs("sf-writer", &env), base - default + 100);
 }
 
 /// Every port a NetworkPolicy rule allows; a rule without ports allows all (`None`).

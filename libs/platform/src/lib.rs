@@ -10,6 +10,8 @@
 //! - [`http`]: the `/health`, `/livez` and `/metrics` listener.
 //! - [`logfields`]: correlation fields (`trace_id`, `order_id`, ...) on JSON log lines.
 //! - [`metrics`]: metrics shared by services (outbound API calls, time since an event).
+//! - [`service`]: the runtime of the three services (connect, serve, ensure resources, the
+//!   ordered shutdown's tail) and their binaries' `main`.
 //! - [`shutdown`]: SIGTERM/SIGINT to a cancellation token.
 //! - [`streams`]: the pipeline's stream definitions.
 //! - [`backoff`]: exponential backoff with full jitter, and start-up retries that stop on a
@@ -26,6 +28,7 @@ pub mod http;
 pub mod logfields;
 pub mod metrics;
 pub mod nats;
+pub mod service;
 pub mod shutdown;
 pub mod streams;
 pub mod supervise;

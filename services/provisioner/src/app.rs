@@ -18,10 +18,12 @@ use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use async_nats::jetstream::{self, kv};
+use platform::config::{ConfigError, Env};
 use platform::http::Health;
-use platform::nats::{JetStreamResources, ReplicaMetrics};
+use platform::nats::{JetStreamResources, NatsError};
+use platform::service::{Service, ServiceMain, StartError, Starting};
 use platform::supervise::{Supervisor, TaskEnd, TaskFailure};
-use prometheus_client::registry::Registry;
+use platform::telemetry::TelemetrySettings;
 use salesforce::rest::RestClient;
 use salesforce::TokenProvider;
 use tokio_util::sync::CancellationToken;
@@ -40,40 +42,26 @@ use platform::deadletter::DeadLetters;
 /// How often the consumer's pending counts are read for `/metrics`.
 const CONSUMER_INFO_EVERY: Duration = Duration::from_secs(5);
 
-/// How long the supervised tasks may take to end once the shutdown reached them.
-const TASKS_STOP_DEADLINE: Duration = Duration::from_secs(5);
-
 #[derive(Debug, thiserror::Error)]
 pub enum AppError {
     #[error(transparent)]
-    Nats(#[from] platform::nats::NatsError),
-    #[error("cannot bind the HTTP listener")]
-    Http(#[from] std::io::Error),
+    Start(#[from] StartError),
     #[error("cannot build an HTTP client")]
     HttpClient(#[source] reqwest::Error),
-    #[error("stopped before NATS became available")]
-    Cancelled,
     #[error(transparent)]
     Task(#[from] TaskFailure),
 }
 
-impl AppError {
-    /// Whether starting again later may succeed without anyone changing anything.
-    pub fn is_transient(&self) -> bool {
-        match self {
-            Self::Nats(e) => e.is_transient(),
-            Self::Http(_) | Self::HttpClient(_) | Self::Cancelled | Self::Task(_) => false,
-        }
-    }
+/// The longest the provisioner takes from SIGTERM to exit, given its shutdown grace
+/// (`PROVISIONER_SHUTDOWN_GRACE_SECS`): running jobs finish within it, then the common shutdown
+/// tail. Deployment files must grant more.
+pub fn shutdown_budget(shutdown_grace: Duration) -> Duration {
+    shutdown_grace + platform::service::SHUTDOWN_TAIL
 }
 
 pub struct App {
     settings: Arc<ProvisionerSettings>,
-    nats: async_nats::Client,
-    http_addr: SocketAddr,
-    http_cancel: CancellationToken,
-    supervisor: Supervisor,
-    health: Arc<Health>,
+    service: Service,
     runner: Arc<JobRunner>,
     recovery: Arc<Recovery>,
     consumer: jetstream::consumer::PullConsumer,
@@ -92,41 +80,36 @@ impl App {
         cancel: &CancellationToken,
     ) -> Result<Self, AppError> {
         let settings = Arc::new(settings);
-        let nats = platform::nats::connect(&settings.common.nats, "provisioner").await?;
-        let health = Health::new("provisioner", env!("CARGO_PKG_VERSION"));
-        health.add_nats(nats.clone());
-        let supervisor = Supervisor::new(health.clone(), cancel.clone());
-        let mut registry = Registry::default();
-        let metrics = ProvisionerMetrics::register(&mut registry);
-        let status_metrics = StatusMetrics::register(&mut registry);
-        // Set once the journal is open; until then /orders answers 503.
-        let status_api: Arc<OnceLock<Arc<StatusApi>>> = Arc::default();
-        let replica_metrics = ReplicaMetrics::register(&mut registry);
-        let http_cancel = CancellationToken::new();
-        let http = platform::http::serve(
-            settings.common.http_addr,
-            health.clone(),
-            Arc::new(registry),
-            status::routes(
-                status_api.clone(),
-                settings.status_api_token.clone(),
-                status_metrics.clone(),
-            ),
-            http_cancel.clone(),
+        let mut starting = Starting::connect(
+            "provisioner",
+            env!("CARGO_PKG_VERSION"),
+            &settings.common.nats,
+            cancel,
         )
         .await?;
-        let http_addr = http.local_addr;
-        supervisor.spawn("http", http.task);
+        let metrics = ProvisionerMetrics::register(starting.registry());
+        let status_metrics = StatusMetrics::register(starting.registry());
+        // Set once the journal is open; until then /orders answers 503.
+        let status_api: Arc<OnceLock<Arc<StatusApi>>> = Arc::default();
+        let routes = status::routes(
+            status_api.clone(),
+            settings.status_api_token.clone(),
+            status_metrics.clone(),
+        );
+        let mut service = starting.serve(settings.common.http_addr, routes).await?;
 
-        let js = jetstream::new(nats.clone());
-        let resources =
-            JetStreamResources::new(js.clone(), settings.common.nats.jetstream_replicas)
-                .with_metrics(replica_metrics);
-        let (journal_kv, consumer) =
-            Box::pin(ensure_resources(&resources, &settings, cancel)).await?;
+        let (journal_kv, consumer) = service
+            .ensure_resources(|resources| ensure_resources(resources, settings.clone()))
+            .await?;
         let status = StatusApi::new(journal_kv.clone(), status_metrics);
         // Only `build` sets it, once.
         let _ = status_api.set(status.clone());
+        // Long polls answer at shutdown with the status as it is, so the listener can close at
+        // once.
+        service.before_http_close({
+            let status = status.clone();
+            move || status.release_waiters()
+        });
         let journal = Journal::new(
             journal_kv,
             settings.job_lease,
@@ -149,6 +132,7 @@ impl App {
             .with_limit_usage(metrics.salesforce_limit.clone());
         let whmcs = whmcs::WhmcsClient::with_http(settings.whmcs.clone(), whmcs_http)
             .with_metrics(metrics.whmcs_api.clone());
+        let js = service.jetstream().clone();
         let publisher = Publisher::new(js.clone());
         let deadletter = DeadLetters::new(js.clone(), crate::job::SERVICE);
         let runner = Arc::new(JobRunner {
@@ -186,11 +170,7 @@ impl App {
         }
         Ok(Self {
             settings,
-            nats,
-            http_addr,
-            http_cancel,
-            supervisor,
-            health,
+            service,
             runner,
             recovery,
             consumer,
@@ -199,17 +179,17 @@ impl App {
     }
 
     pub fn http_addr(&self) -> SocketAddr {
-        self.http_addr
+        self.service.http_addr()
     }
 
     /// The supervisor of the service's background tasks (tests use it to make one die).
     pub fn supervisor(&self) -> &Supervisor {
-        &self.supervisor
+        self.service.supervisor()
     }
 
     /// What `/health` and `/livez` answer.
     pub fn health(&self) -> &Arc<Health> {
-        &self.health
+        self.service.health()
     }
 
     /// Runs until `cancel` (the token given to [`App::build`]), then shuts down in order.
@@ -221,9 +201,10 @@ impl App {
             consumer = %self.settings.consumer,
             "provisioner running."
         );
+        let supervisor = self.service.supervisor();
         let recovery_cancel = CancellationToken::new();
         let hard_stop = CancellationToken::new();
-        self.supervisor.spawn(
+        supervisor.spawn(
             "reconciler",
             self.recovery
                 .clone()
@@ -231,7 +212,7 @@ impl App {
         );
         // Supervised although it only feeds /metrics: a dead poller would leave the lag gauges
         // frozen at their last value, and alerts on them silently blind.
-        self.supervisor.spawn(
+        supervisor.spawn(
             "consumer-lag-poller",
             self.runner.metrics.consumer.clone().poll(
                 self.consumer.clone(),
@@ -241,10 +222,10 @@ impl App {
         );
         // Answers until the pull loop has drained, like the reconciler; the HTTP status routes
         // answer until the listener closes last.
-        self.supervisor.spawn(
+        supervisor.spawn(
             "status-service",
             status::serve_nats(
-                self.nats.clone(),
+                self.service.nats().clone(),
                 self.status.clone(),
                 recovery_cancel.clone(),
             ),
@@ -266,44 +247,54 @@ impl App {
         recovery_cancel.cancel();
         // The reconciler's own jobs get no longer than the worker's did.
         hard_stop.cancel();
-        if let Err(err) =
-            platform::nats::flush_with_deadline(&self.nats, platform::nats::SHUTDOWN_FLUSH_DEADLINE)
-                .await
-        {
-            tracing::warn!(error = %platform::error::Chain(&err), "Could not flush NATS on shutdown.");
-        }
-        // Long polls answer now with the status as it is, so the listener can close at once.
-        self.status.release_waiters();
-        self.http_cancel.cancel();
-        self.supervisor.wait_all(TASKS_STOP_DEADLINE).await;
+        let tasks = self.service.shut_down().await;
         if pull_loop_died {
             return Err(AppError::Task(TaskFailure {
                 task: "pull-loop".to_owned(),
                 end: TaskEnd::Returned,
             }));
         }
-        self.supervisor.result()?;
-        tracing::info!("provisioner stopped.");
+        tasks?;
         Ok(())
     }
 }
 
-async fn ensure_resources(
-    resources: &JetStreamResources,
-    settings: &ProvisionerSettings,
-    cancel: &CancellationToken,
-) -> Result<(kv::Store, jetstream::consumer::PullConsumer), AppError> {
-    platform::backoff::retry_while_transient(cancel, "JetStream", AppError::is_transient, || {
-        try_ensure_resources(resources, settings)
-    })
-    .await?
-    .ok_or(AppError::Cancelled)
+impl ServiceMain for ProvisionerSettings {
+    const NAME: &'static str = "provisioner";
+    type Error = AppError;
+
+    fn from_env(env: &Env) -> Result<Self, ConfigError> {
+        ProvisionerSettings::from_env(env)
+    }
+
+    fn telemetry(&self) -> &TelemetrySettings {
+        &self.common.telemetry
+    }
+
+    fn log_start(&self) {
+        tracing::info!(
+            worker_id = %self.worker_id,
+            concurrency = self.concurrency,
+            jetstream_replicas = self.common.nats.jetstream_replicas,
+            "provisioner starting."
+        );
+    }
+
+    async fn run(self, cancel: CancellationToken) -> Result<(), AppError> {
+        let app = match App::build(self, &cancel).await {
+            Ok(app) => app,
+            Err(AppError::Start(StartError::Cancelled)) => return Ok(()),
+            Err(err) => return Err(err),
+        };
+        app.run_until_stopped(cancel).await
+    }
 }
 
-async fn try_ensure_resources(
-    resources: &JetStreamResources,
-    settings: &ProvisionerSettings,
-) -> Result<(kv::Store, jetstream::consumer::PullConsumer), AppError> {
+/// Creates the four streams, the journal bucket and the consumer when absent.
+async fn ensure_resources(
+    resources: JetStreamResources,
+    settings: Arc<ProvisionerSettings>,
+) -> Result<(kv::Store, jetstream::consumer::PullConsumer), NatsError> {
     use platform::streams;
     // The same definition and defaults as sf-bridge's (whichever service starts first creates).
     let requests = resources

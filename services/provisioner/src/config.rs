@@ -7,6 +7,10 @@ use platform::config::{CommonSettings, ConfigError, Env};
 use salesforce::SalesforceSettings;
 use whmcs::WhmcsSettings;
 
+/// `PROVISIONER_SHUTDOWN_GRACE_SECS` when unset: how long running jobs may take to finish on
+/// SIGTERM.
+pub const DEFAULT_SHUTDOWN_GRACE: Duration = Duration::from_secs(20);
+
 #[derive(Debug, Clone)]
 pub struct ProvisionerSettings {
     pub common: CommonSettings,
@@ -77,7 +81,7 @@ impl ProvisionerSettings {
                 Duration::from_secs(15),
             )?,
             shutdown_grace: env
-                .secs_or("PROVISIONER_SHUTDOWN_GRACE_SECS", Duration::from_secs(20))?,
+                .secs_or("PROVISIONER_SHUTDOWN_GRACE_SECS", DEFAULT_SHUTDOWN_GRACE)?,
             ack_wait: env.secs_or("PROVISIONER_ACK_WAIT_SECS", Duration::from_secs(60))?,
             default_payment_method: env.string_or("WHMCS_PAYMENT_METHOD", "banktransfer"),
             worker_id: env

@@ -12,15 +12,16 @@
 
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::Duration;
 
-use async_nats::jetstream::{self, kv, stream};
+use async_nats::jetstream::{kv, stream};
 use axum::routing::get;
 use axum::{Json, Router};
+use platform::config::{ConfigError, Env};
 use platform::http::Health;
-use platform::nats::{JetStreamResources, ReplicaMetrics};
+use platform::nats::{JetStreamResources, NatsError};
+use platform::service::{Service, ServiceMain, StartError, Starting};
 use platform::supervise::{Supervisor, TaskFailure};
-use prometheus_client::registry::Registry;
+use platform::telemetry::TelemetrySettings;
 use salesforce::pubsub::PubSubClient;
 use salesforce::TokenProvider;
 use tokio_util::sync::CancellationToken;
@@ -35,32 +36,26 @@ use crate::status::{BridgeStatus, SubscriptionState};
 #[derive(Debug, thiserror::Error)]
 pub enum AppError {
     #[error(transparent)]
-    Nats(#[from] platform::nats::NatsError),
-    #[error("cannot bind the HTTP listener")]
-    Http(#[from] std::io::Error),
+    Start(#[from] StartError),
     #[error("cannot build the Salesforce HTTP client")]
     HttpClient(#[source] reqwest::Error),
     #[error(transparent)]
     PubSub(#[from] salesforce::pubsub::PubSubError),
-    #[error("stopped before NATS became available")]
-    Cancelled,
     #[error(transparent)]
     Task(#[from] TaskFailure),
 }
 
-/// How long the supervised tasks (the HTTP listener finishing its last answers) may take to end
-/// once the shutdown reached them.
-const TASKS_STOP_DEADLINE: Duration = Duration::from_secs(5);
+/// The longest sf-bridge takes from SIGTERM to exit: the leader settles its publishes in flight
+/// (then releases the lease), then the common shutdown tail. Deployment files must grant more.
+pub fn shutdown_budget() -> std::time::Duration {
+    crate::ingest::PUBLISH_DRAIN_DEADLINE + platform::service::SHUTDOWN_TAIL
+}
 
 pub struct App {
     settings: Arc<BridgeSettings>,
-    nats: async_nats::Client,
+    service: Service,
     status: Arc<BridgeStatus>,
     metrics: BridgeMetrics,
-    health: Arc<Health>,
-    http_addr: SocketAddr,
-    http_cancel: CancellationToken,
-    supervisor: Supervisor,
     cursor: CursorStore,
     lease: Lease,
     client: Option<Arc<PubSubClient>>,
@@ -78,47 +73,34 @@ impl App {
         cancel: &CancellationToken,
     ) -> Result<Self, AppError> {
         let settings = Arc::new(settings);
-        let nats = platform::nats::connect(&settings.common.nats, "sf-bridge").await?;
-        let health = Health::new("sf-bridge", env!("CARGO_PKG_VERSION"));
-        health.add_nats(nats.clone());
+        let mut starting = Starting::connect(
+            "sf-bridge",
+            env!("CARGO_PKG_VERSION"),
+            &settings.common.nats,
+            cancel,
+        )
+        .await?;
         let status = BridgeStatus::new(
             settings.events_enabled,
             &settings.channel,
             &settings.instance_id,
         );
-        let supervisor = Supervisor::new(health.clone(), cancel.clone());
-        let mut registry = Registry::default();
-        let metrics = BridgeMetrics::register(&mut registry);
-        let replica_metrics = ReplicaMetrics::register(&mut registry);
-
+        let metrics = BridgeMetrics::register(starting.registry());
         let status_for_route = status.clone();
-        let extra = Router::new().route(
+        let routes = Router::new().route(
             "/health/sf-events",
             get(move || async move { Json(status_for_route.report()) }),
         );
-        let http_cancel = CancellationToken::new();
-        let http = platform::http::serve(
-            settings.common.http_addr,
-            health.clone(),
-            Arc::new(registry),
-            extra,
-            http_cancel.clone(),
-        )
-        .await?;
-        let http_addr = http.local_addr;
-        supervisor.spawn("http", http.task);
+        let service = starting.serve(settings.common.http_addr, routes).await?;
 
-        let resources = JetStreamResources::new(
-            jetstream::new(nats.clone()),
-            settings.common.nats.jetstream_replicas,
-        )
-        .with_metrics(replica_metrics);
-        let (cursor_kv, lease_kv) = ensure_resources(&resources, &settings, cancel).await?;
+        let (cursor_kv, lease_kv) = service
+            .ensure_resources(|resources| ensure_resources(resources, settings.clone()))
+            .await?;
         let cursor = CursorStore::new(cursor_kv, &settings.channel, &settings.instance_id);
         let lease = Lease::new(
             lease_kv,
             &settings,
-            supervisor.clone(),
+            service.supervisor().clone(),
             status.clone(),
             metrics.is_leader.clone(),
         );
@@ -142,13 +124,9 @@ impl App {
         };
         Ok(Self {
             settings,
-            nats,
+            service,
             status,
             metrics,
-            health,
-            http_addr,
-            http_cancel,
-            supervisor,
             cursor,
             lease,
             client,
@@ -156,17 +134,17 @@ impl App {
     }
 
     pub fn http_addr(&self) -> SocketAddr {
-        self.http_addr
+        self.service.http_addr()
     }
 
     /// The supervisor of the service's background tasks (tests use it to make one die).
     pub fn supervisor(&self) -> &Supervisor {
-        &self.supervisor
+        self.service.supervisor()
     }
 
     /// What `/health` and `/livez` answer.
     pub fn health(&self) -> &Arc<Health> {
-        &self.health
+        self.service.health()
     }
 
     pub fn status(&self) -> &Arc<BridgeStatus> {
@@ -186,51 +164,59 @@ impl App {
                 let ingest = Ingest::new(
                     self.settings.clone(),
                     client,
-                    self.nats.clone(),
+                    self.service.nats().clone(),
                     self.cursor.clone(),
                     self.status.clone(),
                     self.metrics.clone(),
-                    self.health.clone(),
+                    self.service.health().clone(),
                 );
                 self.lease.lead(&cancel, |stop| ingest.run(stop)).await;
             }
         }
-        if let Err(err) =
-            platform::nats::flush_with_deadline(&self.nats, platform::nats::SHUTDOWN_FLUSH_DEADLINE)
-                .await
-        {
-            tracing::warn!(error = %platform::error::Chain(&err), "Could not flush NATS on shutdown.");
-        }
-        self.http_cancel.cancel();
-        self.supervisor.wait_all(TASKS_STOP_DEADLINE).await;
-        self.supervisor.result()?;
-        tracing::info!("sf-bridge stopped.");
+        self.service.shut_down().await?;
         Ok(())
     }
 }
 
-/// Creates the requests and dead-letter streams and the two buckets when absent, retrying while
-/// NATS is unreachable.
-async fn ensure_resources(
-    resources: &JetStreamResources,
-    settings: &BridgeSettings,
-    cancel: &CancellationToken,
-) -> Result<(kv::Store, kv::Store), AppError> {
-    platform::backoff::retry_while_transient(
-        cancel,
-        "JetStream",
-        platform::nats::NatsError::is_transient,
-        || try_ensure_resources(resources, settings),
-    )
-    .await?
-    .ok_or(AppError::Cancelled)
+impl ServiceMain for BridgeSettings {
+    const NAME: &'static str = "sf-bridge";
+    type Error = AppError;
+
+    fn from_env(env: &Env) -> Result<Self, ConfigError> {
+        BridgeSettings::from_env(env)
+    }
+
+    fn telemetry(&self) -> &TelemetrySettings {
+        &self.common.telemetry
+    }
+
+    fn log_start(&self) {
+        tracing::info!(
+            channel = %self.channel,
+            pubsub_endpoint = %self.pubsub_endpoint,
+            enabled = self.events_enabled,
+            instance_id = %self.instance_id,
+            jetstream_replicas = self.common.nats.jetstream_replicas,
+            "sf-bridge starting."
+        );
+    }
+
+    async fn run(self, cancel: CancellationToken) -> Result<(), AppError> {
+        let app = match App::build(self, &cancel).await {
+            Ok(app) => app,
+            Err(AppError::Start(StartError::Cancelled)) => return Ok(()),
+            Err(err) => return Err(err),
+        };
+        app.run_until_stopped(cancel).await
+    }
 }
 
-async fn try_ensure_resources(
-    resources: &JetStreamResources,
-    settings: &BridgeSettings,
-) -> Result<(kv::Store, kv::Store), platform::nats::NatsError> {
-    resources.stream(requests_stream_config(settings)).await?;
+/// Creates the requests and dead-letter streams and the two buckets when absent.
+async fn ensure_resources(
+    resources: JetStreamResources,
+    settings: Arc<BridgeSettings>,
+) -> Result<(kv::Store, kv::Store), NatsError> {
+    resources.stream(requests_stream_config(&settings)).await?;
     resources
         .stream(platform::streams::deadletter(&settings.deadletter_stream))
         .await?;
@@ -270,6 +256,8 @@ mod tests {
     #![allow(clippy::unwrap_used, clippy::expect_used)]
 
     use super::*;
+    use async_nats::jetstream;
+    use std::time::Duration;
     use testkit::nats::NatsServer;
 
     fn settings(nats: &NatsServer) -> BridgeSettings {
@@ -333,7 +321,7 @@ mod tests {
         .await
         .expect("a permanent error is not retried");
         match result {
-            Err(AppError::Nats(err)) => {
+            Err(AppError::Start(StartError::Nats(err))) => {
                 assert!(!err.is_transient());
                 assert_eq!(err.jetstream_code(), Some(10065));
             }

@@ -16,10 +16,12 @@ use std::time::Duration;
 
 use async_nats::jetstream::{self, kv};
 use axum::Router;
+use platform::config::{ConfigError, Env};
 use platform::http::Health;
-use platform::nats::{JetStreamResources, ReplicaMetrics};
+use platform::nats::{JetStreamResources, NatsError};
+use platform::service::{Service, ServiceMain, StartError, Starting};
 use platform::supervise::{Supervisor, TaskFailure};
-use prometheus_client::registry::Registry;
+use platform::telemetry::TelemetrySettings;
 use salesforce::rest::RestClient;
 use salesforce::TokenProvider;
 use tokio_util::sync::CancellationToken;
@@ -35,39 +37,26 @@ use platform::deadletter::DeadLetters;
 /// How often the consumer's pending counts are read for `/metrics`.
 const CONSUMER_INFO_EVERY: Duration = Duration::from_secs(5);
 
-/// How long the supervised tasks may take to end once the shutdown reached them.
-const TASKS_STOP_DEADLINE: Duration = Duration::from_secs(5);
-
 #[derive(Debug, thiserror::Error)]
 pub enum AppError {
     #[error(transparent)]
-    Nats(#[from] platform::nats::NatsError),
-    #[error("cannot bind the HTTP listener: {0}")]
-    Http(#[from] std::io::Error),
-    #[error("cannot build an HTTP client: {0}")]
-    HttpClient(String),
-    #[error("stopped before NATS became available")]
-    Cancelled,
+    Start(#[from] StartError),
+    #[error("cannot build an HTTP client")]
+    HttpClient(#[source] reqwest::Error),
     #[error(transparent)]
     Task(#[from] TaskFailure),
 }
 
-impl AppError {
-    /// Whether starting again later may succeed without anyone changing anything.
-    pub fn is_transient(&self) -> bool {
-        match self {
-            Self::Nats(e) => e.is_transient(),
-            Self::Http(_) | Self::HttpClient(_) | Self::Cancelled | Self::Task(_) => false,
-        }
-    }
+/// The longest sf-writer takes from SIGTERM to exit, given its shutdown grace
+/// (`SF_WRITER_SHUTDOWN_GRACE_SECS`): batches in hand finish within it, then the common shutdown
+/// tail. Deployment files must grant more.
+pub fn shutdown_budget(shutdown_grace: Duration) -> Duration {
+    shutdown_grace + platform::service::SHUTDOWN_TAIL
 }
 
 pub struct App {
     settings: Arc<WriterSettings>,
-    nats: async_nats::Client,
-    http_addr: SocketAddr,
-    http_cancel: CancellationToken,
-    supervisor: Supervisor,
+    service: Service,
     consumer: jetstream::consumer::PullConsumer,
     writer: Arc<Writer>,
     tokens: Arc<TokenProvider>,
@@ -85,35 +74,25 @@ impl App {
         cancel: &CancellationToken,
     ) -> Result<Self, AppError> {
         let settings = Arc::new(settings);
-        let nats = platform::nats::connect(&settings.common.nats, "sf-writer").await?;
-        let health = Health::new("sf-writer", env!("CARGO_PKG_VERSION"));
-        health.add_nats(nats.clone());
-        let supervisor = Supervisor::new(health.clone(), cancel.clone());
-        let mut registry = Registry::default();
-        let metrics = WriterMetrics::register(&mut registry);
-        let replica_metrics = ReplicaMetrics::register(&mut registry);
-        let http_cancel = CancellationToken::new();
-        let http = platform::http::serve(
-            settings.common.http_addr,
-            health.clone(),
-            Arc::new(registry),
-            Router::new(),
-            http_cancel.clone(),
+        let mut starting = Starting::connect(
+            "sf-writer",
+            env!("CARGO_PKG_VERSION"),
+            &settings.common.nats,
+            cancel,
         )
         .await?;
-        let http_addr = http.local_addr;
-        supervisor.spawn("http", http.task);
-
-        let js = jetstream::new(nats.clone());
-        let resources =
-            JetStreamResources::new(js.clone(), settings.common.nats.jetstream_replicas)
-                .with_metrics(replica_metrics);
-        let (applied_kv, consumer) = ensure_resources(&resources, &settings, cancel).await?;
+        let metrics = WriterMetrics::register(starting.registry());
+        let service = starting
+            .serve(settings.common.http_addr, Router::new())
+            .await?;
+        let (applied_kv, consumer) = service
+            .ensure_resources(|resources| ensure_resources(resources, settings.clone()))
+            .await?;
 
         let http_client = salesforce::http_client_builder(&settings.salesforce)
             .pool_max_idle_per_host(settings.concurrency.max(4))
             .build()
-            .map_err(|e| AppError::HttpClient(e.to_string()))?;
+            .map_err(AppError::HttpClient)?;
         let tokens = TokenProvider::new(settings.salesforce.clone(), http_client.clone());
         let rest = RestClient::new(http_client, tokens.clone())
             .with_metrics(metrics.salesforce_api.clone());
@@ -121,19 +100,16 @@ impl App {
             rest,
             applied: AppliedStore::new(applied_kv, settings.claim_ttl),
             gate: Gate::new(settings.backoff_base, settings.backoff_max),
-            deadletters: DeadLetters::new(js, crate::SERVICE),
+            deadletters: DeadLetters::new(service.jetstream().clone(), crate::SERVICE),
             metrics,
-            health,
+            health: service.health().clone(),
             ack_wait: settings.ack_wait,
             retry_base: settings.backoff_base,
             retry_max: settings.backoff_max,
         });
         Ok(Self {
             settings,
-            nats,
-            http_addr,
-            http_cancel,
-            supervisor,
+            service,
             consumer,
             writer,
             tokens,
@@ -141,17 +117,17 @@ impl App {
     }
 
     pub fn http_addr(&self) -> SocketAddr {
-        self.http_addr
+        self.service.http_addr()
     }
 
     /// The supervisor of the service's background tasks (tests use it to make one die).
     pub fn supervisor(&self) -> &Supervisor {
-        &self.supervisor
+        self.service.supervisor()
     }
 
     /// What `/health` and `/livez` answer.
     pub fn health(&self) -> &Arc<Health> {
-        &self.writer.health
+        self.service.health()
     }
 
     /// Runs until `cancel` (the token given to [`App::build`]), then shuts down in order.
@@ -165,9 +141,10 @@ impl App {
             concurrency = self.settings.concurrency,
             "sf-writer running."
         );
+        let supervisor = self.service.supervisor();
         // An early token fetch makes /health tell the truth about Salesforce before the first
         // update arrives (bad key, unknown user, unreachable login host).
-        let warmup = self.supervisor.spawn_finite("salesforce-warmup", {
+        let warmup = supervisor.spawn_finite("salesforce-warmup", {
             let (tokens, health) = (self.tokens.clone(), self.writer.health.clone());
             async move {
                 match tokens.token().await {
@@ -182,7 +159,7 @@ impl App {
         let lag_cancel = CancellationToken::new();
         // Supervised although it only feeds /metrics: a dead poller would leave the lag gauges
         // frozen at their last value, and alerts on them silently blind.
-        self.supervisor.spawn(
+        supervisor.spawn(
             "consumer-lag-poller",
             self.writer.metrics.consumer.clone().poll(
                 self.consumer.clone(),
@@ -204,36 +181,47 @@ impl App {
         .await;
         warmup.abort();
         lag_cancel.cancel();
-        if let Err(err) =
-            platform::nats::flush_with_deadline(&self.nats, platform::nats::SHUTDOWN_FLUSH_DEADLINE)
-                .await
-        {
-            tracing::warn!(error = %platform::error::Chain(&err), "Could not flush NATS on shutdown.");
-        }
-        self.http_cancel.cancel();
-        self.supervisor.wait_all(TASKS_STOP_DEADLINE).await;
-        self.supervisor.result()?;
-        tracing::info!("sf-writer stopped.");
+        self.service.shut_down().await?;
         Ok(())
     }
 }
 
-async fn ensure_resources(
-    resources: &JetStreamResources,
-    settings: &WriterSettings,
-    cancel: &CancellationToken,
-) -> Result<(kv::Store, jetstream::consumer::PullConsumer), AppError> {
-    platform::backoff::retry_while_transient(cancel, "JetStream", AppError::is_transient, || {
-        try_ensure_resources(resources, settings)
-    })
-    .await?
-    .ok_or(AppError::Cancelled)
+impl ServiceMain for WriterSettings {
+    const NAME: &'static str = "sf-writer";
+    type Error = AppError;
+
+    fn from_env(env: &Env) -> Result<Self, ConfigError> {
+        WriterSettings::from_env(env)
+    }
+
+    fn telemetry(&self) -> &TelemetrySettings {
+        &self.common.telemetry
+    }
+
+    fn log_start(&self) {
+        tracing::info!(
+            instance_id = %self.instance_id,
+            consumer = %self.consumer,
+            jetstream_replicas = self.common.nats.jetstream_replicas,
+            "sf-writer starting."
+        );
+    }
+
+    async fn run(self, cancel: CancellationToken) -> Result<(), AppError> {
+        let app = match App::build(self, &cancel).await {
+            Ok(app) => app,
+            Err(AppError::Start(StartError::Cancelled)) => return Ok(()),
+            Err(err) => return Err(err),
+        };
+        app.run_until_stopped(cancel).await
+    }
 }
 
-async fn try_ensure_resources(
-    resources: &JetStreamResources,
-    settings: &WriterSettings,
-) -> Result<(kv::Store, jetstream::consumer::PullConsumer), AppError> {
+/// Creates the updates and dead-letter streams, the applied bucket and the consumer when absent.
+async fn ensure_resources(
+    resources: JetStreamResources,
+    settings: Arc<WriterSettings>,
+) -> Result<(kv::Store, jetstream::consumer::PullConsumer), NatsError> {
     use platform::streams;
     let updates = resources
         .stream(streams::order_updates(&settings.updates_stream))
@@ -339,7 +327,9 @@ mod tests {
         .await
         .expect("a permanent error is not retried");
         match result {
-            Err(AppError::Nats(err)) => assert_eq!(err.jetstream_code(), Some(10065)),
+            Err(AppError::Start(StartError::Nats(err))) => {
+                assert_eq!(err.jetstream_code(), Some(10065))
+            }
             Err(other) => panic!("expected a JetStream error, got {other:?}"),
             Ok(_) => panic!("the writer must not start"),
         }

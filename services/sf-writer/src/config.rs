@@ -9,6 +9,10 @@ use salesforce::SalesforceSettings;
 /// Most records Salesforce accepts in one sObject Collections request.
 pub const MAX_COLLECTION_RECORDS: usize = 200;
 
+/// `SF_WRITER_SHUTDOWN_GRACE_SECS` when unset: how long batches in hand may take to finish on
+/// SIGTERM.
+pub const DEFAULT_SHUTDOWN_GRACE: Duration = Duration::from_secs(30);
+
 #[derive(Debug, Clone)]
 pub struct WriterSettings {
     pub common: CommonSettings,
@@ -120,7 +124,7 @@ impl WriterSettings {
             backoff_max,
             claim_ttl,
             shutdown_grace: env
-                .secs_or("SF_WRITER_SHUTDOWN_GRACE_SECS", Duration::from_secs(30))?,
+                .secs_or("SF_WRITER_SHUTDOWN_GRACE_SECS", DEFAULT_SHUTDOWN_GRACE)?,
             instance_id: env
                 .get("SF_WRITER_INSTANCE_ID")
                 .unwrap_or_else(platform::telemetry::instance_id),

@@ -92,12 +92,16 @@ impl AckWindow {
     }
 }
 
+/// How long a session's end (a shutdown included) waits for the publishes in flight to be
+/// acknowledged before it stores the cursor and lets go of the lease.
+pub const PUBLISH_DRAIN_DEADLINE: Duration = Duration::from_secs(10);
+
 impl Ingest {
-    /// Settles what is in flight (up to 10 s). After a failed ack nothing moves the cursor any
+    /// Settles what is in flight (up to [`PUBLISH_DRAIN_DEADLINE`]). After a failed ack nothing moves the cursor any
     /// more ([`CursorProgress`]), but the later acks are still awaited: their events are stored
     /// (and counted), and a refused event's dead letter is still written.
     pub(super) async fn drain(&self, window: &mut AckWindow) {
-        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+        let deadline = tokio::time::Instant::now() + PUBLISH_DRAIN_DEADLINE;
         while let Ok(Some(acked)) = tokio::time::timeout_at(deadline, window.next()).await {
             // A failure is logged by on_ack and halts the cursor; the session is ending anyway.
             let _ = self.on_ack(acked, window);

@@ -41,6 +41,7 @@ mod publish;
 mod session;
 
 use publish::DeadLetters;
+pub use ack_window::PUBLISH_DRAIN_DEADLINE;
 pub use publish::PublishFailure;
 
 #[derive(Debug, thiserror::Error)]
