@@ -1675,7 +1675,9 @@ fn compose_grace_errors(compose: &Compose) -> Vec<String> {
         let default = Value::String("10s".to_owned());
         let period = service.get("stop_grace_period").unwrap_or(&default);
         match compose_duration_secs(period) {
-            None => errors.push(format!("{name}: stop_grace_period {period:?} is no duration")),
+            None => errors.push(format!(
+                "{name}: stop_grace_period {period:?} is no duration"
+            )),
             Some(given) if given <= budget as f64 => errors.push(format!(
                 "{name}: stop_grace_period {given}s must exceed its {budget} s shutdown, or \
                  Docker kills it mid-shutdown"
@@ -1708,7 +1710,12 @@ fn compose_stop_grace_exceeds_each_services_shutdown() {
     let errors = compose_grace_errors(&compose);
     assert_eq!(errors.len(), 1, "{errors:?}");
     assert!(errors[0].starts_with(&format!("{writer}: stop_grace_period 10s")));
-    let map = compose.services.get_mut(&writer).unwrap().as_mapping_mut().unwrap();
+    let map = compose
+        .services
+        .get_mut(&writer)
+        .unwrap()
+        .as_mapping_mut()
+        .unwrap();
     map.insert("stop_grace_period".into(), "10m".into());
     let env = map
         .entry("environment".into())
@@ -1746,7 +1753,10 @@ fn k8s_termination_grace_exceeds_each_services_shutdown() {
         Some("100".to_owned()),
     );
     let default = sf_writer::config::DEFAULT_SHUTDOWN_GRACE.as_secs();
-    assert_eq!(shutdown_budget_secs("sf-writer", &env), base - default + 100);
+    assert_eq!(
+        shutdown_budget_secs("sf-writer", &env),
+        base - default + 100
+    );
 }
 
 /// Every port a NetworkPolicy rule allows; a rule without ports allows all (`None`).

@@ -236,7 +236,8 @@ impl Service {
     /// [`SHUTDOWN_FLUSH_DEADLINE`], run the hooks, close the HTTP listener, wait up to
     /// [`TASKS_STOP_DEADLINE`] for the supervised tasks. Returns the first task that died.
     pub async fn shut_down(self) -> Result<(), TaskFailure> {
-        if let Err(err) = crate::nats::flush_with_deadline(&self.nats, SHUTDOWN_FLUSH_DEADLINE).await
+        if let Err(err) =
+            crate::nats::flush_with_deadline(&self.nats, SHUTDOWN_FLUSH_DEADLINE).await
         {
             tracing::warn!(error = %crate::error::Chain(&err), "Could not flush NATS on shutdown.");
         }
@@ -263,7 +264,8 @@ pub trait ServiceMain: Sized + Send + 'static {
     fn log_start(&self);
     /// Starts and runs the service until `cancel`, then shuts it down in order. A stop asked
     /// for before the service was up is `Ok`.
-    fn run(self, cancel: CancellationToken) -> impl Future<Output = Result<(), Self::Error>> + Send;
+    fn run(self, cancel: CancellationToken)
+        -> impl Future<Output = Result<(), Self::Error>> + Send;
 }
 
 /// A service binary's `main` after `--help`/`--version`. Exit codes: 0 after a requested stop,

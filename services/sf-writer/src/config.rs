@@ -123,8 +123,7 @@ impl WriterSettings {
             backoff_base,
             backoff_max,
             claim_ttl,
-            shutdown_grace: env
-                .secs_or("SF_WRITER_SHUTDOWN_GRACE_SECS", DEFAULT_SHUTDOWN_GRACE)?,
+            shutdown_grace: env.secs_or("SF_WRITER_SHUTDOWN_GRACE_SECS", DEFAULT_SHUTDOWN_GRACE)?,
             instance_id: env
                 .get("SF_WRITER_INSTANCE_ID")
                 .unwrap_or_else(platform::telemetry::instance_id),

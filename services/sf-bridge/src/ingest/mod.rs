@@ -40,8 +40,8 @@ mod decode;
 mod publish;
 mod session;
 
-use publish::DeadLetters;
 pub use ack_window::PUBLISH_DRAIN_DEADLINE;
+use publish::DeadLetters;
 pub use publish::PublishFailure;
 
 #[derive(Debug, thiserror::Error)]
