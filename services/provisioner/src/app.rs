@@ -314,20 +314,13 @@ async fn ensure_resources(
         .stream(streams::deadletter(&settings.deadletter_stream))
         .await?;
     let journal = resources
-        .bucket(kv::Config {
-            bucket: settings.journal_bucket.clone(),
-            description: "provisioner job journal, one entry per Salesforce Order".to_owned(),
-            history: 5,
-            max_age: Duration::from_secs(90 * 24 * 3600),
-            storage: jetstream::stream::StorageType::File,
-            ..Default::default()
-        })
+        .bucket(streams::journal_bucket(&settings.journal_bucket))
         .await?;
     let max_ack_pending =
         i64::try_from(settings.concurrency.saturating_mul(4).max(1000)).unwrap_or(i64::MAX);
     let consumer = platform::nats::ensure_consumer(
         &requests,
-        worker::consumer_config(&settings.consumer, settings.ack_wait, max_ack_pending),
+        streams::provisioner_consumer(&settings.consumer, settings.ack_wait, max_ack_pending),
     )
     .await?;
     Ok((journal, consumer))

@@ -7,30 +7,13 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use async_nats::jetstream::consumer::{pull, AckPolicy, DeliverPolicy, PullConsumer};
+use async_nats::jetstream::consumer::PullConsumer;
 use futures::StreamExt;
 use tokio::sync::Semaphore;
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
 use crate::job::JobRunner;
-
-/// The consumer's configuration (docs/contract.md §1: explicit ack, max_deliver = 1).
-pub fn consumer_config(name: &str, ack_wait: Duration, max_ack_pending: i64) -> pull::Config {
-    pull::Config {
-        durable_name: Some(name.to_owned()),
-        description: Some(
-            "provisioner: one delivery per event, jobs tracked in the journal".to_owned(),
-        ),
-        filter_subject: messages::subjects::PROVISIONING_REQUESTED_ALL.to_owned(),
-        ack_policy: AckPolicy::Explicit,
-        deliver_policy: DeliverPolicy::All,
-        max_deliver: 1,
-        ack_wait,
-        max_ack_pending,
-        ..Default::default()
-    }
-}
 
 /// Pulls until `cancel`, then waits up to `shutdown_grace` for running jobs before cancelling
 /// `hard_stop`, which makes the rest record themselves interrupted.

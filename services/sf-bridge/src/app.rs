@@ -221,23 +221,13 @@ async fn ensure_resources(
         .stream(platform::streams::deadletter(&settings.deadletter_stream))
         .await?;
     let cursor = resources
-        .bucket(kv::Config {
-            bucket: settings.cursor_bucket.clone(),
-            description: "sf-bridge replay cursor per Salesforce channel".to_owned(),
-            history: 10,
-            storage: stream::StorageType::File,
-            ..Default::default()
-        })
+        .bucket(platform::streams::cursor_bucket(&settings.cursor_bucket))
         .await?;
     let lease = resources
-        .bucket(kv::Config {
-            bucket: settings.lease_bucket.clone(),
-            description: "sf-bridge subscription lease per Salesforce channel".to_owned(),
-            history: 1,
-            max_age: settings.lease_ttl,
-            storage: stream::StorageType::File,
-            ..Default::default()
-        })
+        .bucket(platform::streams::lease_bucket(
+            &settings.lease_bucket,
+            settings.lease_ttl,
+        ))
         .await?;
     Ok((cursor, lease))
 }

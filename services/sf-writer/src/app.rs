@@ -230,19 +230,14 @@ async fn ensure_resources(
         .stream(streams::deadletter(&settings.deadletter_stream))
         .await?;
     let applied = resources
-        .bucket(kv::Config {
-            bucket: settings.applied_bucket.clone(),
-            description: "sf-writer: last applied update sequence and write claim per Order"
-                .to_owned(),
-            history: 1,
-            max_age: settings.applied_max_age,
-            storage: jetstream::stream::StorageType::File,
-            ..Default::default()
-        })
+        .bucket(streams::applied_bucket(
+            &settings.applied_bucket,
+            settings.applied_max_age,
+        ))
         .await?;
     let consumer = platform::nats::ensure_consumer(
         &updates,
-        consumer::consumer_config(
+        streams::writer_consumer(
             &settings.consumer,
             settings.ack_wait,
             settings.max_ack_pending,

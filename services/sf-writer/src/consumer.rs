@@ -14,7 +14,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use async_nats::jetstream;
-use async_nats::jetstream::consumer::{pull, AckPolicy, DeliverPolicy, PullConsumer};
+use async_nats::jetstream::consumer::PullConsumer;
 use futures::StreamExt;
 use tokio::sync::Semaphore;
 use tokio::task::JoinSet;
@@ -26,25 +26,6 @@ use crate::writer::Writer;
 const FIRST_MESSAGE_POLL: Duration = Duration::from_secs(5);
 /// Guard for the `no_wait` fetch, which the server answers at once.
 const FETCH_GUARD: Duration = Duration::from_secs(5);
-
-/// The consumer's configuration: explicit ack, unlimited deliveries, `ack_wait` long enough for
-/// a held message between in-progress acks.
-pub fn consumer_config(name: &str, ack_wait: Duration, max_ack_pending: i64) -> pull::Config {
-    pull::Config {
-        durable_name: Some(name.to_owned()),
-        description: Some(
-            "sf-writer: Salesforce Order updates, retried until applied or dead-lettered"
-                .to_owned(),
-        ),
-        filter_subject: messages::subjects::ORDER_UPDATE_ALL.to_owned(),
-        ack_policy: AckPolicy::Explicit,
-        deliver_policy: DeliverPolicy::All,
-        max_deliver: -1,
-        ack_wait,
-        max_ack_pending,
-        ..Default::default()
-    }
-}
 
 #[derive(Debug, Clone)]
 pub struct PullSettings {
