@@ -6,6 +6,8 @@
 //!   KV buckets when absent.
 //! - [`telemetry`]: tracing subscriber (JSON or pretty), OpenTelemetry export over OTLP, and W3C
 //!   trace-context propagation through NATS headers.
+//! - [`publish`]: the contract's headers, the producer span and the JetStream publish, for every
+//!   message a service sends.
 //! - [`deadletter`]: `provisioning.deadletter.<service>` for stream messages.
 //! - [`http`]: the `/health`, `/livez` and `/metrics` listener.
 //! - [`logfields`]: correlation fields (`trace_id`, `order_id`, ...) on JSON log lines.
@@ -26,6 +28,7 @@ pub mod http;
 pub mod logfields;
 pub mod metrics;
 pub mod nats;
+pub mod publish;
 pub mod shutdown;
 pub mod streams;
 pub mod supervise;
