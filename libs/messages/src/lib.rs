@@ -6,11 +6,14 @@
 //! - [`headers`]: header names carried by every message.
 //! - [`bodies`]: `provisioning.requested.v1`, `provisioning.outcome.v1`, `sf.order.update.v1`,
 //!   `provisioning.deadletter.v1`, `provisioning.status.v1`.
+//! - [`contract`]: what a published body says about its message (subject, message id,
+//!   correlation id, schema).
 //! - [`journal`]: the provisioner's job journal entry, which the status answer is made from.
 //! - [`salesforce_id`]: validation of 15/18-character Salesforce ids.
 //! - [`schemas`]: the bodies' JSON Schemas, published under `docs/schemas/`.
 
 pub mod bodies;
+pub mod contract;
 pub mod headers;
 pub mod journal;
 pub mod salesforce_id;
@@ -21,3 +24,4 @@ pub use bodies::{
     DeadLetterOrigin, DeadLetterV1, OrderUpdateV1, OutcomeResult, ProvisioningOutcomeV1,
     ProvisioningRequestedV1, ProvisioningStatusV1,
 };
+pub use contract::ContractMessage;

@@ -2,14 +2,21 @@
 //! (`provisioning.deadletter.v1`) with the original bytes, the reason and where it came from, so
 //! nothing is lost and the stream moves on. One dead letter per stream message however often it
 //! is retried (`Nats-Msg-Id` = service, stream and sequence). sf-bridge builds its own (its origin
-//! is a Salesforce channel and replay id, and its publish joins the ordered ack window).
+//! is a Salesforce channel and replay id, and its publish joins the ordered ack window); both
+//! publish through [`crate::publish`].
 
-use async_nats::jetstream::{self, message::PublishMessage};
+use async_nats::jetstream::{self, context::PublishError};
 use messages::{DeadLetterOrigin, DeadLetterV1};
 
+use crate::publish::Outgoing;
+
 #[derive(Debug, thiserror::Error)]
-#[error("cannot publish the dead letter: {0}")]
-pub struct DeadLetterError(String);
+pub enum DeadLetterError {
+    #[error("cannot encode the dead letter")]
+    Encode(#[source] serde_json::Error),
+    #[error("cannot publish the dead letter")]
+    Publish(#[source] PublishError),
+}
 
 #[derive(Debug, Clone)]
 pub struct DeadLetters {
@@ -81,39 +88,28 @@ impl DeadLetters {
         };
         // A payload near max_payload does not fit whole once in base64: its prefix is kept.
         body.set_payload(payload, max_payload(&self.js));
-        let bytes = serde_json::to_vec(&body).map_err(|e| DeadLetterError(e.to_string()))?;
-        let correlation =
+        let payload = serde_json::to_vec(&body).map_err(DeadLetterError::Encode)?;
+        let correlation_id =
             correlation_id.map_or_else(|| uuid::Uuid::new_v4().to_string(), str::to_owned);
-        let mut headers = async_nats::HeaderMap::new();
-        crate::nats::insert_header(
-            &mut headers,
-            messages::headers::CORRELATION_ID,
-            &correlation,
-        );
-        crate::nats::insert_header(
-            &mut headers,
-            messages::headers::SCHEMA,
-            DeadLetterV1::SCHEMA,
-        );
-        crate::telemetry::inject_trace_context(&tracing::Span::current(), &mut headers);
-        let msg_id = format!(
+        let message_id = format!(
             "{}:{}:{}",
             self.service,
             stream.unwrap_or_default(),
             sequence.unwrap_or_default()
         );
-        let publish = PublishMessage::build()
-            .payload(bytes.into())
-            .headers(headers)
-            .message_id(msg_id.as_str());
-        let ack = self
-            .js
-            .send_publish(messages::subjects::deadletter(self.service), publish)
+        let message = Outgoing {
+            subject: messages::subjects::deadletter(self.service),
+            message_id: message_id.into(),
+            correlation_id: &correlation_id,
+            schema: DeadLetterV1::SCHEMA,
+            payload: payload.into(),
+        };
+        // No producer span of its own: the dead letter continues the trace of the work that
+        // set the message aside.
+        let ack = crate::publish::send(&self.js, message, &tracing::Span::current())
             .await
-            .map_err(|e| DeadLetterError(e.to_string()))?;
-        ack.await
-            .map(drop)
-            .map_err(|e| DeadLetterError(e.to_string()))
+            .map_err(DeadLetterError::Publish)?;
+        ack.await.map(drop).map_err(DeadLetterError::Publish)
     }
 }
 

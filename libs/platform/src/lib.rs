@@ -6,6 +6,8 @@
 //!   KV buckets when absent.
 //! - [`telemetry`]: tracing subscriber (JSON or pretty), OpenTelemetry export over OTLP, and W3C
 //!   trace-context propagation through NATS headers.
+//! - [`publish`]: the contract's headers, the producer span and the JetStream publish, for every
+//!   message a service sends.
 //! - [`deadletter`]: `provisioning.deadletter.<service>` for stream messages.
 //! - [`http`]: the `/health`, `/livez` and `/metrics` listener.
 //! - [`logfields`]: correlation fields (`trace_id`, `order_id`, ...) on JSON log lines.
@@ -13,7 +15,7 @@
 //! - [`service`]: the runtime of the three services (connect, serve, ensure resources, the
 //!   ordered shutdown's tail) and their binaries' `main`.
 //! - [`shutdown`]: SIGTERM/SIGINT to a cancellation token.
-//! - [`streams`]: the pipeline's stream definitions.
+//! - [`streams`]: the pipeline's JetStream resources (streams, buckets, durable consumers).
 //! - [`backoff`]: exponential backoff with full jitter, and start-up retries that stop on a
 //!   permanent error.
 //! - [`supervise`]: background tasks whose unexpected end stops the service (and `/livez`).
@@ -28,6 +30,7 @@ pub mod http;
 pub mod logfields;
 pub mod metrics;
 pub mod nats;
+pub mod publish;
 pub mod service;
 pub mod shutdown;
 pub mod streams;

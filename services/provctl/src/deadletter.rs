@@ -371,24 +371,12 @@ pub fn replay(
 ) -> Result<Replay, String> {
     let subject = replay_target(body)?;
     let payload = decode_payload(body).unwrap_or_default();
-    let mut headers = async_nats::HeaderMap::new();
-    // Keep the order's correlation id and trace, so the replay joins the same trace.
-    for name in [
-        messages::headers::CORRELATION_ID,
-        messages::headers::TRACEPARENT,
-        messages::headers::TRACESTATE,
-    ] {
-        if let Some(value) = message.headers.get(name) {
-            platform::nats::insert_header(&mut headers, name, value.as_str());
-        }
-    }
-    if let Some(schema) = serde_json::from_slice::<Value>(&payload)
+    let schema = serde_json::from_slice::<Value>(&payload)
         .ok()
-        .and_then(|v| v.get("schema").and_then(Value::as_str).map(str::to_owned))
-    {
-        platform::nats::insert_header(&mut headers, messages::headers::SCHEMA, &schema);
-    }
-    platform::nats::insert_header(&mut headers, messages::headers::NATS_MSG_ID, msg_id);
+        .and_then(|v| v.get("schema").and_then(Value::as_str).map(str::to_owned));
+    // Keep the order's correlation id and trace, so the replay joins the same trace.
+    let headers =
+        platform::publish::headers_for_resend(&message.headers, schema.as_deref(), msg_id);
     Ok(Replay {
         subject,
         headers,

@@ -4,10 +4,11 @@
 
 use std::time::Duration;
 
-use async_nats::jetstream::{self, message::PublishMessage};
-use messages::{OrderUpdateV1, OutcomeResult, ProvisioningOutcomeV1};
+use async_nats::jetstream;
+use messages::{ContractMessage, OrderUpdateV1, OutcomeResult, ProvisioningOutcomeV1};
 use platform::backoff::Backoff;
 use platform::error::Chain;
+use platform::publish::Outgoing;
 use serde_json::{json, Map, Value};
 
 use crate::journal::{JobRecord, JobState};
@@ -58,18 +59,7 @@ impl Publisher {
         outcome: &ProvisioningOutcomeV1,
         span: &tracing::Span,
     ) -> Result<(), PublishError> {
-        let subject =
-            messages::subjects::provisioning_outcome(&outcome.order_id, outcome.result.as_str());
-        let msg_id = format!("outcome:{}", outcome.event_id);
-        self.publish(
-            subject,
-            msg_id,
-            outcome,
-            &outcome.correlation_id,
-            span,
-            ProvisioningOutcomeV1::SCHEMA,
-        )
-        .await
+        self.publish(outcome, span).await
     }
 
     /// Publishes a job's report: the Salesforce update first (so a service reacting to the
@@ -92,10 +82,7 @@ impl Publisher {
             .await
             .unwrap_or_else(|_| {
                 Err(PublishError {
-                    subject: messages::subjects::provisioning_outcome(
-                        &report.outcome.order_id,
-                        report.outcome.result.as_str(),
-                    ),
+                    subject: report.outcome.subject(),
                     source: format!("no acknowledgement within {deadline:?}").into(),
                 })
             })
@@ -127,8 +114,7 @@ impl Publisher {
         outcomes_stream: &str,
         outcome: &ProvisioningOutcomeV1,
     ) -> Result<bool, PublishError> {
-        let subject =
-            messages::subjects::provisioning_outcome(&outcome.order_id, outcome.result.as_str());
+        let subject = outcome.subject();
         self.last_outcome_is(outcomes_stream, &subject, &outcome.event_id)
             .await
     }
@@ -194,49 +180,31 @@ impl Publisher {
         update: &OrderUpdateV1,
         span: &tracing::Span,
     ) -> Result<(), PublishError> {
-        let subject = messages::subjects::order_update(&update.order_id);
-        let msg_id = format!("update:{}", update.event_id);
-        self.publish(
-            subject,
-            msg_id,
-            update,
-            &update.correlation_id,
-            span,
-            OrderUpdateV1::SCHEMA,
-        )
-        .await
+        self.publish(update, span).await
     }
 
     /// Publishes and awaits the ack, retrying a few times over about 15 s: the message id makes
     /// a retry harmless, and giving up leaves the job to recovery.
-    async fn publish<T: serde::Serialize>(
+    async fn publish<B: ContractMessage>(
         &self,
-        subject: String,
-        msg_id: String,
-        body: &T,
-        correlation_id: &str,
+        body: &B,
         span: &tracing::Span,
-        schema: &str,
     ) -> Result<(), PublishError> {
-        let payload = serde_json::to_vec(body).map_err(|e| PublishError {
-            subject: subject.clone(),
+        let message = Outgoing::contract(body).map_err(|e| PublishError {
+            subject: body.subject(),
             source: e.into(),
         })?;
         // The producer span (messaging conventions): its context is what the consumer continues.
-        let send = tracing::info_span!(
+        let send = platform::producer_span!(
+            level: tracing::Level::INFO,
+            target: module_path!(),
             parent: span,
-            "send",
-            otel.name = %format!("send {}", template(&subject)),
-            otel.kind = "producer",
-            messaging.system = "nats",
-            messaging.operation.type = "send",
-            messaging.operation.name = "send",
-            messaging.destination.name = %subject,
-            messaging.message.id = %msg_id,
+            name: "send",
+            destination: message.subject,
+            template: B::SUBJECT_PREFIX,
+            messaging.message.id = %message.message_id,
         );
-        let result = self
-            .publish_in(subject, msg_id, payload, correlation_id, &send, schema)
-            .await;
+        let result = self.publish_in(message, &send).await;
         if let Err(err) = &result {
             platform::telemetry::record_error(&send, "PUBLISH_FAILED", &Chain(err).to_string());
         }
@@ -245,35 +213,21 @@ impl Publisher {
 
     async fn publish_in(
         &self,
-        subject: String,
-        msg_id: String,
-        payload: Vec<u8>,
-        correlation_id: &str,
+        message: Outgoing<'_>,
         span: &tracing::Span,
-        schema: &str,
     ) -> Result<(), PublishError> {
         let mut backoff = Backoff::new(Duration::from_millis(200), Duration::from_secs(3));
         let mut last_error: Option<PublishCause> = None;
         for _ in 0..8 {
-            let mut headers = async_nats::HeaderMap::new();
-            platform::nats::insert_header(
-                &mut headers,
-                messages::headers::CORRELATION_ID,
-                correlation_id,
-            );
-            platform::nats::insert_header(&mut headers, messages::headers::SCHEMA, schema);
-            platform::telemetry::inject_trace_context(span, &mut headers);
-            let message = PublishMessage::build()
-                .payload(payload.clone().into())
-                .headers(headers)
-                .message_id(msg_id.as_str());
-            let err: PublishCause = match self.js.send_publish(subject.clone(), message).await {
-                Ok(ack) => match ack.await {
-                    Ok(_) => return Ok(()),
+            let err: PublishCause =
+                match platform::publish::send(&self.js, message.clone(), span).await {
+                    Ok(ack) => match ack.await {
+                        Ok(_) => return Ok(()),
+                        Err(e) => e.into(),
+                    },
                     Err(e) => e.into(),
-                },
-                Err(e) => e.into(),
-            };
+                };
+            let subject = &message.subject;
             span.in_scope(
                 || tracing::warn!(%subject, error = %Chain(&*err), "Publish failed; retrying."),
             );
@@ -281,7 +235,7 @@ impl Publisher {
             tokio::time::sleep(backoff.next_delay()).await;
         }
         Err(PublishError {
-            subject,
+            subject: message.subject,
             source: last_error.unwrap_or_else(|| "no attempt was made".into()),
         })
     }
@@ -436,18 +390,4 @@ impl Report {
         let update = update_body(&request, &result, sequence);
         Some(Self { outcome, update })
     }
-}
-
-/// The subject without its per-order tokens (`provisioning.outcome.{order}.{result}` →
-/// `provisioning.outcome`), for low-cardinality span names.
-fn template(subject: &str) -> &str {
-    for prefix in [
-        messages::subjects::PROVISIONING_OUTCOME_PREFIX,
-        messages::subjects::ORDER_UPDATE_PREFIX,
-    ] {
-        if subject.starts_with(prefix) {
-            return prefix;
-        }
-    }
-    subject
 }

@@ -2,11 +2,10 @@
 //! poison one, and which refusals by JetStream make an event poison.
 
 use async_nats::jetstream;
-use async_nats::jetstream::context::{PublishError, PublishErrorKind};
-use async_nats::jetstream::message::PublishMessage as Publish;
+use async_nats::jetstream::context::{PublishAckFuture, PublishError, PublishErrorKind};
 use base64::Engine;
-use messages::{DeadLetterOrigin, DeadLetterV1};
-use tracing::Instrument;
+use messages::{ContractMessage, DeadLetterOrigin, DeadLetterV1, ProvisioningRequestedV1};
+use platform::publish::Outgoing;
 
 use super::ack_window::{AckFuture, Acked, InFlight, InFlightKind};
 use super::Ingest;
@@ -68,32 +67,29 @@ pub(super) struct DeadLetters {
 impl Ingest {
     pub(super) async fn publish_requested(
         &self,
-        body: messages::ProvisioningRequestedV1,
+        body: ProvisioningRequestedV1,
         replay_id: Vec<u8>,
         created_ms: Option<i64>,
         original: Box<Original>,
     ) -> Result<AckFuture, PublishFailure> {
-        let subject = messages::subjects::provisioning_requested(&body.order_id);
+        let message = Outgoing::contract(&body).map_err(PublishFailure::Encode)?;
         // Trace-only: without an exporter it would be made, filled and dropped for nothing
         // (the log lines carry their own fields).
         let span = if !platform::telemetry::traces_exported() {
             tracing::Span::none()
         } else {
-            tracing::info_span!(
-            target: platform::telemetry::TRACE_ONLY,
-            parent: None,
-            "provisioning.requested send",
-            otel.kind = "producer",
-            otel.name = %format!("send {}", messages::subjects::PROVISIONING_REQUESTED_PREFIX),
-            messaging.system = "nats",
-            messaging.operation.type = "send",
-            messaging.destination.name = %subject,
-            messaging.operation.name = "send",
-            messaging.message.id = %body.event_id,
-            order_id = %body.order_id,
-            correlation_id = %body.correlation_id,
-            event.id = %body.event_id,
-            salesforce.replay_id = %body.replay_id,
+            platform::producer_span!(
+                level: tracing::Level::INFO,
+                target: platform::telemetry::TRACE_ONLY,
+                parent: None,
+                name: "provisioning.requested send",
+                destination: message.subject,
+                template: ProvisioningRequestedV1::SUBJECT_PREFIX,
+                messaging.message.id = %body.event_id,
+                order_id = %body.order_id,
+                correlation_id = %body.correlation_id,
+                event.id = %body.event_id,
+                salesforce.replay_id = %body.replay_id,
             )
         };
         // The order's trace starts here; the span and everything beneath it carry `order.id`
@@ -104,27 +100,9 @@ impl Ingest {
             Some(&body.order_id),
             Some(&body.correlation_id),
         );
-        let mut headers = async_nats::HeaderMap::new();
-        platform::nats::insert_header(
-            &mut headers,
-            messages::headers::CORRELATION_ID,
-            &body.correlation_id,
-        );
-        platform::nats::insert_header(
-            &mut headers,
-            messages::headers::SCHEMA,
-            messages::ProvisioningRequestedV1::SCHEMA,
-        );
-        platform::telemetry::inject_trace_context(&span, &mut headers);
-        // A contract body is a few hundred bytes: one allocation instead of a doubling series.
-        let mut payload = Vec::with_capacity(768);
-        serde_json::to_writer(&mut payload, &body).map_err(PublishFailure::Encode)?;
-        let publish = Publish::build()
-            .payload(payload.into())
-            .headers(headers)
-            .message_id(body.event_id.as_str());
+        let sent = platform::publish::send(&self.js, message, &span).await;
         // The body is serialised: its ids move to the log line at ack time, not copied.
-        let messages::ProvisioningRequestedV1 {
+        let ProvisioningRequestedV1 {
             event_id,
             order_id,
             correlation_id,
@@ -139,11 +117,9 @@ impl Ingest {
                 created_ms,
                 original,
             },
-            span: span.clone(),
+            span,
         };
-        let ack = send(&self.js, subject, publish, entry)
-            .instrument(span)
-            .await?;
+        let ack = queued(sent, entry)?;
         let dead_letters = self.dead_letters.clone();
         Ok(Box::pin(async move {
             let acked = ack.await;
@@ -187,16 +163,13 @@ impl DeadLetters {
         let b64 = base64::engine::general_purpose::STANDARD;
         let replay_b64 = b64.encode(&replay_id);
         let correlation_id = uuid::Uuid::new_v4().to_string();
-        let span = tracing::warn_span!(
+        let span = platform::producer_span!(
+            level: tracing::Level::WARN,
             target: platform::telemetry::TRACE_ONLY,
             parent: None,
-            "provisioning.deadletter send",
-            otel.kind = "producer",
-            otel.name = %format!("send {}", messages::subjects::DEADLETTER_PREFIX),
-            messaging.system = "nats",
-            messaging.operation.type = "send",
-            messaging.operation.name = "send",
-            messaging.destination.name = %messages::subjects::deadletter(SERVICE),
+            name: "provisioning.deadletter send",
+            destination: messages::subjects::deadletter(SERVICE),
+            template: messages::subjects::DEADLETTER_PREFIX,
             correlation_id = %correlation_id,
             event.id = %event.id,
             salesforce.replay_id = %replay_b64,
@@ -258,48 +231,30 @@ impl DeadLetters {
         // An event close to Salesforce's 1 MB does not fit whole once in base64: a dead letter
         // that cannot be published would hold the cursor on this event for good.
         body.set_payload(&event.payload, platform::deadletter::max_payload(&self.js));
-        let mut headers = async_nats::HeaderMap::new();
-        platform::nats::insert_header(
-            &mut headers,
-            messages::headers::CORRELATION_ID,
-            &entry.correlation_id,
-        );
-        platform::nats::insert_header(
-            &mut headers,
-            messages::headers::SCHEMA,
-            DeadLetterV1::SCHEMA,
-        );
-        platform::telemetry::inject_trace_context(&span, &mut headers);
-        // The replay id identifies the delivery even when the event id is unusable; it also
-        // makes a replayed dead letter a duplicate the stream recognises.
-        let message_id = format!("{SERVICE}:{replay_b64}");
         let payload = serde_json::to_vec(&body).map_err(PublishFailure::Encode)?;
-        let publish = Publish::build()
-            .payload(payload.into())
-            .headers(headers)
-            .message_id(message_id.as_str());
-        send(
-            &self.js,
-            messages::subjects::deadletter(SERVICE),
-            publish,
-            entry,
-        )
-        .instrument(span)
-        .await
+        let message = Outgoing {
+            subject: messages::subjects::deadletter(SERVICE),
+            // The replay id identifies the delivery even when the event id is unusable; it
+            // also makes a replayed dead letter a duplicate the stream recognises.
+            message_id: format!("{SERVICE}:{replay_b64}").into(),
+            correlation_id: &entry.correlation_id,
+            schema: DeadLetterV1::SCHEMA,
+            payload: payload.into(),
+        };
+        let sent = platform::publish::send(&self.js, message, &span).await;
+        queued(sent, entry)
     }
 }
 
-/// Hands a message to JetStream and returns the future of its ack. A message refused for good
-/// before it is even sent (larger than the server's max_payload) resolves at once to that
-/// refusal, so it is handled in order like a refusal by the stream; a transient failure to send
-/// ends the session here.
-async fn send(
-    js: &jetstream::Context,
-    subject: String,
-    publish: Publish,
+/// The ack future of a message handed to JetStream, which resolves with the message's
+/// in-flight record. A message refused for good before it is even sent (larger than the
+/// server's max_payload) resolves at once to that refusal, so it is handled in order like a
+/// refusal by the stream; a transient failure to send ends the session here.
+fn queued(
+    sent: Result<PublishAckFuture, PublishError>,
     entry: InFlight,
 ) -> Result<AckFuture, PublishFailure> {
-    match js.send_publish(subject, publish).await {
+    match sent {
         Ok(ack) => Ok(Box::pin(async move {
             let result = ack.await.map_err(PublishFailure::Nats);
             Acked { entry, result }
