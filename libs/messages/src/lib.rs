@@ -6,13 +6,17 @@
 //! - [`headers`]: header names carried by every message.
 //! - [`bodies`]: `provisioning.requested.v1`, `provisioning.outcome.v1`, `sf.order.update.v1`,
 //!   `provisioning.deadletter.v1`, `provisioning.status.v1`.
-//! - [`journal`]: the provisioner's job journal entry, which the status answer is made from.
+//! - [`journal`]: the provisioner's job journal entry, which the status answer is made from,
+//!   and the journal bucket's keys.
+//! - [`kv`]: every KV bucket's keys and stored values (cursor, lease, sf-writer's ordering
+//!   state), shared by the services and `provctl`.
 //! - [`salesforce_id`]: validation of 15/18-character Salesforce ids.
 //! - [`schemas`]: the bodies' JSON Schemas, published under `docs/schemas/`.
 
 pub mod bodies;
 pub mod headers;
 pub mod journal;
+pub mod kv;
 pub mod salesforce_id;
 pub mod schemas;
 pub mod subjects;

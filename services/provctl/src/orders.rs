@@ -155,9 +155,7 @@ impl Ctl {
                     .as_ref()
                     .and_then(|h| h.get("KV-Operation"))
                     .is_some_and(|op| matches!(op.as_str(), "DEL" | "PURGE"));
-                let is_order_key = key
-                    .strip_prefix(KEY_PREFIX)
-                    .is_some_and(|id| !id.is_empty() && !id.contains('.'));
+                let is_order_key = messages::journal::order_id_of_key(&key).is_some();
                 if deleted {
                     // A deleted entry is no order's current state.
                 } else if !is_order_key {
