@@ -69,10 +69,13 @@ pub enum CtlError {
 }
 
 impl CtlError {
-    fn js(what: impl Into<String>, source: impl std::error::Error + Send + Sync + 'static) -> Self {
+    fn js(
+        what: impl Into<String>,
+        source: impl Into<Box<dyn std::error::Error + Send + Sync>>,
+    ) -> Self {
         Self::JetStream {
             what: what.into(),
-            source: Box::new(source),
+            source: source.into(),
         }
     }
 }
