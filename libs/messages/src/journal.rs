@@ -269,7 +269,7 @@ mod tests {
             skipped_key("5b0f3d4e-1c2a-4d6b-9e8f-0a1b2c3d4e5f"),
             "skipped.5b0f3d4e-1c2a-4d6b-9e8f-0a1b2c3d4e5f"
         );
-        assert_eq!(skipped_key("a.b>*/c d"), "skipped.a_b____c_d");
+        assert_eq!(skipped_key("a.b>*/c d"), "skipped.a_b___c_d");
         assert_eq!(watermark_key("provisioner"), "reconciled.provisioner");
         let mark = br#"{"stream_sequence":17}"#;
         let parsed: Watermark = serde_json::from_slice(mark).unwrap();
