@@ -17,6 +17,42 @@ pub fn key(order_id: &str) -> String {
 /// order entries).
 pub const KEY_PREFIX: &str = "order.";
 
+/// The Order an entry's key names (`order.<OrderId>`); `None` for the bucket's other keys, and
+/// for a key with more tokens after the id.
+pub fn order_id_of_key(key: &str) -> Option<&str> {
+    key.strip_prefix(KEY_PREFIX)
+        .filter(|id| !id.is_empty() && !id.contains('.'))
+}
+
+/// The key recording that an event started no job (`skipped.<event id>`, the value is the Order
+/// id). Event ids are Salesforce UUIDs; anything outside `[-_a-zA-Z0-9]` becomes `_`, so a
+/// hostile id cannot address another key.
+pub fn skipped_key(event_id: &str) -> String {
+    let safe: String = event_id
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || c == '-' || c == '_' {
+                c
+            } else {
+                '_'
+            }
+        })
+        .collect();
+    format!("skipped.{safe}")
+}
+
+/// The key of the recovery scan's watermark for a consumer (`reconciled.<consumer>`): every
+/// message of the stream up to it is known to have its outcome.
+pub fn watermark_key(consumer: &str) -> String {
+    format!("reconciled.{consumer}")
+}
+
+/// The value under [`watermark_key`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Watermark {
+    pub stream_sequence: u64,
+}
+
 /// Where a job is. `running` is the only state that is not final.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "snake_case")]
@@ -211,6 +247,57 @@ mod tests {
             assert_eq!(state.as_str().parse::<JobState>(), Ok(state));
         }
         assert!("done".parse::<JobState>().is_err());
+    }
+
+    /// What deployed journals hold: these keys must keep their exact bytes.
+    #[test]
+    fn keys_are_pinned() {
         assert_eq!(key("801000000000001AAA"), "order.801000000000001AAA");
+        assert_eq!(
+            order_id_of_key("order.801000000000001AAA"),
+            Some("801000000000001AAA")
+        );
+        for other in [
+            "order.",
+            "order.801000000000001AAA.extra",
+            "skipped.e",
+            "reconciled.p",
+        ] {
+            assert_eq!(order_id_of_key(other), None, "{other}");
+        }
+        assert_eq!(
+            skipped_key("5b0f3d4e-1c2a-4d6b-9e8f-0a1b2c3d4e5f"),
+            "skipped.5b0f3d4e-1c2a-4d6b-9e8f-0a1b2c3d4e5f"
+        );
+        assert_eq!(skipped_key("a.b>*/c d"), "skipped.a_b___c_d");
+        assert_eq!(watermark_key("provisioner"), "reconciled.provisioner");
+        let mark = br#"{"stream_sequence":17}"#;
+        let parsed: Watermark = serde_json::from_slice(mark).unwrap();
+        assert_eq!(parsed.stream_sequence, 17);
+        assert_eq!(serde_json::to_vec(&parsed).unwrap(), mark);
+    }
+
+    #[test]
+    fn a_stored_entry_keeps_its_fields() {
+        let mut record = JobRecord::new("801000000000001AAA");
+        record.whmcs_service_ids = vec![7];
+        record.finished_at = Some("2024-01-02T03:04:05Z".to_owned());
+        let bytes = serde_json::to_vec(&record).unwrap();
+        let back: JobRecord = serde_json::from_slice(&bytes).unwrap();
+        assert_eq!(back, record);
+        // An entry of an older version, without the fields added since, still parses.
+        let mut old = serde_json::to_value(&record).unwrap();
+        for added in [
+            "whmcs_service_ids",
+            "error_message",
+            "processed_event_ids",
+            "processed_idem_keys",
+            "finished_at",
+        ] {
+            old.as_object_mut().unwrap().remove(added);
+        }
+        let parsed: JobRecord = serde_json::from_value(old).unwrap();
+        assert_eq!(parsed.finished_at, None);
+        assert!(parsed.whmcs_service_ids.is_empty());
     }
 }

@@ -8,7 +8,10 @@
 //!   `provisioning.deadletter.v1`, `provisioning.status.v1`.
 //! - [`contract`]: what a published body says about its message (subject, message id,
 //!   correlation id, schema).
-//! - [`journal`]: the provisioner's job journal entry, which the status answer is made from.
+//! - [`journal`]: the provisioner's job journal entry, which the status answer is made from,
+//!   and the journal bucket's keys.
+//! - [`kv`]: every KV bucket's keys and stored values (cursor, lease, sf-writer's ordering
+//!   state), shared by the services and `provctl`.
 //! - [`salesforce_id`]: validation of 15/18-character Salesforce ids.
 //! - [`schemas`]: the bodies' JSON Schemas, published under `docs/schemas/`.
 
@@ -16,6 +19,7 @@ pub mod bodies;
 pub mod contract;
 pub mod headers;
 pub mod journal;
+pub mod kv;
 pub mod salesforce_id;
 pub mod schemas;
 pub mod subjects;

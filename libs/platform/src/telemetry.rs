@@ -100,8 +100,8 @@ impl TelemetrySettings {
 }
 
 #[derive(Debug, thiserror::Error)]
-#[error("cannot set up the OTLP exporter: {0}")]
-pub struct TelemetryError(String);
+#[error("cannot set up the OTLP exporter")]
+pub struct TelemetryError(#[source] opentelemetry_otlp::ExporterBuildError);
 
 /// Keeps the tracer provider alive; [`TelemetryGuard::shutdown`] flushes the last spans. Dropping
 /// it (after `shutdown`, or on an early return) writes out the log lines still buffered.
@@ -235,7 +235,7 @@ impl TelemetryGuard {
             _ => flush(),
         };
         if let Err(err) = result {
-            tracing::warn!(error = %err, "Flushing spans on shutdown failed.");
+            tracing::warn!(error = %crate::error::Chain(&err), "Flushing spans on shutdown failed.");
         }
     }
 }
@@ -257,7 +257,7 @@ pub fn init(settings: &TelemetrySettings) -> Result<TelemetryGuard, TelemetryErr
             .with_tonic()
             .with_endpoint(endpoint.clone())
             .build()
-            .map_err(|e| TelemetryError(e.to_string()))?;
+            .map_err(TelemetryError)?;
         builder = builder
             .with_span_processor(OrderAttributes)
             .with_batch_exporter(exporter);

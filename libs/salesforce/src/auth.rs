@@ -60,8 +60,10 @@ pub enum AuthError {
     Transport(String),
     #[error("the token response is not what the JWT bearer flow returns: {0}")]
     InvalidResponse(String),
+    /// The key cannot sign. The cause is in the text, not a `source`: the text is the
+    /// contract's error message (through `RestError`), and a chain would print it twice.
     #[error("cannot sign the JWT assertion: {0}")]
-    Signing(String),
+    Signing(jsonwebtoken::errors::Error),
 }
 
 impl AuthError {
@@ -223,14 +225,14 @@ impl TokenProvider {
         // half hour), so no unwipeable parsed copy lives between signatures.
         let key =
             jsonwebtoken::EncodingKey::from_rsa_pem(self.settings.private_key_pem.expose_secret())
-                .map_err(|e| AuthError::Signing(e.to_string()))?;
+                .map_err(AuthError::Signing)?;
         jsonwebtoken::encode(
             &jsonwebtoken::Header::new(jsonwebtoken::Algorithm::RS256),
             &claims,
             &key,
         )
         .map(SecretString::from)
-        .map_err(|e| AuthError::Signing(e.to_string()))
+        .map_err(AuthError::Signing)
     }
 
     /// One token request inside its HTTP client span, counted in the metrics.

@@ -53,10 +53,12 @@ pub enum PubSubError {
     },
     #[error("invalid Pub/Sub endpoint {0}")]
     Endpoint(String),
-    #[error("schema {schema_id} is unusable: {source}")]
+    /// The Avro error is in the text, not a `source`: the text is a dead letter's reason as it
+    /// is, and a chain would print it twice.
+    #[error("schema {schema_id} is unusable: {problem}")]
     Schema {
         schema_id: String,
-        source: AvroError,
+        problem: AvroError,
     },
     #[error("the Subscribe stream's request side is closed")]
     RequestSideClosed,
@@ -228,9 +230,9 @@ impl PubSubClient {
             .await?;
         let schema =
             Arc::new(
-                parse_schema(&info.schema_json).map_err(|source| PubSubError::Schema {
+                parse_schema(&info.schema_json).map_err(|problem| PubSubError::Schema {
                     schema_id: schema_id.to_owned(),
-                    source,
+                    problem,
                 })?,
             );
         tracing::info!(schema_id, "Fetched and cached event schema.");

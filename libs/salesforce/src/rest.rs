@@ -28,6 +28,10 @@ pub struct ApiError {
     pub fields: Vec<String>,
 }
 
+/// `Display` is the contract's error message (the provisioner reports it as
+/// `Activation_Error_Message__c`), so `Connect`, `Transport` and `Decode` carry their cause as
+/// text, chain included, rather than as a `source` a chain would print a second time; callers
+/// also build `Decode` and `Transport` from their own findings, with no error underneath.
 #[derive(Debug, thiserror::Error)]
 pub enum RestError {
     #[error(transparent)]

@@ -86,10 +86,9 @@ impl SalesforceSettings {
         }
         let extra_roots = match env.get("SF_CA_FILE") {
             None => None,
-            Some(path) => Some(
-                ExtraRoots::load(std::path::Path::new(&path))
-                    .map_err(|e| ConfigError::new("SF_CA_FILE", e.to_string()))?,
-            ),
+            Some(path) => Some(ExtraRoots::load(std::path::Path::new(&path)).map_err(|e| {
+                ConfigError::new("SF_CA_FILE", platform::error::Chain(&e).to_string())
+            })?),
         };
         Ok(Self {
             login_url,

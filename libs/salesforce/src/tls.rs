@@ -16,7 +16,7 @@ use crate::settings::SalesforceSettings;
 /// bundle stops the service with this line instead of failing every handshake later.
 #[derive(Debug, Error)]
 pub enum CaFileError {
-    #[error("cannot be read ({path}): {source}")]
+    #[error("cannot be read ({path})")]
     Read {
         path: PathBuf,
         #[source]

@@ -53,15 +53,7 @@ fn snippet(text: &str) -> String {
 /// included, and `WHMCS_API_URL` may carry basic-auth credentials for a protected admin path),
 /// with the causes reqwest's own text leaves out (refused, reset, DNS).
 fn transport_detail(err: reqwest::Error) -> String {
-    let err = err.without_url();
-    let mut detail = err.to_string();
-    let mut source = std::error::Error::source(&err);
-    while let Some(cause) = source {
-        detail.push_str(": ");
-        detail.push_str(&cause.to_string());
-        source = cause.source();
-    }
-    detail
+    platform::error::Chain(&err.without_url()).to_string()
 }
 
 /// Replaces every occurrence of `secrets` in the error's texts (WHMCS's message, a snippet of

@@ -42,6 +42,10 @@ pub fn is_read_only_action(action: &str) -> bool {
         .is_some_and(|prefix| prefix.eq_ignore_ascii_case("get"))
 }
 
+/// `Display` (and [`WhmcsError::message`]) is the contract's error message, and every text in
+/// it is redacted of the credentials before it leaves the client: the `detail` of `Connect`,
+/// `Transport` and `Decode` is therefore the cause's text, redacted, not the cause as a `source`
+/// (whose chain would print it again, unredacted).
 #[derive(Debug, thiserror::Error)]
 pub enum WhmcsError {
     /// Credentials, IP/access key or API role rejected. `status` is 403 (or 401) from WHMCS or

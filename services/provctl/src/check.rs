@@ -137,7 +137,7 @@ impl CheckReport {
 pub fn problems_in(status: &StatusReport, settings: &CheckSettings) -> Vec<Problem> {
     let mut problems = Vec::new();
     let b = &status.bridge;
-    let lease_key = messages::subjects::channel_key(&status.channel);
+    let lease_key = messages::kv::lease::key(&status.channel);
     if b.lease_holder.is_none() {
         problems.push(Problem {
             kind: ProblemKind::NoLeader,
@@ -152,7 +152,11 @@ pub fn problems_in(status: &StatusReport, settings: &CheckSettings) -> Vec<Probl
     if let Some(reason) = b.cursor.as_ref().and_then(|c| c.unreadable.as_ref()) {
         problems.push(Problem {
             kind: ProblemKind::CursorUnreadable,
-            resource: format!("{}/{lease_key}", b.cursor_bucket),
+            resource: format!(
+                "{}/{}",
+                b.cursor_bucket,
+                messages::kv::cursor::key(&status.channel)
+            ),
             message: format!(
                 "the replay cursor in {} is unreadable ({reason}); a restarting bridge starts \
                  from the earliest retained event",

@@ -2,16 +2,16 @@
 //! a restart point (`<replay id>`).
 //!
 //! The cursor is the JSON document sf-bridge keeps in KV `sf_bridge_cursor` under the channel key
-//! (services/sf-bridge/src/cursor.rs): `{"replay_id": base64, "updated_at": RFC 3339,
-//! "event_id"?, "written_by"?}`. The bridge reads it only when it (re)subscribes, and its leader
+//! ([`messages::kv::cursor`]): `{"replay_id": base64, "updated_at": RFC 3339, "event_id"?,
+//! "written_by"?}`. The bridge reads it only when it (re)subscribes, and its leader
 //! overwrites it after every acknowledged event, so it is changed while no bridge holds the lease.
 //! Earliest and latest are not replay ids: they delete the cursor, and the bridge then starts
 //! from `SF_EVENTS_REPLAY` (`ALL` or `LATEST`). Replayed events are stored once (the requests
 //! stream de-duplicates on the Salesforce event id within its duplicate window) and the
 //! provisioner's journal skips events it already handled.
 
-use base64::Engine;
-use serde::{Deserialize, Serialize};
+use messages::kv::cursor::{self, StoredCursor};
+use serde::Serialize;
 use serde_json::Value;
 
 use crate::{Ctl, CtlError};
@@ -22,17 +22,6 @@ pub enum CursorTarget {
     Latest,
     /// Base64 of Salesforce's replay id bytes.
     ReplayId(String),
-}
-
-/// The stored document, as sf-bridge reads it.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct StoredCursor {
-    pub replay_id: String,
-    pub updated_at: String,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub event_id: Option<String>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub written_by: Option<String>,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -56,14 +45,14 @@ impl Ctl {
         target: CursorTarget,
         force: bool,
     ) -> Result<CursorSetReport, CtlError> {
-        if let CursorTarget::ReplayId(raw) = &target {
-            let valid = base64::engine::general_purpose::STANDARD
-                .decode(raw.trim())
-                .is_ok_and(|bytes| !bytes.is_empty());
-            if !valid {
-                return Err(CtlError::InvalidReplayId(raw.clone()));
-            }
-        }
+        // The bridge's own rule, so that what is written here is a position it will use.
+        let replay_id = match &target {
+            CursorTarget::ReplayId(raw) => Some(
+                cursor::decode_replay_id(raw.trim())
+                    .map_err(|_| CtlError::InvalidReplayId(raw.clone()))?,
+            ),
+            CursorTarget::Earliest | CursorTarget::Latest => None,
+        };
         let lease_holder = self.lease_holder().await?;
         if let (Some(holder), false) = (&lease_holder, force) {
             return Err(CtlError::LeaseHeld {
@@ -71,7 +60,7 @@ impl Ctl {
             });
         }
         let bucket_name = self.names.cursor_bucket.clone();
-        let key = messages::subjects::channel_key(&self.names.channel);
+        let key = cursor::key(&self.names.channel);
         let bucket = self.bucket(&bucket_name).await?;
         let previous = match &bucket {
             None => None,
@@ -90,8 +79,8 @@ impl Ctl {
         } else {
             "Start sf-bridge"
         };
-        let (action, written, next_step) = match &target {
-            CursorTarget::Earliest | CursorTarget::Latest => {
+        let (action, written, next_step) = match replay_id {
+            None => {
                 if let (Some(bucket), Some(_)) = (&bucket, &previous) {
                     bucket
                         .delete(&key)
@@ -115,17 +104,12 @@ impl Ctl {
                     ),
                 )
             }
-            CursorTarget::ReplayId(raw) => {
+            Some(replay_id) => {
                 let Some(bucket) = &bucket else {
                     return Err(CtlError::BucketMissing(bucket_name));
                 };
-                let cursor = StoredCursor {
-                    replay_id: raw.trim().to_owned(),
-                    updated_at: messages::bodies::rfc3339(time::OffsetDateTime::now_utc()),
-                    event_id: None,
-                    written_by: Some("provctl".to_owned()),
-                };
-                let bytes = serde_json::to_vec(&cursor)
+                let stored = StoredCursor::new(&replay_id, None, "provctl");
+                let bytes = serde_json::to_vec(&stored)
                     .map_err(|e| CtlError::js("cannot encode the cursor", e))?;
                 bucket
                     .put(&key, bytes.into())
@@ -133,7 +117,7 @@ impl Ctl {
                     .map_err(|e| CtlError::js(format!("cannot write cursor {key}"), e))?;
                 (
                     "written",
-                    Some(cursor),
+                    Some(stored),
                     format!(
                         "{restart}: it resumes after this replay id. A replay id Salesforce no longer retains \
                          makes it fall back to the earliest retained event."

@@ -39,10 +39,15 @@ pub use status::StatusReport;
 
 #[derive(Debug, thiserror::Error)]
 pub enum CtlError {
-    #[error("{what}: {detail}")]
-    JetStream { what: String, detail: String },
-    #[error("{0:?} is not a Salesforce Order id: {1}")]
-    InvalidOrderId(String, String),
+    /// A NATS or JetStream request failed; what failed is the source.
+    #[error("{what}")]
+    JetStream {
+        what: String,
+        #[source]
+        source: Box<dyn std::error::Error + Send + Sync>,
+    },
+    #[error("{0:?} is not a Salesforce Order id")]
+    InvalidOrderId(String, #[source] messages::salesforce_id::InvalidId),
     #[error("{0:?} is not a replay id: give the base64 of Salesforce's replay id bytes, as /health/sf-events and `provctl status` show it")]
     InvalidReplayId(String),
     #[error("sf-bridge replica {holder} holds the subscription lease: it would overwrite the cursor with its own on the next event. Stop every sf-bridge replica first (scale to 0), or pass --force")]
@@ -64,10 +69,13 @@ pub enum CtlError {
 }
 
 impl CtlError {
-    fn js(what: impl Into<String>, detail: impl std::fmt::Display) -> Self {
+    fn js(
+        what: impl Into<String>,
+        source: impl Into<Box<dyn std::error::Error + Send + Sync>>,
+    ) -> Self {
         Self::JetStream {
             what: what.into(),
-            detail: detail.to_string(),
+            source: source.into(),
         }
     }
 }
@@ -136,12 +144,12 @@ impl Ctl {
         let Some(bucket) = self.bucket(&self.names.lease_bucket).await? else {
             return Ok(None);
         };
-        let key = messages::subjects::channel_key(&self.names.channel);
+        let key = messages::kv::lease::key(&self.names.channel);
         let value = bucket
             .get(&key)
             .await
             .map_err(|e| CtlError::js(format!("cannot read lease {key}"), e))?;
-        Ok(value.map(|v| String::from_utf8_lossy(&v).into_owned()))
+        Ok(value.map(|v| messages::kv::lease::holder(&v)))
     }
 }
 

@@ -44,10 +44,10 @@ impl Ctl {
         let order_id = order_id.trim();
         // Either spelling of the Order finds it: everything is keyed by the 18-character form.
         let canonical = messages::salesforce_id::canonical(order_id)
-            .map_err(|e| CtlError::InvalidOrderId(order_id.to_owned(), e.to_string()))?;
+            .map_err(|e| CtlError::InvalidOrderId(order_id.to_owned(), e))?;
         let order_id = canonical.as_str();
 
-        let key = format!("order.{order_id}");
+        let key = messages::journal::key(order_id);
         let journal = match self.bucket(&self.names.journal_bucket).await? {
             None => None,
             Some(bucket) => bucket

@@ -126,9 +126,7 @@ impl Ctl {
         };
         report.exists = true;
         let subject_prefix = format!("$KV.{bucket}.");
-        let err = |e: &dyn std::fmt::Display| {
-            CtlError::js(format!("cannot read the journal bucket {bucket}"), e)
-        };
+        let unreadable_bucket = format!("cannot read the journal bucket {bucket}");
         let consumer = stream
             .create_consumer(async_nats::jetstream::consumer::pull::OrderedConfig {
                 name: Some(format!("provctl-orders-{}", uuid::Uuid::new_v4().simple())),
@@ -137,13 +135,19 @@ impl Ctl {
                 ..Default::default()
             })
             .await
-            .map_err(|e| err(&e))?;
+            .map_err(|e| CtlError::js(unreadable_bucket.clone(), e))?;
         let mut records = Vec::new();
         if consumer.cached_info().num_pending > 0 {
-            let mut messages = consumer.messages().await.map_err(|e| err(&e))?;
+            let mut messages = consumer
+                .messages()
+                .await
+                .map_err(|e| CtlError::js(unreadable_bucket.clone(), e))?;
             while let Some(message) = messages.next().await {
-                let message = message.map_err(|e| err(&e))?;
-                let pending = message.info().map_err(|e| err(&e))?.pending;
+                let message = message.map_err(|e| CtlError::js(unreadable_bucket.clone(), e))?;
+                let pending = message
+                    .info()
+                    .map_err(|e| CtlError::js(unreadable_bucket.clone(), e))?
+                    .pending;
                 let key = message
                     .subject
                     .as_str()
@@ -155,9 +159,7 @@ impl Ctl {
                     .as_ref()
                     .and_then(|h| h.get("KV-Operation"))
                     .is_some_and(|op| matches!(op.as_str(), "DEL" | "PURGE"));
-                let is_order_key = key
-                    .strip_prefix(KEY_PREFIX)
-                    .is_some_and(|id| !id.is_empty() && !id.contains('.'));
+                let is_order_key = messages::journal::order_id_of_key(&key).is_some();
                 if deleted {
                     // A deleted entry is no order's current state.
                 } else if !is_order_key {

@@ -1,6 +1,8 @@
 //! `provctl status`: is the bridge subscribed, is the cursor moving, is anything piling up.
 
 use futures::TryStreamExt;
+use messages::kv::cursor::StoredCursor;
+use platform::error::Chain;
 use serde::Serialize;
 
 use crate::table::{human_duration, truncate, Table};
@@ -81,7 +83,7 @@ pub struct DeadLetterCounts {
 impl Ctl {
     pub async fn status(&self) -> Result<StatusReport, CtlError> {
         let names = self.names.clone();
-        let key = messages::subjects::channel_key(&names.channel);
+        let key = messages::kv::cursor::key(&names.channel);
 
         let lease_exists = self.bucket(&names.lease_bucket).await?.is_some();
         let lease_holder = self.lease_holder().await?;
@@ -245,20 +247,15 @@ impl Ctl {
     }
 }
 
+/// The stored cursor as the bridge judges it: unreadable when the bridge could not start from
+/// it (it would then start from the earliest retained event).
 fn cursor_status(key: &str, bytes: &[u8]) -> CursorStatus {
-    #[derive(serde::Deserialize)]
-    struct Stored {
-        replay_id: Option<String>,
-        updated_at: Option<String>,
-        event_id: Option<String>,
-        written_by: Option<String>,
-    }
-    match serde_json::from_slice::<Stored>(bytes) {
-        Ok(stored) => CursorStatus {
+    match StoredCursor::read(bytes) {
+        Ok((stored, _)) => CursorStatus {
             key: key.to_owned(),
-            age_secs: stored.updated_at.as_deref().and_then(age_secs),
-            replay_id: stored.replay_id,
-            updated_at: stored.updated_at,
+            age_secs: age_secs(&stored.updated_at),
+            replay_id: Some(stored.replay_id),
+            updated_at: Some(stored.updated_at),
             event_id: stored.event_id,
             written_by: stored.written_by,
             unreadable: None,
@@ -271,7 +268,8 @@ fn cursor_status(key: &str, bytes: &[u8]) -> CursorStatus {
             event_id: None,
             written_by: None,
             unreadable: Some(format!(
-                "{err} (value: {})",
+                "{} (value: {})",
+                Chain(&err),
                 truncate(&String::from_utf8_lossy(bytes), 80)
             )),
         },

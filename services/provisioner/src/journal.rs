@@ -318,22 +318,6 @@ impl Journal {
         self.write(record, Some(revision)).await
     }
 
-    fn skipped_key(event_id: &str) -> String {
-        // Event ids are Salesforce UUIDs; anything outside a key's alphabet is replaced so a
-        // hostile id cannot address another key.
-        let safe: String = event_id
-            .chars()
-            .map(|c| {
-                if c.is_ascii_alphanumeric() || c == '-' || c == '_' {
-                    c
-                } else {
-                    '_'
-                }
-            })
-            .collect();
-        format!("skipped.{safe}")
-    }
-
     /// Records that `event_id` started no job (repeated `IdemKey__c`, job in progress), before
     /// its `skipped` outcome is published: an event that is not in its order's entry is then
     /// still known to be handled. Not part of the order's entry, so the running job's
@@ -342,7 +326,7 @@ impl Journal {
         match self
             .kv
             .create(
-                Self::skipped_key(event_id),
+                messages::journal::skipped_key(event_id),
                 order_id.as_bytes().to_vec().into(),
             )
             .await
@@ -359,7 +343,7 @@ impl Journal {
     /// Whether `event_id` was recorded as skipped.
     pub async fn was_skipped(&self, event_id: &str) -> Result<bool, JournalError> {
         self.kv
-            .get(Self::skipped_key(event_id))
+            .get(messages::journal::skipped_key(event_id))
             .await
             .map(|value| value.is_some())
             .map_err(JournalError::store)

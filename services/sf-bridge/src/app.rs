@@ -105,7 +105,7 @@ impl App {
             metrics.is_leader.clone(),
         );
         if let Ok(Some(stored)) = cursor.load().await {
-            status.set_cursor(stored.view());
+            status.set_cursor(&stored);
         }
 
         let client = match &settings.salesforce {

@@ -2,42 +2,14 @@
 //! channel. It is written only with the replay id of an event that JetStream acknowledged
 //! together with every event before it (or, with nothing in flight, a keepalive's
 //! `latest_replay_id`), so a restart from it loses nothing; whatever is replayed past it is
-//! recognised by the stream's `Nats-Msg-Id` de-duplication.
+//! recognised by the stream's `Nats-Msg-Id` de-duplication. The key and the stored document are
+//! [`messages::kv::cursor`]'s, shared with `provctl`.
 
 use std::time::{Duration, Instant};
 
 use async_nats::jetstream::kv;
-use base64::Engine;
-use serde::{Deserialize, Serialize};
 
-use crate::status::CursorView;
-
-/// The stored value. JSON, so operators (and `provctl cursor set`) can read and write it.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct StoredCursor {
-    /// Base64 of Salesforce's opaque replay id bytes.
-    pub replay_id: String,
-    pub updated_at: String,
-    /// The event the cursor follows, when it was an event (not a keepalive).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub event_id: Option<String>,
-    /// Which replica wrote it.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub written_by: Option<String>,
-}
-
-impl StoredCursor {
-    pub fn replay_id_bytes(&self) -> Result<Vec<u8>, base64::DecodeError> {
-        base64::engine::general_purpose::STANDARD.decode(&self.replay_id)
-    }
-
-    pub fn view(&self) -> CursorView {
-        CursorView {
-            replay_id: Some(self.replay_id.clone()),
-            updated_at: Some(self.updated_at.clone()),
-        }
-    }
-}
+pub use messages::kv::cursor::{StoredCursor, UnreadableCursor};
 
 #[derive(Debug, thiserror::Error)]
 pub enum CursorError {
@@ -47,21 +19,6 @@ pub enum CursorError {
     Encode(#[source] serde_json::Error),
     #[error("cannot write the replay cursor")]
     Write(#[source] kv::PutError),
-}
-
-/// Why a stored value cannot be used as a start position.
-#[derive(Debug, thiserror::Error)]
-pub enum UnreadableCursor {
-    #[error("the stored value is not a cursor document")]
-    NotJson(#[source] serde_json::Error),
-    #[error("the stored replay id {replay_id:?} is not valid base64")]
-    NotBase64 {
-        replay_id: String,
-        #[source]
-        source: base64::DecodeError,
-    },
-    #[error("the stored replay id is empty")]
-    Empty,
 }
 
 /// What the cursor key holds, as the start of a Subscribe session sees it.
@@ -82,17 +39,9 @@ pub enum CursorRead {
 
 impl CursorRead {
     fn parse(bytes: &[u8]) -> Self {
-        let cursor = match serde_json::from_slice::<StoredCursor>(bytes) {
-            Ok(cursor) => cursor,
-            Err(err) => return Self::Unreadable(UnreadableCursor::NotJson(err)),
-        };
-        match cursor.replay_id_bytes() {
-            Ok(replay_id) if replay_id.is_empty() => Self::Unreadable(UnreadableCursor::Empty),
-            Ok(replay_id) => Self::Valid { cursor, replay_id },
-            Err(source) => Self::Unreadable(UnreadableCursor::NotBase64 {
-                replay_id: cursor.replay_id,
-                source,
-            }),
+        match StoredCursor::read(bytes) {
+            Ok((cursor, replay_id)) => Self::Valid { cursor, replay_id },
+            Err(unreadable) => Self::Unreadable(unreadable),
         }
     }
 }
@@ -108,7 +57,7 @@ impl CursorStore {
     pub fn new(kv: kv::Store, channel: &str, writer: &str) -> Self {
         Self {
             kv,
-            key: messages::subjects::channel_key(channel),
+            key: messages::kv::cursor::key(channel),
             writer: writer.to_owned(),
         }
     }
@@ -141,12 +90,7 @@ impl CursorStore {
         replay_id: &[u8],
         event_id: Option<&str>,
     ) -> Result<StoredCursor, CursorError> {
-        let cursor = StoredCursor {
-            replay_id: base64::engine::general_purpose::STANDARD.encode(replay_id),
-            updated_at: messages::bodies::rfc3339(time::OffsetDateTime::now_utc()),
-            event_id: event_id.map(str::to_owned),
-            written_by: Some(self.writer.clone()),
-        };
+        let cursor = StoredCursor::new(replay_id, event_id, &self.writer);
         let bytes = serde_json::to_vec(&cursor).map_err(CursorError::Encode)?;
         self.kv
             .put(&self.key, bytes.into())

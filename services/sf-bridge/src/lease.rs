@@ -58,7 +58,7 @@ impl Lease {
     ) -> Self {
         Self {
             kv,
-            key: messages::subjects::channel_key(&settings.channel),
+            key: messages::kv::lease::key(&settings.channel),
             channel: settings.channel.clone(),
             owner: settings.instance_id.clone(),
             ttl: settings.lease_ttl,
@@ -129,7 +129,11 @@ impl Lease {
 
     /// Takes the lease if nobody holds it; returns the revision to renew from.
     async fn try_acquire(&self) -> Result<Option<u64>, LeaseError> {
-        match self.kv.create(&self.key, self.owner.clone().into()).await {
+        match self
+            .kv
+            .create(&self.key, messages::kv::lease::value(&self.owner).into())
+            .await
+        {
             Ok(revision) => Ok(Some(revision)),
             Err(err) if err.kind() == kv::CreateErrorKind::AlreadyExists => Ok(None),
             Err(err) => Err(LeaseError::Store(err)),
@@ -138,8 +142,8 @@ impl Lease {
 
     /// The current holder, for status pages.
     pub async fn holder(&self) -> Option<String> {
-        let bytes = self.kv.get(&self.key).await.ok()??;
-        String::from_utf8(bytes.to_vec()).ok()
+        let value = self.kv.get(&self.key).await.ok()??;
+        Some(messages::kv::lease::holder(&value))
     }
 
     /// Keeps the lease until `stop` is cancelled or the lease is lost; cancels `lost` on loss.
@@ -155,7 +159,11 @@ impl Lease {
             }
             match self
                 .kv
-                .update(&self.key, self.owner.clone().into(), revision)
+                .update(
+                    &self.key,
+                    messages::kv::lease::value(&self.owner).into(),
+                    revision,
+                )
                 .await
             {
                 Ok(next) => {
@@ -168,7 +176,7 @@ impl Lease {
                     return;
                 }
                 Err(err) => {
-                    tracing::warn!(key = %self.key, error = %err, "Cannot renew the subscription lease.");
+                    tracing::warn!(key = %self.key, error = %Chain(&err), "Cannot renew the subscription lease.");
                     if last_renewed.elapsed() >= step_down_after {
                         tracing::error!(key = %self.key, "Lease not renewed in time; stepping down.");
                         lost.cancel();
@@ -183,7 +191,7 @@ impl Lease {
             .delete_expect_revision(&self.key, Some(revision))
             .await
         {
-            tracing::debug!(error = %err, "Could not release the lease; it will expire.");
+            tracing::debug!(error = %Chain(&err), "Could not release the lease; it will expire.");
         } else {
             tracing::info!(key = %self.key, "Released the subscription lease.");
         }
@@ -281,7 +289,7 @@ mod tests {
         });
         tokio::time::timeout(WAIT, started.recv()).await.unwrap();
         assert_eq!(f.is_leader.get(), 1);
-        let key = messages::subjects::channel_key(&f.status.channel);
+        let key = messages::kv::lease::key(&f.status.channel);
         f.kv.put(&key, "someone-else".into()).await.unwrap();
 
         tokio::time::timeout(WAIT, stopped.recv())

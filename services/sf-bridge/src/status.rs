@@ -87,8 +87,13 @@ impl BridgeStatus {
             .unwrap_or(SubscriptionState::Connecting)
     }
 
-    pub fn set_cursor(&self, cursor: CursorView) {
-        self.update(|inner| inner.cursor = cursor);
+    /// Shows `cursor` as the stored position.
+    pub fn set_cursor(&self, cursor: &messages::kv::cursor::StoredCursor) {
+        let view = CursorView {
+            replay_id: Some(cursor.replay_id.clone()),
+            updated_at: Some(cursor.updated_at.clone()),
+        };
+        self.update(|inner| inner.cursor = view);
     }
 
     pub fn set_last_error(&self, error: Option<String>) {

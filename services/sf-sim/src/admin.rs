@@ -57,7 +57,10 @@ fn body<T: DeserializeOwned>(bytes: &Bytes) -> Result<T, AdminError> {
 }
 
 fn internal(err: &SimError) -> AdminError {
-    AdminError(StatusCode::INTERNAL_SERVER_ERROR, err.to_string())
+    AdminError(
+        StatusCode::INTERNAL_SERVER_ERROR,
+        platform::error::Chain(err).to_string(),
+    )
 }
 
 fn not_found(id: &str) -> AdminError {

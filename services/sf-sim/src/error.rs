@@ -5,20 +5,25 @@ use thiserror::Error;
 
 #[derive(Debug, Error)]
 pub enum SimError {
-    #[error("the JWT public key is not a PEM RSA public key: {0}")]
+    #[error("the JWT public key is not a PEM RSA public key")]
     PublicKey(#[source] jsonwebtoken::errors::Error),
-    #[error("cannot bind {what} listener on {addr}: {source}")]
+    #[error("cannot bind {what} listener on {addr}")]
     Bind {
         what: &'static str,
         addr: std::net::SocketAddr,
         #[source]
         source: std::io::Error,
     },
-    #[error("TLS: {0}")]
-    Tls(String),
-    #[error("Avro: {0}")]
+    /// Setting up TLS failed at `step`; the cause, when there is one, is the source.
+    #[error("TLS: {step}")]
+    Tls {
+        step: String,
+        #[source]
+        source: Option<Box<dyn std::error::Error + Send + Sync>>,
+    },
+    #[error("Avro")]
     Avro(#[from] Box<apache_avro::Error>),
-    #[error("JSON: {0}")]
+    #[error("JSON")]
     Json(#[from] serde_json::Error),
     #[error("unknown schema id")]
     UnknownSchema,
@@ -30,6 +35,19 @@ pub enum SimError {
     UnknownField(String),
     #[error("{0} is not a valid Salesforce id")]
     InvalidId(String),
+}
+
+impl SimError {
+    /// TLS set-up failed at `step` because of `cause`.
+    pub(crate) fn tls(
+        step: impl Into<String>,
+        cause: impl std::error::Error + Send + Sync + 'static,
+    ) -> Self {
+        Self::Tls {
+            step: step.into(),
+            source: Some(Box::new(cause)),
+        }
+    }
 }
 
 impl From<apache_avro::Error> for SimError {

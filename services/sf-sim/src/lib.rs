@@ -129,7 +129,7 @@ impl SfSim {
         if let Some(identity) = &identity {
             grpc = grpc
                 .tls_config(identity.grpc_config())
-                .map_err(|e| SimError::Tls(format!("the Pub/Sub listener: {e}")))?;
+                .map_err(|e| SimError::tls("the Pub/Sub listener", e))?;
         }
         let grpc = grpc.serve_with_incoming_shutdown(
             grpc_service,
@@ -162,7 +162,7 @@ impl SfSim {
             http("instance", instance, instance_app),
             tokio::spawn(async move {
                 if let Err(err) = grpc.await {
-                    tracing::error!(error = %err, "The Pub/Sub listener failed.");
+                    tracing::error!(error = %platform::error::Chain(&err), "The Pub/Sub listener failed.");
                 }
             }),
         ];
@@ -247,6 +247,6 @@ where
         .with_graceful_shutdown(cancel.cancelled_owned())
         .await;
     if let Err(err) = served {
-        tracing::error!(listener = what, error = %err, "An HTTP listener failed.");
+        tracing::error!(listener = what, error = %platform::error::Chain(&err), "An HTTP listener failed.");
     }
 }

@@ -240,7 +240,12 @@ impl PubSubService {
         }
         let decoded = match self.inner.schemas.decode(&event.schema_id, &event.payload) {
             Ok(value) => value,
-            Err(err) => return failed(format!("The event could not be published: {err}")),
+            Err(err) => {
+                return failed(format!(
+                    "The event could not be published: {}",
+                    platform::error::Chain(&err)
+                ))
+            }
         };
         let event_id = if event.id.trim().is_empty() {
             uuid::Uuid::new_v4().to_string()
@@ -361,7 +366,7 @@ impl Subscription {
                 message = inbound.next(), if inbound_open => match message {
                     Some(Ok(request)) => self.on_request(&request)?,
                     Some(Err(err)) => {
-                        tracing::debug!(rpc_id = %self.rpc_id, error = %err, "Subscribe request stream failed.");
+                        tracing::debug!(rpc_id = %self.rpc_id, error = %platform::error::Chain(&err), "Subscribe request stream failed.");
                         return Ok(());
                     }
                     None => inbound_open = false,

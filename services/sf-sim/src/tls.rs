@@ -89,23 +89,24 @@ impl ServerIdentity {
     pub fn http_acceptor(&self) -> Result<tokio_rustls::TlsAcceptor, SimError> {
         let certs = CertificateDer::pem_slice_iter(self.cert_chain_pem.as_bytes())
             .collect::<Result<Vec<_>, _>>()
-            .map_err(|e| SimError::Tls(format!("the certificate PEM does not parse: {e}")))?;
+            .map_err(|e| SimError::tls("the certificate PEM does not parse", e))?;
         if certs.is_empty() {
-            return Err(SimError::Tls(
-                "the certificate PEM holds no certificate".into(),
-            ));
+            return Err(SimError::Tls {
+                step: "the certificate PEM holds no certificate".into(),
+                source: None,
+            });
         }
         let key = PrivateKeyDer::from_pem_slice(self.key_pem.as_bytes())
-            .map_err(|e| SimError::Tls(format!("the key PEM holds no private key: {e}")))?;
+            .map_err(|e| SimError::tls("the key PEM holds no private key", e))?;
         // The provider is named rather than taken from the process default, which rustls cannot
         // pick when more than one provider is compiled in.
         let provider = Arc::new(rustls::crypto::ring::default_provider());
         let mut config = rustls::ServerConfig::builder_with_provider(provider)
             .with_safe_default_protocol_versions()
-            .map_err(|e| SimError::Tls(e.to_string()))?
+            .map_err(|e| SimError::tls("cannot build the server configuration", e))?
             .with_no_client_auth()
             .with_single_cert(certs, key)
-            .map_err(|e| SimError::Tls(format!("certificate and key do not fit: {e}")))?;
+            .map_err(|e| SimError::tls("certificate and key do not fit", e))?;
         config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
         Ok(tokio_rustls::TlsAcceptor::from(Arc::new(config)))
     }
@@ -123,7 +124,7 @@ impl ServerIdentity {
 
 fn read(path: &Path) -> Result<String, SimError> {
     std::fs::read_to_string(path)
-        .map_err(|e| SimError::Tls(format!("cannot read {}: {e}", path.display())))
+        .map_err(|e| SimError::tls(format!("cannot read {}", path.display()), e))
 }
 
 /// Written under a temporary name and renamed, so that a script waiting for the file never reads
@@ -134,7 +135,7 @@ fn write_atomically(path: &Path, contents: &str) -> Result<(), SimError> {
     let partial = PathBuf::from(partial);
     std::fs::write(&partial, contents)
         .and_then(|()| std::fs::rename(&partial, path))
-        .map_err(|e| SimError::Tls(format!("cannot write the CA to {}: {e}", path.display())))
+        .map_err(|e| SimError::tls(format!("cannot write the CA to {}", path.display()), e))
 }
 
 /// The names the server certificate is valid for: the host in the URLs sf-sim hands out, and
@@ -150,7 +151,7 @@ fn server_names(public_host: &str) -> Vec<String> {
 }
 
 fn generate(public_host: &str) -> Result<ServerIdentity, SimError> {
-    let failed = |e: rcgen::Error| SimError::Tls(format!("cannot generate a certificate: {e}"));
+    let failed = |e: rcgen::Error| SimError::tls("cannot generate a certificate", e);
     let mut ca_params = rcgen::CertificateParams::new(Vec::<String>::new()).map_err(failed)?;
     ca_params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
     ca_params
@@ -166,9 +167,10 @@ fn generate(public_host: &str) -> Result<ServerIdentity, SimError> {
     let issuer = rcgen::Issuer::new(ca_params, ca_key);
 
     let mut params = rcgen::CertificateParams::new(server_names(public_host)).map_err(|e| {
-        SimError::Tls(format!(
-            "SF_SIM_PUBLIC_HOST {public_host:?} cannot be a certificate name: {e}"
-        ))
+        SimError::tls(
+            format!("SF_SIM_PUBLIC_HOST {public_host:?} cannot be a certificate name"),
+            e,
+        )
     })?;
     params
         .distinguished_name
@@ -212,7 +214,7 @@ impl TlsListener {
                     Err(err) => {
                         // Out of file descriptors and the like: accepting again at once would
                         // spin on the same error (axum's own listener does the same).
-                        tracing::warn!(listener = what, error = %err, "Accept failed.");
+                        tracing::warn!(listener = what, error = %platform::error::Chain(&err), "Accept failed.");
                         tokio::time::sleep(Duration::from_secs(1)).await;
                         continue;
                     }
@@ -227,7 +229,7 @@ impl TlsListener {
                         // A client that does not trust the certificate ends here: expected in
                         // tests of exactly that, so not a warning.
                         Ok(Err(err)) => tracing::debug!(
-                            listener = what, peer = %peer, error = %err,
+                            listener = what, peer = %peer, error = %platform::error::Chain(&err),
                             "TLS handshake failed."
                         ),
                         Err(_) => tracing::debug!(

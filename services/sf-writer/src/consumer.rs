@@ -64,7 +64,7 @@ pub async fn run(
             Ok(None) => continue,
             Err(err) => {
                 let delay = failures.next_delay();
-                tracing::warn!(error = %err, delay_ms = delay.as_millis() as u64, "Pull request failed; retrying.");
+                tracing::warn!(error = %platform::error::Chain(&err), delay_ms = delay.as_millis() as u64, "Pull request failed; retrying.");
                 tokio::select! {
                     () = cancel.cancelled() => break,
                     () = tokio::time::sleep(delay) => continue,
@@ -106,19 +106,28 @@ pub async fn run(
     }
 }
 
+/// Why the long poll for a batch's first message failed (retried with backoff).
+#[derive(Debug, thiserror::Error)]
+enum PullError {
+    #[error("cannot send the pull request")]
+    Request(#[source] pull::BatchError),
+    #[error("the pull request failed")]
+    Delivery(#[source] async_nats::Error),
+}
+
 /// Long-polls for one message; `None` when the poll expired empty.
-async fn first_message(consumer: &PullConsumer) -> Result<Option<jetstream::Message>, String> {
+async fn first_message(consumer: &PullConsumer) -> Result<Option<jetstream::Message>, PullError> {
     let mut batch = consumer
         .batch()
         .max_messages(1)
         .expires(FIRST_MESSAGE_POLL)
         .messages()
         .await
-        .map_err(|e| platform::error::Chain(&e).to_string())?;
+        .map_err(PullError::Request)?;
     match batch.next().await {
         None => Ok(None),
         Some(Ok(message)) => Ok(Some(message)),
-        Some(Err(err)) => Err(platform::error::Chain(&*err).to_string()),
+        Some(Err(err)) => Err(PullError::Delivery(err)),
     }
 }
 

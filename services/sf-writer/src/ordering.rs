@@ -44,31 +44,11 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
 use async_nats::jetstream::kv;
-use serde::{Deserialize, Serialize};
 use tokio::time::Instant;
 
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
-pub struct OrderState {
-    #[serde(default)]
-    pub applied: u64,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub claim: Option<Claim>,
-}
-
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Claim {
-    pub seq: u64,
-    /// Unique per batch attempt chain (not per replica: one replica runs several batches at once).
-    pub token: String,
-    /// How long the claim lasts after it was written, as observed by other writers. Absent in
-    /// claims written by the previous version, whose observers use their own configured TTL.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub ttl_ms: Option<u64>,
-    /// Unix milliseconds, written for replicas of the previous version only (see the module
-    /// documentation); never read.
-    #[serde(default)]
-    pub until_ms: u64,
-}
+use messages::kv::applied;
+/// The stored value (its format is shared in `messages`, with the key: the Order's id).
+pub use messages::kv::applied::{Claim, OrderState};
 
 /// What a claim attempt found.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -225,13 +205,17 @@ impl AppliedStore {
     }
 
     /// The Order's state and the revision to compare against (0 when the key does not exist).
-    pub async fn read(&self, key: &str) -> Result<(OrderState, u64), OrderingError> {
-        let entry = self.kv.entry(key).await.map_err(OrderingError::kv)?;
+    pub async fn read(&self, order_id: &str) -> Result<(OrderState, u64), OrderingError> {
+        let entry = self
+            .kv
+            .entry(applied::key(order_id))
+            .await
+            .map_err(OrderingError::kv)?;
         match entry {
             Some(entry) if entry.operation == kv::Operation::Put => {
                 let state = serde_json::from_slice(&entry.value).map_err(|source| {
                     OrderingError::Corrupt {
-                        key: key.to_owned(),
+                        key: order_id.to_owned(),
                         source,
                     }
                 })?;
@@ -248,13 +232,13 @@ impl AppliedStore {
     /// unchanged by this writer for its whole lifetime.
     fn foreign_claim_expired(
         &self,
-        key: &str,
+        order_id: &str,
         state: &OrderState,
         revision: u64,
         token: &str,
     ) -> bool {
         let Some(claim) = state.claim.as_ref().filter(|c| c.token != token) else {
-            self.observations().forget(key);
+            self.observations().forget(order_id);
             return false;
         };
         let ttl = claim.ttl_ms.map_or(self.claim_ttl, Duration::from_millis);
@@ -262,7 +246,7 @@ impl AppliedStore {
         let keep = ttl.max(self.claim_ttl).saturating_mul(4);
         let held_for = self
             .observations()
-            .held_for(key, revision, Instant::now(), keep);
+            .held_for(order_id, revision, Instant::now(), keep);
         held_for >= ttl
     }
 
@@ -270,7 +254,7 @@ impl AppliedStore {
     /// it immediately before each write: the answer is only good until `deadline`.
     pub async fn claim(
         &self,
-        key: &str,
+        order_id: &str,
         seq: u64,
         token: &str,
     ) -> Result<ClaimOutcome, OrderingError> {
@@ -278,8 +262,8 @@ impl AppliedStore {
             // Taken before the CAS is sent: the claim certainly did not start earlier for anyone
             // else, so a deadline counted from here is on the safe side.
             let started = Instant::now();
-            let (state, revision) = self.read(key).await?;
-            let expired = self.foreign_claim_expired(key, &state, revision, token);
+            let (state, revision) = self.read(order_id).await?;
+            let expired = self.foreign_claim_expired(order_id, &state, revision, token);
             match decide(&state, seq, token, expired) {
                 Decision::Stale => return Ok(ClaimOutcome::Stale),
                 Decision::Busy => return Ok(ClaimOutcome::Busy),
@@ -295,9 +279,9 @@ impl AppliedStore {
                     until_ms: wall_clock_ms().saturating_add(ttl_ms),
                 }),
             };
-            match self.write(key, &next, revision).await? {
+            match self.write(order_id, &next, revision).await? {
                 Some(revision) => {
-                    self.observations().forget(key);
+                    self.observations().forget(order_id);
                     return Ok(ClaimOutcome::Claimed {
                         revision,
                         applied: state.applied,
@@ -307,7 +291,7 @@ impl AppliedStore {
                 None => continue,
             }
         }
-        Err(OrderingError::Contention(key.to_owned()))
+        Err(OrderingError::Contention(order_id.to_owned()))
     }
 
     /// Records `seq` as applied and drops our claim. `revision` is the claim's; when someone
@@ -315,7 +299,7 @@ impl AppliedStore {
     /// `applied` never goes backwards.
     pub async fn settle(
         &self,
-        key: &str,
+        order_id: &str,
         seq: u64,
         token: &str,
         revision: u64,
@@ -330,24 +314,24 @@ impl AppliedStore {
             revision,
         );
         for _ in 0..CAS_ATTEMPTS {
-            if self.write(key, &attempt.0, attempt.1).await?.is_some() {
+            if self.write(order_id, &attempt.0, attempt.1).await?.is_some() {
                 return Ok(());
             }
-            let (current, rev) = self.read(key).await?;
+            let (current, rev) = self.read(order_id).await?;
             let next = settled(&current, seq, token);
             if next == current {
                 return Ok(());
             }
             attempt = (next, rev);
         }
-        Err(OrderingError::Contention(key.to_owned()))
+        Err(OrderingError::Contention(order_id.to_owned()))
     }
 
     /// Drops our claim without applying (the write certainly did not happen), so the Order is
     /// not blocked until the claim expires. Best effort: an expired claim does the same later.
-    pub async fn release(&self, key: &str, token: &str) -> Result<(), OrderingError> {
+    pub async fn release(&self, order_id: &str, token: &str) -> Result<(), OrderingError> {
         for _ in 0..CAS_ATTEMPTS {
-            let (state, revision) = self.read(key).await?;
+            let (state, revision) = self.read(order_id).await?;
             if state.claim.as_ref().is_none_or(|c| c.token != token) {
                 return Ok(());
             }
@@ -355,29 +339,33 @@ impl AppliedStore {
                 applied: state.applied,
                 claim: None,
             };
-            if self.write(key, &next, revision).await?.is_some() {
+            if self.write(order_id, &next, revision).await?.is_some() {
                 return Ok(());
             }
         }
-        Err(OrderingError::Contention(key.to_owned()))
+        Err(OrderingError::Contention(order_id.to_owned()))
     }
 
     /// Compare-and-swap write; `Ok(None)` when the revision no longer matches.
     async fn write(
         &self,
-        key: &str,
+        order_id: &str,
         state: &OrderState,
         revision: u64,
     ) -> Result<Option<u64>, OrderingError> {
         let value = serde_json::to_vec(state).map_err(OrderingError::kv)?;
         if revision == 0 {
-            match self.kv.create(key, value.into()).await {
+            match self.kv.create(applied::key(order_id), value.into()).await {
                 Ok(rev) => Ok(Some(rev)),
                 Err(e) if e.kind() == kv::CreateErrorKind::AlreadyExists => Ok(None),
                 Err(e) => Err(OrderingError::kv(e)),
             }
         } else {
-            match self.kv.update(key, value.into(), revision).await {
+            match self
+                .kv
+                .update(applied::key(order_id), value.into(), revision)
+                .await
+            {
                 Ok(rev) => Ok(Some(rev)),
                 Err(e) if e.kind() == kv::UpdateErrorKind::WrongLastRevision => Ok(None),
                 Err(e) => Err(OrderingError::kv(e)),
@@ -513,11 +501,7 @@ mod tests {
     }
 
     #[test]
-    fn claims_of_the_previous_version_still_parse_and_ours_still_carry_until_ms() {
-        let old: OrderState =
-            serde_json::from_str(r#"{"applied":1,"claim":{"seq":2,"token":"t","until_ms":5}}"#)
-                .unwrap();
-        assert_eq!(old.claim.as_ref().unwrap().ttl_ms, None);
+    fn our_claims_still_carry_until_ms_for_the_previous_version() {
         let json = serde_json::to_value(OrderState {
             applied: 1,
             claim: claim(2, "t"),

@@ -5,7 +5,7 @@ use thiserror::Error;
 
 #[derive(Debug, Error)]
 pub enum SimError {
-    #[error("cannot bind the WHMCS simulator on {addr}: {source}")]
+    #[error("cannot bind the WHMCS simulator on {addr}")]
     Bind {
         addr: std::net::SocketAddr,
         #[source]

@@ -129,7 +129,7 @@ impl WhmcsSim {
             .with_graceful_shutdown(shutdown)
             .await;
             if let Err(err) = served {
-                tracing::error!(error = %err, "The WHMCS simulator listener failed.");
+                tracing::error!(error = %platform::error::Chain(&err), "The WHMCS simulator listener failed.");
             }
         });
         Ok(WhmcsSim {

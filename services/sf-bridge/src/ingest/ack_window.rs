@@ -207,7 +207,7 @@ impl Ingest {
                     .cursor_updated_timestamp
                     .set(time::OffsetDateTime::now_utc().unix_timestamp() as f64);
                 self.metrics.cursor_age.touch();
-                self.status.set_cursor(stored.view());
+                self.status.set_cursor(&stored);
                 progress.written(position, Instant::now());
                 Ok(())
             }

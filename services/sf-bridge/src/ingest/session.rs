@@ -143,7 +143,7 @@ impl Ingest {
         let stored = self.cursor.read().await?;
         let mut window = match &stored {
             CursorRead::Valid { cursor, replay_id } => {
-                self.status.set_cursor(cursor.view());
+                self.status.set_cursor(cursor);
                 AckWindow::new(Some(replay_id.clone()))
             }
             CursorRead::Absent | CursorRead::Unreadable(_) => AckWindow::new(None),
