@@ -33,7 +33,6 @@ use std::time::Duration;
 
 use async_nats::jetstream::{self, kv};
 use platform::error::Chain;
-use serde::{Deserialize, Serialize};
 use tokio::task::JoinSet;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
@@ -60,12 +59,6 @@ impl ReconcileError {
     fn stream(err: impl std::error::Error + Send + Sync + 'static) -> Self {
         Self::Stream(Box::new(err))
     }
-}
-
-/// The stored watermark.
-#[derive(Debug, Clone, Copy, Serialize, Deserialize)]
-struct Watermark {
-    stream_sequence: u64,
 }
 
 /// What one scan learned about one message.
@@ -200,7 +193,7 @@ impl Recovery {
     }
 
     fn watermark_key(&self) -> String {
-        format!("reconciled.{}", self.consumer)
+        messages::journal::watermark_key(&self.consumer)
     }
 
     async fn watermark(&self) -> Result<Option<(u64, u64)>, ReconcileError> {
@@ -211,14 +204,14 @@ impl Recovery {
             .await
             .map_err(journal::JournalError::store)?;
         Ok(entry.and_then(|entry| {
-            let mark = serde_json::from_slice::<Watermark>(&entry.value).ok()?;
+            let mark = serde_json::from_slice::<messages::journal::Watermark>(&entry.value).ok()?;
             Some((mark.stream_sequence, entry.revision))
         }))
     }
 
     /// Moves the watermark forward to `to` (never back; another replica may be ahead).
     async fn advance(&self, to: u64, revision: Option<u64>) {
-        let bytes = match serde_json::to_vec(&Watermark {
+        let bytes = match serde_json::to_vec(&messages::journal::Watermark {
             stream_sequence: to,
         }) {
             Ok(bytes) => bytes,
