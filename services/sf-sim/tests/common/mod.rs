@@ -1,7 +1,7 @@
 //! Helpers shared by the integration tests: a running simulator, JWT assertions, tokens and an
 //! authenticated Pub/Sub client.
 
-#![allow(dead_code, clippy::unwrap_used, clippy::expect_used)]
+#![allow(dead_code, unused_imports, clippy::unwrap_used, clippy::expect_used)]
 
 use std::time::Duration;
 
