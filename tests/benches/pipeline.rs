@@ -39,11 +39,11 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use async_nats::jetstream;
-use sf_sim::{OrderWrite, SfSim, SimConfig, SimStats};
+use sf_sim::{OrderWrite, SfSim, SimStats};
 use testkit::nats::NatsServer;
 use testkit::process::ChildProcess;
 use tokio::sync::mpsc::UnboundedReceiver;
-use whmcs_sim::{WhmcsSim, WhmcsSimConfig};
+use whmcs_sim::WhmcsSim;
 
 const SERVICES: [&str; 3] = ["sf-bridge", "provisioner", "sf-writer"];
 /// No order finished for this long: the pipeline is stuck, the bench stops with the logs.
@@ -168,13 +168,8 @@ fn tail(log: &str) -> String {
 impl World {
     async fn start() -> Self {
         let binaries = testkit::process::workspace_binaries(&SERVICES);
-        let keys = testkit::keys::test_keys();
         let nats = NatsServer::start().await;
-        let config = SimConfig::for_tests(keys.public_pem.clone());
-        let sf = SfSim::start(config.clone()).await.expect("sf-sim");
-        let whmcs = WhmcsSim::start(WhmcsSimConfig::for_tests())
-            .await
-            .expect("whmcs-sim");
+        let testkit::sim::Simulators { sf, whmcs, .. } = testkit::sim::Simulators::start().await;
         let client_id = whmcs.state().seed_client("Bench Ltd", true);
         let pid = whmcs.state().seed_product("Hosting S", &["monthly"]);
         let account = sf
@@ -183,8 +178,7 @@ impl World {
         let product = sf
             .state()
             .seed_product("Hosting S", Some(&pid.to_string()), Some("Monthly"));
-        let login =
-            testkit::stack::salesforce_login(sf.login_url(), &config.client_id, &config.username);
+        let login = testkit::sim::sf_env(&sf);
         let writes = sf.state().watch_order_writes();
         Self {
             nats,

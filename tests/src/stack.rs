@@ -2,8 +2,7 @@
 //! the environment every service reads, and a plain HTTP GET for their `/health`, `/livez` and
 //! `/metrics` endpoints.
 //!
-//! The simulators themselves (and seeding orders into them) stay with the tests: `sf-sim` and
-//! `whmcs-sim` are dev-dependencies of this crate, and `sf-sim`'s own tests depend on testkit.
+//! The simulators themselves, and seeding orders into them, are [`crate::sim`]'s.
 
 use std::collections::HashMap;
 use std::time::Duration;

@@ -85,7 +85,7 @@ fn exported_names(text: &str) -> BTreeSet<String> {
     names
 }
 
-const SERVICES: [&str; 3] = ["sf-bridge", "provisioner", "sf-writer"];
+const SERVICES: [&str; 3] = testkit::service::PIPELINE;
 
 /// The three services as processes against a real nats-server and the simulators.
 struct Pipeline {
@@ -101,33 +101,12 @@ impl Pipeline {
         let binaries = testkit::process::workspace_binaries(&SERVICES);
         let nats = NatsServer::start().await;
         let sims = support::Simulators::start().await;
-        let login = sims.salesforce_login();
-        let env = |extra: Vec<(&'static str, String)>| {
-            let base = vec![
-                ("NATS_URL", nats.url()),
-                ("HTTP_ADDR", "127.0.0.1:0".to_owned()),
-                ("LOG_FORMAT", "json".to_owned()),
-                ("RUST_LOG", "info".to_owned()),
-            ];
-            testkit::stack::env(base.into_iter().chain(login.iter().cloned()).chain(extra))
-        };
-        let envs = [
-            env(vec![
-                ("SF_PUBSUB_ENDPOINT", sims.sf.pubsub_url()),
-                ("SF_EVENTS_REPLAY", "ALL".to_owned()),
-            ]),
-            env(vec![
-                ("WHMCS_API_URL", sims.whmcs.api_url()),
-                ("WHMCS_API_IDENTIFIER", sims.whmcs.identifier().to_owned()),
-                ("WHMCS_API_SECRET", sims.whmcs.secret().to_owned()),
-            ]),
-            env(vec![]),
-        ];
-        let mut services: Vec<ChildProcess> = binaries
-            .iter()
-            .zip(&envs)
-            .map(|(binary, env)| ChildProcess::spawn(binary.to_str().unwrap(), env))
-            .collect();
+        let envs = sims.pipeline_envs().map(|own| {
+            let mut env = testkit::service::process_env(nats.url(), &sims.sf);
+            env.extend(own);
+            testkit::service::with_overrides(env, &[])
+        });
+        let mut services = testkit::service::spawn_all(&binaries, &envs);
         let mut ports = Vec::new();
         for (name, service) in SERVICES.iter().zip(services.iter_mut()) {
             ports.push(testkit::process::wait_http_port(name, service, WAIT).await);
@@ -141,11 +120,7 @@ impl Pipeline {
     }
 
     fn logs(&self) -> String {
-        self.services
-            .iter()
-            .map(ChildProcess::log)
-            .collect::<Vec<_>>()
-            .join("\n-----\n")
+        testkit::service::logs(&self.services)
     }
 
     async fn until_status(&self, order_id: &str, status: &str) {

@@ -13,7 +13,7 @@ use std::time::Duration;
 
 mod support;
 
-use sf_sim::{SfSim, SimConfig};
+use sf_sim::SfSim;
 use testkit::nats::NatsServer;
 use testkit::process::ChildProcess;
 use whmcs_sim::{WhmcsSim, WhmcsSimConfig};
@@ -24,7 +24,6 @@ struct Stack {
     nats: NatsServer,
     sf: SfSim,
     whmcs: WhmcsSim,
-    login: Vec<(&'static str, String)>,
     _dir: tempfile::TempDir,
     ca_file: String,
 }
@@ -32,54 +31,45 @@ struct Stack {
 impl Stack {
     async fn start() -> Self {
         let nats = NatsServer::start().await;
-        let keys = testkit::keys::test_keys();
-        let config = SimConfig::for_tests(keys.public_pem.clone()).with_generated_tls();
-        let sf = SfSim::start(config.clone()).await.expect("sf-sim");
+        let sims = support::Simulators::start_configured(
+            testkit::sim::sf_config().with_generated_tls(),
+            WhmcsSimConfig::for_tests(),
+        )
+        .await;
+        let (sf, whmcs) = (sims.sf, sims.whmcs);
         for url in [sf.login_url(), sf.instance_url(), sf.pubsub_url()] {
             assert!(url.starts_with("https://"), "{url}");
         }
-        let whmcs = WhmcsSim::start(WhmcsSimConfig::for_tests())
-            .await
-            .expect("whmcs-sim");
         let dir = tempfile::tempdir().expect("temp dir");
         let ca_path = dir.path().join("sf-sim-ca.pem");
         std::fs::write(&ca_path, sf.ca_pem().expect("a generated CA")).expect("write CA");
-        let login =
-            testkit::stack::salesforce_login(sf.login_url(), &config.client_id, &config.username);
         Self {
             nats,
             sf,
             whmcs,
-            login,
             ca_file: ca_path.display().to_string(),
             _dir: dir,
         }
     }
 
-    /// A service's environment; `trust` adds `SF_CA_FILE`.
-    fn env(&self, trust: bool, extra: &[(&str, String)]) -> HashMap<String, String> {
-        let mut env = vec![
-            ("NATS_URL", self.nats.url()),
-            ("HTTP_ADDR", "127.0.0.1:0".to_owned()),
-            ("LOG_FORMAT", "json".to_owned()),
-            ("RUST_LOG", "info".to_owned()),
-        ];
-        env.extend(self.login.iter().cloned());
+    /// A service's environment with its `own` variables and the test's `extra`; `trust` adds
+    /// `SF_CA_FILE`.
+    fn env(
+        &self,
+        trust: bool,
+        own: Vec<(&'static str, String)>,
+        extra: &[(&str, &str)],
+    ) -> HashMap<String, String> {
+        let mut env = testkit::service::process_env(self.nats.url(), &self.sf);
         if trust {
             env.push(("SF_CA_FILE", self.ca_file.clone()));
         }
-        let extra = extra.iter().map(|(k, v)| (*k, v.clone()));
-        testkit::stack::env(env.into_iter().chain(extra))
+        env.extend(own);
+        testkit::service::with_overrides(env, extra)
     }
 
     fn bridge_env(&self, trust: bool) -> HashMap<String, String> {
-        self.env(
-            trust,
-            &[
-                ("SF_PUBSUB_ENDPOINT", self.sf.pubsub_url()),
-                ("SF_EVENTS_REPLAY", "ALL".to_owned()),
-            ],
-        )
+        self.env(trust, testkit::sim::pubsub_env(&self.sf), &[])
     }
 }
 
@@ -100,7 +90,7 @@ async fn salesforce_down_reason(port: u16) -> Option<String> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn one_order_over_tls_with_sf_ca_file_and_none_without() {
-    let binaries = testkit::process::workspace_binaries(&["sf-bridge", "provisioner", "sf-writer"]);
+    let binaries = testkit::process::workspace_binaries(&testkit::service::PIPELINE);
     let bin = |i: usize| binaries[i].to_str().unwrap().to_owned();
     let stack = Stack::start().await;
 
@@ -135,34 +125,19 @@ async fn one_order_over_tls_with_sf_ca_file_and_none_without() {
     // With it, the whole flow.
     let order = support::seed_good_order(&stack.sf, &stack.whmcs, "Acme TLS Ltd");
     let mut writes = stack.sf.state().watch_order_writes();
-    let mut services = vec![
-        ChildProcess::spawn(&bin(0), &stack.bridge_env(true)),
-        ChildProcess::spawn(
-            &bin(1),
-            &stack.env(
-                true,
-                &[
-                    ("WHMCS_API_URL", stack.whmcs.api_url()),
-                    ("WHMCS_API_IDENTIFIER", stack.whmcs.identifier().to_owned()),
-                    ("WHMCS_API_SECRET", stack.whmcs.secret().to_owned()),
-                    ("PROVISIONER_SHUTDOWN_GRACE_SECS", "5".to_owned()),
-                ],
-            ),
+    let envs = [
+        stack.bridge_env(true),
+        stack.env(
+            true,
+            testkit::sim::whmcs_env(&stack.whmcs),
+            &[("PROVISIONER_SHUTDOWN_GRACE_SECS", "5")],
         ),
-        ChildProcess::spawn(
-            &bin(2),
-            &stack.env(true, &[("SF_WRITER_SHUTDOWN_GRACE_SECS", "5".to_owned())]),
-        ),
+        stack.env(true, Vec::new(), &[("SF_WRITER_SHUTDOWN_GRACE_SECS", "5")]),
     ];
+    let mut services = testkit::service::spawn_all(&binaries, &envs);
     let bridge_port = testkit::process::wait_http_port("sf-bridge", &mut services[0], WAIT).await;
     stack.sf.state().approve_order(&order).expect("approve");
-    let logs = |services: &[ChildProcess]| {
-        services
-            .iter()
-            .map(ChildProcess::log)
-            .collect::<Vec<_>>()
-            .join("\n-----\n")
-    };
+    let logs = testkit::service::logs;
     let final_status = tokio::time::timeout(WAIT, async {
         while let Some(write) = writes.recv().await {
             if write.order_id == order && matches!(write.status.as_str(), "Activated" | "Failed") {

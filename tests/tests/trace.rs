@@ -30,27 +30,24 @@ struct Stack {
     sf: SfSim,
     whmcs: WhmcsSim,
     collector: Collector,
-    /// `SF_*` login variables for sf-sim.
-    login: Vec<(&'static str, String)>,
 }
 
 impl Stack {
-    fn env(&self, service: &str, extra: &[(&str, &str)]) -> HashMap<String, String> {
-        let mut env = vec![
-            ("NATS_URL", self.nats.url()),
-            ("HTTP_ADDR", "127.0.0.1:0".to_owned()),
-        ];
-        env.extend(self.login.iter().cloned());
+    /// A service's environment: what the pipeline's processes share, span export named
+    /// `service`, the service's `own` variables and the test's `extra`.
+    fn env(
+        &self,
+        service: &str,
+        own: Vec<(&'static str, String)>,
+        extra: &[(&str, &str)],
+    ) -> HashMap<String, String> {
+        let mut env = testkit::service::process_env(self.nats.url(), &self.sf);
         env.extend(testkit::stack::otlp_export(
             self.collector.endpoint(),
             service,
         ));
-        env.extend([
-            ("LOG_FORMAT", "json".to_owned()),
-            ("RUST_LOG", "info".to_owned()),
-        ]);
-        let extra = extra.iter().map(|(k, v)| (*k, (*v).to_owned()));
-        testkit::stack::env(env.into_iter().chain(extra))
+        env.extend(own);
+        testkit::service::with_overrides(env, extra)
     }
 }
 
@@ -90,43 +87,33 @@ fn dump(spans: &[ReceivedSpan]) -> String {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn one_trace_per_order_across_the_three_services() {
     let started = std::time::Instant::now();
-    let binaries = testkit::process::workspace_binaries(&["sf-bridge", "provisioner", "sf-writer"]);
+    let binaries = testkit::process::workspace_binaries(&testkit::service::PIPELINE);
     eprintln!("binaries ready after {:?}", started.elapsed());
     let nats = NatsServer::start().await;
     let sims = support::Simulators::start().await;
-    let login = sims.salesforce_login();
     let stack = Stack {
         nats,
         sf: sims.sf,
         whmcs: sims.whmcs,
         collector: Collector::start().await.expect("collector"),
-        login,
     };
     let good = seed_good_order(&stack);
     let bad = seed_failing_order(&stack);
 
-    let bridge_env = stack.env(
-        "sf-bridge",
-        &[
-            ("SF_PUBSUB_ENDPOINT", &stack.sf.pubsub_url()),
-            ("SF_EVENTS_REPLAY", "ALL"),
-        ],
-    );
-    let provisioner_env = stack.env(
-        "provisioner",
-        &[
-            ("WHMCS_API_URL", &stack.whmcs.api_url()),
-            ("WHMCS_API_IDENTIFIER", stack.whmcs.identifier()),
-            ("WHMCS_API_SECRET", stack.whmcs.secret()),
-            ("PROVISIONER_SHUTDOWN_GRACE_SECS", "5"),
-        ],
-    );
-    let writer_env = stack.env("sf-writer", &[("SF_WRITER_SHUTDOWN_GRACE_SECS", "5")]);
-    let mut services = vec![
-        ChildProcess::spawn(binaries[0].to_str().unwrap(), &bridge_env),
-        ChildProcess::spawn(binaries[1].to_str().unwrap(), &provisioner_env),
-        ChildProcess::spawn(binaries[2].to_str().unwrap(), &writer_env),
+    let envs = [
+        stack.env("sf-bridge", testkit::sim::pubsub_env(&stack.sf), &[]),
+        stack.env(
+            "provisioner",
+            testkit::sim::whmcs_env(&stack.whmcs),
+            &[("PROVISIONER_SHUTDOWN_GRACE_SECS", "5")],
+        ),
+        stack.env(
+            "sf-writer",
+            Vec::new(),
+            &[("SF_WRITER_SHUTDOWN_GRACE_SECS", "5")],
+        ),
     ];
+    let mut services = testkit::service::spawn_all(&binaries, &envs);
 
     stack.sf.state().approve_order(&good).expect("approve good");
     stack.sf.state().approve_order(&bad).expect("approve bad");
@@ -139,12 +126,11 @@ async fn one_trace_per_order_across_the_three_services() {
         }
         let exited = services.iter_mut().any(ChildProcess::has_exited);
         if exited || std::time::Instant::now() > deadline {
-            let logs: Vec<String> = services.iter().map(ChildProcess::log).collect();
             panic!(
                 "orders not final (exited: {exited}; good {:?}, bad {:?}):\n{}",
                 status_of(&stack, &good),
                 status_of(&stack, &bad),
-                logs.join("\n-----\n")
+                testkit::service::logs(&services)
             );
         }
         tokio::time::sleep(Duration::from_millis(100)).await;

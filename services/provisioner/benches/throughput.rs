@@ -13,10 +13,9 @@ use async_nats::jetstream;
 use futures::StreamExt;
 use messages::ProvisioningRequestedV1;
 use provisioner::{App, ProvisionerSettings};
-use sf_sim::{SfSim, SimConfig};
 use testkit::nats::NatsServer;
 use tokio_util::sync::CancellationToken;
-use whmcs_sim::{WhmcsSim, WhmcsSimConfig};
+use whmcs_sim::WhmcsSimConfig;
 
 struct Scenario {
     latency: Duration,
@@ -75,12 +74,9 @@ async fn main() {
 }
 
 async fn run(scenario: &Scenario) -> (f64, f64) {
-    let keys = testkit::keys::test_keys();
     let nats = NatsServer::start().await;
-    let sf_config = SimConfig::for_tests(keys.public_pem.clone());
-    let (client_id, username) = (sf_config.client_id.clone(), sf_config.username.clone());
-    let sf = SfSim::start(sf_config).await.unwrap();
-    let whmcs = WhmcsSim::start(WhmcsSimConfig::for_tests()).await.unwrap();
+    let sf = testkit::sim::start_sf().await;
+    let whmcs = testkit::sim::start_whmcs_with(WhmcsSimConfig::for_tests()).await;
     let client = whmcs.state().seed_client("Bench Ltd", true);
     let pid = whmcs.state().seed_product("Hosting", &["monthly"]);
     let account = sf
@@ -104,22 +100,13 @@ async fn run(scenario: &Scenario) -> (f64, f64) {
         .collect();
 
     let concurrency = scenario.concurrency.to_string();
-    let env = platform::config::Env::from_pairs([
-        ("NATS_URL", nats.url()),
-        ("HTTP_ADDR", "127.0.0.1:0".to_owned()),
-        ("SF_LOGIN_URL", sf.login_url()),
-        ("SF_CLIENT_ID", client_id),
-        ("SF_USERNAME", username),
-        (
-            "SF_PRIVATE_KEY_PATH",
-            keys.private_key_path.display().to_string(),
-        ),
-        ("WHMCS_API_URL", whmcs.api_url()),
-        ("WHMCS_API_IDENTIFIER", whmcs.identifier().to_owned()),
-        ("WHMCS_API_SECRET", whmcs.secret().to_owned()),
+    let mut env = testkit::service::base_env(nats.url(), &sf);
+    env.extend(testkit::sim::whmcs_env(&whmcs));
+    env.extend([
         ("PROVISIONER_CONCURRENCY", concurrency),
         ("RUST_LOG", "warn".to_owned()),
     ]);
+    let env = platform::config::Env::from_pairs(env);
     let settings = ProvisionerSettings::from_env(&env).unwrap();
     let cancel = CancellationToken::new();
     let app = App::build(settings, &cancel).await.unwrap();

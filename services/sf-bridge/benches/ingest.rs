@@ -34,7 +34,7 @@ use std::time::{Duration, Instant};
 use async_nats::jetstream::{self, stream};
 use futures::stream::FuturesOrdered;
 use futures::StreamExt;
-use sf_sim::{EventSpec, SfSim, SimConfig};
+use sf_sim::{EventSpec, SfSim};
 use testkit::nats::NatsServer;
 use testkit::process::ChildProcess;
 
@@ -56,11 +56,8 @@ async fn main() {
     let rounds: usize = env_or("BENCH_ROUNDS", 3);
     let batch = std::env::var("BENCH_BATCH").unwrap_or_else(|_| "100".to_owned());
     let log_level = std::env::var("BENCH_RUST_LOG").unwrap_or_else(|_| "info".to_owned());
-    let keys = testkit::keys::test_keys();
     let nats = NatsServer::start().await;
-    let config = SimConfig::for_tests(keys.public_pem.clone());
-    let (client_id, username) = (config.client_id.clone(), config.username.clone());
-    let sim = SfSim::start(config).await.expect("sf-sim");
+    let sim = testkit::sim::start_sf().await;
     let state = sim.state();
     let account = state.seed_account("Bench Ltd", Some("1"));
     let product = state.seed_product("Bench", Some("1"), Some("Monthly"));
@@ -88,13 +85,6 @@ async fn main() {
             "HTTP_ADDR",
             format!("127.0.0.1:{}", testkit::nats::free_port()),
         ),
-        ("SF_LOGIN_URL", sim.login_url()),
-        ("SF_CLIENT_ID", client_id),
-        ("SF_USERNAME", username),
-        (
-            "SF_PRIVATE_KEY_PATH",
-            keys.private_key_path.display().to_string(),
-        ),
         ("SF_PUBSUB_ENDPOINT", sim.pubsub_url()),
         ("SF_EVENTS_REPLAY", "ALL".to_owned()),
         ("SF_PUBSUB_BATCH", batch.clone()),
@@ -103,6 +93,7 @@ async fn main() {
         ("LOG_FORMAT", "json".to_owned()),
     ]
     .into_iter()
+    .chain(testkit::sim::sf_env(&sim))
     .map(|(k, v)| (k.to_owned(), v))
     .collect();
 

@@ -7,14 +7,13 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::print_stdout)]
 
-use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
 use async_nats::jetstream;
 use futures::stream::FuturesUnordered;
 use futures::StreamExt;
 use messages::OrderUpdateV1;
-use sf_sim::{Faults, SfSim, SimConfig};
+use sf_sim::Faults;
 use sf_writer::{App, WriterSettings};
 use testkit::nats::NatsServer;
 use tokio_util::sync::CancellationToken;
@@ -61,11 +60,8 @@ async fn main() {
 }
 
 async fn run(count: usize, latency_ms: u64, concurrency: usize) -> Row {
-    let keys = testkit::keys::test_keys();
     let nats = NatsServer::start().await;
-    let config = SimConfig::for_tests(keys.public_pem.clone());
-    let (client_id, username) = (config.client_id.clone(), config.username.clone());
-    let sim = SfSim::start(config).await.expect("sf-sim");
+    let sim = testkit::sim::start_sf().await;
     let state = sim.state();
     let account = state.seed_account("Bench Ltd", Some("1"));
     let none: &[(&str, f64)] = &[];
@@ -112,23 +108,12 @@ async fn run(count: usize, latency_ms: u64, concurrency: usize) -> Row {
         ack.expect("ack ok");
     }
 
-    let env: HashMap<String, String> = [
-        ("NATS_URL", nats.url()),
-        ("HTTP_ADDR", "127.0.0.1:0".to_owned()),
-        ("SF_LOGIN_URL", sim.login_url()),
-        ("SF_CLIENT_ID", client_id),
-        ("SF_USERNAME", username),
-        (
-            "SF_PRIVATE_KEY_PATH",
-            keys.private_key_path.display().to_string(),
-        ),
+    let mut env = testkit::service::base_env(nats.url(), &sim);
+    env.extend([
         ("SF_WRITER_CONCURRENCY", concurrency.to_string()),
         ("LOG_FORMAT", "pretty".to_owned()),
         ("RUST_LOG", "warn".to_owned()),
-    ]
-    .into_iter()
-    .map(|(k, v)| (k.to_owned(), v))
-    .collect();
+    ]);
     let settings = WriterSettings::from_env(&platform::config::Env::from_pairs(env)).unwrap();
     let cancel = CancellationToken::new();
     let app = App::build(settings, &cancel).await.expect("writer");

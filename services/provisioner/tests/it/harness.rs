@@ -4,12 +4,12 @@ use std::collections::HashMap;
 use std::time::Duration;
 
 use async_nats::jetstream;
-use futures::StreamExt;
 use messages::{OrderUpdateV1, ProvisioningOutcomeV1, ProvisioningRequestedV1};
 use provisioner::{App, ProvisionerSettings};
-use sf_sim::{SfSim, SimConfig};
+use sf_sim::SfSim;
 use testkit::nats::NatsServer;
 use testkit::process::ChildProcess;
+use testkit::service::RunningService;
 use tokio_util::sync::CancellationToken;
 use whmcs_sim::{WhmcsSim, WhmcsSimConfig};
 
@@ -19,8 +19,6 @@ pub struct Harness {
     pub nats: NatsServer,
     pub sf: SfSim,
     pub whmcs: WhmcsSim,
-    client_id: String,
-    username: String,
 }
 
 /// A Salesforce order wired to a WHMCS client and product.
@@ -30,41 +28,22 @@ pub struct SeededOrder {
     pub whmcs_client: u64,
 }
 
+/// The provisioner in this process.
+pub type Running = RunningService<provisioner::app::AppError>;
+
 impl Harness {
     pub async fn start() -> Self {
         testkit::telemetry::init_once("provisioner-test", "warn");
-        let keys = testkit::keys::test_keys();
         let nats = NatsServer::start().await;
-        let config = SimConfig::for_tests(keys.public_pem.clone());
-        let (client_id, username) = (config.client_id.clone(), config.username.clone());
-        let sf = SfSim::start(config).await.expect("sf-sim");
-        let whmcs = WhmcsSim::start(WhmcsSimConfig::for_tests())
-            .await
-            .expect("whmcs-sim");
-        Self {
-            nats,
-            sf,
-            whmcs,
-            client_id,
-            username,
-        }
+        let sf = testkit::sim::start_sf().await;
+        let whmcs = testkit::sim::start_whmcs_with(WhmcsSimConfig::for_tests()).await;
+        Self { nats, sf, whmcs }
     }
 
     pub fn env(&self, extra: &[(&str, &str)]) -> HashMap<String, String> {
-        let keys = testkit::keys::test_keys();
-        let mut env: HashMap<String, String> = [
-            ("NATS_URL", self.nats.url()),
-            ("HTTP_ADDR", "127.0.0.1:0".to_owned()),
-            ("SF_LOGIN_URL", self.sf.login_url()),
-            ("SF_CLIENT_ID", self.client_id.clone()),
-            ("SF_USERNAME", self.username.clone()),
-            (
-                "SF_PRIVATE_KEY_PATH",
-                keys.private_key_path.display().to_string(),
-            ),
-            ("WHMCS_API_URL", self.whmcs.api_url()),
-            ("WHMCS_API_IDENTIFIER", self.whmcs.identifier().to_owned()),
-            ("WHMCS_API_SECRET", self.whmcs.secret().to_owned()),
+        let mut env = testkit::service::base_env(self.nats.url(), &self.sf);
+        env.extend(testkit::sim::whmcs_env(&self.whmcs));
+        env.extend([
             ("WHMCS_TIMEOUT_SECS", "2".to_owned()),
             ("PROVISIONER_JOB_LEASE_SECS", "3".to_owned()),
             ("PROVISIONER_RECOVERY_INTERVAL_SECS", "1".to_owned()),
@@ -72,14 +51,8 @@ impl Harness {
             ("PROVISIONER_SHUTDOWN_GRACE_SECS", "5".to_owned()),
             ("LOG_FORMAT", "pretty".to_owned()),
             ("RUST_LOG", "info".to_owned()),
-        ]
-        .into_iter()
-        .map(|(k, v)| (k.to_owned(), v))
-        .collect();
-        for (k, v) in extra {
-            env.insert((*k).to_owned(), (*v).to_owned());
-        }
-        env
+        ]);
+        testkit::service::with_overrides(env, extra)
     }
 
     pub async fn start_provisioner(&self, extra: &[(&str, &str)]) -> Running {
@@ -89,13 +62,13 @@ impl Harness {
         let app = Box::pin(App::build(settings, &cancel))
             .await
             .expect("build provisioner");
-        let http_addr = app.http_addr();
-        let task = tokio::spawn(app.run_until_stopped(cancel.clone()));
-        Running {
-            cancel,
-            task: Some(task),
-            http_addr,
-        }
+        RunningService::spawn(
+            "the provisioner",
+            Duration::from_secs(30),
+            cancel.clone(),
+            app.http_addr(),
+            app.run_until_stopped(cancel),
+        )
     }
 
     pub fn spawn_provisioner(&self, worker: &str, extra: &[(&str, &str)]) -> ChildProcess {
@@ -167,40 +140,13 @@ impl Harness {
         msg_id: &str,
     ) -> jetstream::publish::PublishAck {
         let js = jetstream::new(self.nats.client().await);
-        let mut headers = async_nats::HeaderMap::new();
-        headers.insert("Correlation-Id", request.correlation_id.as_str());
-        // A trace started upstream, as sf-bridge's span would start it.
-        let trace_id = uuid::Uuid::new_v4().simple().to_string();
-        headers.insert(
-            "traceparent",
-            format!("00-{trace_id}-{}-01", &trace_id[..16]).as_str(),
-        );
-        let message = jetstream::message::PublishMessage::build()
-            .payload(serde_json::to_vec(request).unwrap().into())
-            .headers(headers)
-            .message_id(msg_id);
-        js.send_publish(
-            messages::subjects::provisioning_requested(&request.order_id),
-            message,
-        )
-        .await
-        .unwrap()
-        .await
-        .unwrap()
+        testkit::publish::provisioning_request(&js, request, msg_id).await
     }
 
     /// Subscribes to the outcomes of one order (before the request is published).
     pub async fn outcomes(&self, order_id: &str) -> Outcomes {
-        let client = self.nats.client().await;
-        let subscriber = client
-            .subscribe(format!("provisioning.outcome.{order_id}.>"))
-            .await
-            .unwrap();
-        client.flush().await.unwrap();
-        Outcomes {
-            subscriber,
-            _client: client,
-        }
+        let subject = format!("provisioning.outcome.{order_id}.>");
+        Outcomes(testkit::stream::Subscription::new(self.nats.client().await, subject).await)
     }
 
     /// Every message stored in a stream, decoded.
@@ -210,19 +156,7 @@ impl Harness {
         subject_filter: &str,
     ) -> Vec<T> {
         let js = jetstream::new(self.nats.client().await);
-        let Ok(mut stream) = js.get_stream(stream).await else {
-            return Vec::new();
-        };
-        let last = stream.info().await.unwrap().state.last_sequence;
-        let mut out = Vec::new();
-        for seq in 1..=last {
-            if let Ok(m) = stream.get_raw_message(seq).await {
-                if m.subject.starts_with(subject_filter) {
-                    out.push(serde_json::from_slice(&m.payload).unwrap());
-                }
-            }
-        }
-        out
+        testkit::stream::decoded(&js, stream, subject_filter).await
     }
 
     pub async fn updates_for(&self, order_id: &str) -> Vec<OrderUpdateV1> {
@@ -253,17 +187,11 @@ impl Harness {
     }
 }
 
-pub struct Outcomes {
-    subscriber: async_nats::Subscriber,
-    _client: async_nats::Client,
-}
+pub struct Outcomes(testkit::stream::Subscription);
 
 impl Outcomes {
     pub async fn next(&mut self) -> ProvisioningOutcomeV1 {
-        let message = tokio::time::timeout(WAIT, self.subscriber.next())
-            .await
-            .expect("an outcome within the deadline")
-            .expect("subscription open");
+        let message = self.0.next(WAIT).await;
         assert!(
             message
                 .headers
@@ -273,40 +201,5 @@ impl Outcomes {
             "outcome carries traceparent"
         );
         serde_json::from_slice(&message.payload).unwrap()
-    }
-}
-
-pub struct Running {
-    pub cancel: CancellationToken,
-    pub task: Option<tokio::task::JoinHandle<Result<(), provisioner::app::AppError>>>,
-    pub http_addr: std::net::SocketAddr,
-}
-
-impl Running {
-    /// The Prometheus text of `/metrics`.
-    pub async fn metrics(&self) -> String {
-        reqwest::get(format!("http://{}/metrics", self.http_addr))
-            .await
-            .expect("GET /metrics")
-            .text()
-            .await
-            .expect("metrics body")
-    }
-
-    pub async fn stop(mut self) {
-        self.cancel.cancel();
-        if let Some(task) = self.task.take() {
-            tokio::time::timeout(Duration::from_secs(30), task)
-                .await
-                .expect("stops")
-                .expect("task")
-                .expect("ok");
-        }
-    }
-}
-
-impl Drop for Running {
-    fn drop(&mut self) {
-        self.cancel.cancel();
     }
 }

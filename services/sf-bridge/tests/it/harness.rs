@@ -2,6 +2,7 @@
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
+use std::ops::Deref;
 use std::time::Duration;
 
 use async_nats::jetstream;
@@ -9,7 +10,10 @@ use sf_bridge::{App, BridgeSettings};
 use sf_sim::{SfSim, SimConfig};
 use testkit::nats::NatsServer;
 use testkit::process::ChildProcess;
+use testkit::service::RunningService;
 use tokio_util::sync::CancellationToken;
+
+pub use testkit::service::{get_json, sample as metric};
 
 pub const STREAM: &str = "PROVISIONING_REQUESTS";
 pub const DEADLETTER_STREAM: &str = "PROVISIONING_DEADLETTER";
@@ -19,8 +23,6 @@ pub const CURSOR_KEY: &str = "event.OrderProvisionRequested__e";
 pub struct Harness {
     pub nats: NatsServer,
     pub sim: SfSim,
-    pub client_id: String,
-    pub username: String,
 }
 
 impl Harness {
@@ -30,46 +32,23 @@ impl Harness {
 
     pub async fn start_with(configure: impl FnOnce(&mut SimConfig)) -> Self {
         testkit::telemetry::init_once("sf-bridge-test", "warn");
-        let keys = testkit::keys::test_keys();
         let nats = NatsServer::start().await;
-        let mut config = SimConfig::for_tests(keys.public_pem.clone());
+        let mut config = testkit::sim::sf_config();
         configure(&mut config);
-        let (client_id, username) = (config.client_id.clone(), config.username.clone());
-        let sim = SfSim::start(config).await.expect("start sf-sim");
-        Self {
-            nats,
-            sim,
-            client_id,
-            username,
-        }
+        let sim = testkit::sim::start_sf_with(config).await;
+        Self { nats, sim }
     }
 
     /// The bridge's environment, as an operator would set it.
     pub fn bridge_env(&self, extra: &[(&str, &str)]) -> HashMap<String, String> {
-        let keys = testkit::keys::test_keys();
-        let mut env: HashMap<String, String> = [
-            ("NATS_URL", self.nats.url()),
-            ("HTTP_ADDR", "127.0.0.1:0".to_owned()),
-            ("SF_LOGIN_URL", self.sim.login_url()),
-            ("SF_CLIENT_ID", self.client_id.clone()),
-            ("SF_USERNAME", self.username.clone()),
-            (
-                "SF_PRIVATE_KEY_PATH",
-                keys.private_key_path.display().to_string(),
-            ),
-            ("SF_PUBSUB_ENDPOINT", self.sim.pubsub_url()),
-            ("SF_EVENTS_REPLAY", "ALL".to_owned()),
+        let mut env = testkit::service::base_env(self.nats.url(), &self.sim);
+        env.extend(testkit::sim::pubsub_env(&self.sim));
+        env.extend([
             ("SF_BRIDGE_LEASE_TTL_SECS", "3".to_owned()),
             ("LOG_FORMAT", "pretty".to_owned()),
             ("RUST_LOG", "info,sf_bridge=debug".to_owned()),
-        ]
-        .into_iter()
-        .map(|(k, v)| (k.to_owned(), v))
-        .collect();
-        for (k, v) in extra {
-            env.insert((*k).to_owned(), (*v).to_owned());
-        }
-        env
+        ]);
+        testkit::service::with_overrides(env, extra)
     }
 
     /// Runs the bridge in this process.
@@ -78,13 +57,13 @@ impl Harness {
         let settings = BridgeSettings::from_env(&env).expect("bridge settings");
         let cancel = CancellationToken::new();
         let app = App::build(settings, &cancel).await.expect("build bridge");
-        let http_addr = app.http_addr();
-        let task = tokio::spawn(app.run_until_stopped(cancel.clone()));
-        RunningBridge {
-            cancel,
-            task: Some(task),
-            http_addr,
-        }
+        RunningBridge(RunningService::spawn(
+            "the bridge",
+            Duration::from_secs(20),
+            cancel.clone(),
+            app.http_addr(),
+            app.run_until_stopped(cancel),
+        ))
     }
 
     /// Runs the bridge binary as a child process, with its HTTP listener on a fixed free port.
@@ -114,49 +93,16 @@ impl Harness {
 
     /// Every message stored in `stream`, in order.
     pub async fn stored(&self, stream: &str) -> Vec<jetstream::message::StreamMessage> {
-        let js = self.js().await;
-        let mut stream = match js.get_stream(stream).await {
-            Ok(stream) => stream,
-            Err(_) => return Vec::new(),
-        };
-        let last = stream
-            .info()
-            .await
-            .expect("stream info")
-            .state
-            .last_sequence;
-        let mut messages = Vec::new();
-        for seq in 1..=last {
-            if let Ok(message) = stream.get_raw_message(seq).await {
-                messages.push(message);
-            }
-        }
-        messages
+        testkit::stream::messages(&self.js().await, stream).await
     }
 
     pub async fn stored_count(&self, stream: &str) -> u64 {
-        let js = self.js().await;
-        match js.get_stream(stream).await {
-            Ok(mut stream) => stream.info().await.map(|i| i.state.messages).unwrap_or(0),
-            Err(_) => 0,
-        }
+        testkit::stream::count(&self.js().await, stream).await
     }
 
     /// Waits until `stream` holds `count` messages (and fails if it ever holds more).
     pub async fn wait_for_stored(&self, stream: &str, count: u64, timeout: Duration) {
-        testkit::wait::until(
-            &format!("{count} messages in {stream}"),
-            timeout,
-            || async {
-                let stored = self.stored_count(stream).await;
-                assert!(
-                    stored <= count,
-                    "{stream} holds {stored} messages, more than the {count} expected"
-                );
-                (stored == count).then_some(())
-            },
-        )
-        .await;
+        testkit::stream::wait_for_count(&self.js().await, stream, count, timeout).await;
     }
 
     /// The stored cursor document, if any.
@@ -226,51 +172,21 @@ impl Harness {
     }
 }
 
-pub async fn get_json(addr: SocketAddr, path: &str) -> (u16, serde_json::Value) {
-    let response = reqwest::get(format!("http://{addr}{path}"))
-        .await
-        .expect("GET");
-    let status = response.status().as_u16();
-    (
-        status,
-        response.json().await.unwrap_or(serde_json::Value::Null),
-    )
-}
+/// The bridge in this process, with its Salesforce session's health.
+pub struct RunningBridge(RunningService<sf_bridge::app::AppError>);
 
-/// The value of one sample on `/metrics` (`name` with its labels, as the exposition spells it).
-pub async fn metric(addr: SocketAddr, name: &str) -> Option<f64> {
-    let text = reqwest::get(format!("http://{addr}/metrics"))
-        .await
-        .ok()?
-        .text()
-        .await
-        .ok()?;
-    text.lines().find_map(|line| {
-        line.strip_prefix(name)?
-            .strip_prefix(' ')?
-            .trim()
-            .parse()
-            .ok()
-    })
-}
+impl Deref for RunningBridge {
+    type Target = RunningService<sf_bridge::app::AppError>;
 
-pub struct RunningBridge {
-    pub cancel: CancellationToken,
-    pub task: Option<tokio::task::JoinHandle<Result<(), sf_bridge::app::AppError>>>,
-    pub http_addr: SocketAddr,
+    fn deref(&self) -> &Self::Target {
+        &self.0
+    }
 }
 
 impl RunningBridge {
     /// SIGTERM-equivalent: cancel and wait for the ordered shutdown.
-    pub async fn stop(mut self) {
-        self.cancel.cancel();
-        if let Some(task) = self.task.take() {
-            tokio::time::timeout(Duration::from_secs(20), task)
-                .await
-                .expect("bridge stops within 20 s")
-                .expect("bridge task")
-                .expect("bridge ran without error");
-        }
+    pub async fn stop(self) {
+        self.0.stop().await;
     }
 
     pub async fn sf_events(&self) -> serde_json::Value {
@@ -282,12 +198,6 @@ impl RunningBridge {
             (self.sf_events().await["state"] == state).then_some(())
         })
         .await;
-    }
-}
-
-impl Drop for RunningBridge {
-    fn drop(&mut self) {
-        self.cancel.cancel();
     }
 }
 

@@ -1,14 +1,14 @@
 //! Helpers shared by the integration tests: a running simulator, JWT assertions, tokens and an
 //! authenticated Pub/Sub client.
 
-#![allow(dead_code, clippy::unwrap_used, clippy::expect_used)]
+#![allow(dead_code, unused_imports, clippy::unwrap_used, clippy::expect_used)]
 
 use std::time::Duration;
 
 use pubsub_proto::pub_sub_client::PubSubClient;
 use pubsub_proto::{FetchRequest, FetchResponse, ReplayPreset};
 use serde_json::{json, Value};
-use sf_sim::{SfSim, SimConfig};
+use sf_sim::SfSim;
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::transport::Channel;
@@ -16,17 +16,7 @@ use tonic::{Request, Status, Streaming};
 
 pub const CHANNEL: &str = "/event/OrderProvisionRequested__e";
 
-pub fn config() -> SimConfig {
-    SimConfig::for_tests(testkit::keys::test_keys().public_pem.clone())
-}
-
-pub async fn start() -> SfSim {
-    start_with(config()).await
-}
-
-pub async fn start_with(config: SimConfig) -> SfSim {
-    SfSim::start(config).await.expect("start sf-sim")
-}
+pub use testkit::sim::{sf_config as config, start_sf as start, start_sf_with as start_with};
 
 pub fn now() -> i64 {
     std::time::SystemTime::now()

@@ -1,15 +1,15 @@
 //! Per-test environment: a nats-server, an sf-sim, and sf-writer replicas in this process.
 
 use std::collections::HashMap;
-use std::net::SocketAddr;
 use std::time::Duration;
 
 use async_nats::jetstream;
 use messages::{DeadLetterV1, OrderUpdateV1};
 use serde_json::{json, Value};
-use sf_sim::{SfSim, SimConfig};
+use sf_sim::SfSim;
 use sf_writer::{App, WriterSettings};
 use testkit::nats::NatsServer;
+use testkit::service::RunningService;
 use tokio_util::sync::CancellationToken;
 
 pub const WAIT: Duration = Duration::from_secs(60);
@@ -21,27 +21,19 @@ pub const SINGLE_ROUTE: &str = "PATCH /sobjects/{sobject}/{id}";
 pub struct Harness {
     pub nats: NatsServer,
     pub sim: SfSim,
-    client_id: String,
-    username: String,
     account: String,
 }
+
+/// A writer replica in this process.
+pub type RunningWriter = RunningService<sf_writer::app::AppError>;
 
 impl Harness {
     pub async fn start() -> Self {
         testkit::telemetry::init_once("sf-writer-test", "warn,sf_writer=info");
-        let keys = testkit::keys::test_keys();
         let nats = NatsServer::start().await;
-        let config = SimConfig::for_tests(keys.public_pem.clone());
-        let (client_id, username) = (config.client_id.clone(), config.username.clone());
-        let sim = SfSim::start(config).await.expect("start sf-sim");
+        let sim = testkit::sim::start_sf().await;
         let account = sim.state().seed_account("Acme Ltd", Some("1"));
-        let harness = Self {
-            nats,
-            sim,
-            client_id,
-            username,
-            account,
-        };
+        let harness = Self { nats, sim, account };
         // The stream exists before any writer runs, so tests can queue updates first.
         let js = harness.js().await;
         platform::nats::ensure_stream(&js, platform::streams::order_updates(UPDATES_STREAM))
@@ -51,30 +43,15 @@ impl Harness {
     }
 
     pub fn env(&self, extra: &[(&str, &str)]) -> HashMap<String, String> {
-        let keys = testkit::keys::test_keys();
-        let mut env: HashMap<String, String> = [
-            ("NATS_URL", self.nats.url()),
-            ("HTTP_ADDR", "127.0.0.1:0".to_owned()),
-            ("SF_LOGIN_URL", self.sim.login_url()),
-            ("SF_CLIENT_ID", self.client_id.clone()),
-            ("SF_USERNAME", self.username.clone()),
-            (
-                "SF_PRIVATE_KEY_PATH",
-                keys.private_key_path.display().to_string(),
-            ),
+        let mut env = testkit::service::base_env(self.nats.url(), &self.sim);
+        env.extend([
             ("SF_HTTP_TIMEOUT_SECS", "5".to_owned()),
             ("SF_WRITER_BACKOFF_BASE_MS", "50".to_owned()),
             ("SF_WRITER_BACKOFF_MAX_MS", "1000".to_owned()),
             ("SF_WRITER_SHUTDOWN_GRACE_SECS", "10".to_owned()),
             ("LOG_FORMAT", "pretty".to_owned()),
-        ]
-        .into_iter()
-        .map(|(k, v)| (k.to_owned(), v))
-        .collect();
-        for (k, v) in extra {
-            env.insert((*k).to_owned(), (*v).to_owned());
-        }
-        env
+        ]);
+        testkit::service::with_overrides(env, extra)
     }
 
     /// Runs a writer replica in this process.
@@ -87,13 +64,13 @@ impl Harness {
         let app = Box::pin(App::build(settings, &cancel))
             .await
             .expect("build writer");
-        let http_addr = app.http_addr();
-        let task = tokio::spawn(app.run_until_stopped(cancel.clone()));
-        RunningWriter {
-            cancel,
-            task: Some(task),
-            http_addr,
-        }
+        RunningService::spawn(
+            "the writer",
+            Duration::from_secs(30),
+            cancel.clone(),
+            app.http_addr(),
+            app.run_until_stopped(cancel),
+        )
     }
 
     pub async fn js(&self) -> jetstream::Context {
@@ -155,41 +132,22 @@ impl Harness {
     }
 
     pub async fn dead_letters(&self) -> Vec<(String, DeadLetterV1)> {
-        let js = self.js().await;
-        let Ok(mut stream) = js.get_stream(DEADLETTER_STREAM).await else {
-            return Vec::new();
-        };
-        let last = stream.info().await.unwrap().state.last_sequence;
-        let mut out = Vec::new();
-        for seq in 1..=last {
-            if let Ok(m) = stream.get_raw_message(seq).await {
-                out.push((
+        testkit::stream::messages(&self.js().await, DEADLETTER_STREAM)
+            .await
+            .into_iter()
+            .map(|m| {
+                (
                     m.subject.to_string(),
                     serde_json::from_slice(&m.payload).unwrap(),
-                ));
-            }
-        }
-        out
+                )
+            })
+            .collect()
     }
 
     /// Waits until the consumer holds nothing: every update acked, termed or applied.
     pub async fn wait_until_drained(&self) {
-        let js = self.js().await;
-        testkit::wait::until("the sf-writer consumer to drain", WAIT, || {
-            let js = js.clone();
-            async move {
-                let mut consumer: jetstream::consumer::PullConsumer = js
-                    .get_stream(UPDATES_STREAM)
-                    .await
-                    .ok()?
-                    .get_consumer("sf-writer")
-                    .await
-                    .ok()?;
-                let info = consumer.info().await.ok()?;
-                (info.num_pending == 0 && info.num_ack_pending == 0).then_some(())
-            }
-        })
-        .await;
+        testkit::stream::wait_until_drained(&self.js().await, UPDATES_STREAM, "sf-writer", WAIT)
+            .await;
     }
 
     /// Waits until every order's field has the expected value.
@@ -242,58 +200,4 @@ pub fn failed(order_id: &str, sequence: u64, message: &str) -> OrderUpdateV1 {
             "Activation_Error_Message__c": message,
         }),
     )
-}
-
-pub struct RunningWriter {
-    pub cancel: CancellationToken,
-    pub task: Option<tokio::task::JoinHandle<Result<(), sf_writer::app::AppError>>>,
-    pub http_addr: SocketAddr,
-}
-
-impl RunningWriter {
-    pub async fn stop(mut self) {
-        self.cancel.cancel();
-        if let Some(task) = self.task.take() {
-            tokio::time::timeout(Duration::from_secs(30), task)
-                .await
-                .expect("writer stops in time")
-                .expect("writer task")
-                .expect("writer ends cleanly");
-        }
-    }
-
-    pub async fn metrics(&self) -> String {
-        reqwest::get(format!("http://{}/metrics", self.http_addr))
-            .await
-            .unwrap()
-            .text()
-            .await
-            .unwrap()
-    }
-
-    /// A counter or gauge value from `/metrics` (0 when absent).
-    pub async fn metric(&self, name: &str) -> f64 {
-        self.metrics()
-            .await
-            .lines()
-            .filter(|l| !l.starts_with('#'))
-            .filter_map(|l| l.split_once(' '))
-            .filter(|(n, _)| *n == name || n.starts_with(&format!("{name}{{")))
-            .filter_map(|(_, v)| v.trim().parse::<f64>().ok())
-            .sum()
-    }
-
-    pub async fn health(&self) -> (u16, Value) {
-        let response = reqwest::get(format!("http://{}/health", self.http_addr))
-            .await
-            .unwrap();
-        let status = response.status().as_u16();
-        (status, response.json().await.unwrap())
-    }
-}
-
-impl Drop for RunningWriter {
-    fn drop(&mut self) {
-        self.cancel.cancel();
-    }
 }
