@@ -89,16 +89,11 @@ impl Harness {
         self.sim.state().order(order_id).expect("order exists")
     }
 
-    /// Publishes as the provisioner does (`Nats-Msg-Id` from the event id).
+    /// Publishes as the provisioner does, through the same path (`Nats-Msg-Id` `update:<event
+    /// id>`, `Correlation-Id`, `Schema`, `traceparent`).
     pub async fn publish(&self, js: &jetstream::Context, update: &OrderUpdateV1) {
-        let mut headers = async_nats::HeaderMap::new();
-        headers.insert("Correlation-Id", update.correlation_id.as_str());
-        headers.insert("Schema", OrderUpdateV1::SCHEMA);
-        let message = jetstream::message::PublishMessage::build()
-            .payload(serde_json::to_vec(update).unwrap().into())
-            .headers(headers)
-            .message_id(format!("update:{}", update.event_id).as_str());
-        js.send_publish(messages::subjects::order_update(&update.order_id), message)
+        let message = platform::publish::Outgoing::contract(update).unwrap();
+        platform::publish::send(js, message, &tracing::Span::none())
             .await
             .unwrap()
             .await
