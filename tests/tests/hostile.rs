@@ -16,7 +16,6 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -57,49 +56,30 @@ impl Stack {
             testkit::process::workspace_binaries(&["sf-bridge", "provisioner", "sf-writer"]);
         let nats = NatsServer::start().await;
         let sims = support::Simulators::start().await;
-        let login = sims.salesforce_login();
         let (sf, whmcs) = (sims.sf, sims.whmcs);
         let client = nats.client().await;
         let seen = Arc::new(Mutex::new(Seen::default()));
         collect_outcomes(&client, &seen).await;
         let js = jetstream::new(client);
 
-        let common = |service: &str, extra: &[(&str, String)]| -> HashMap<String, String> {
-            let base = [
-                ("NATS_URL", nats.url()),
-                ("HTTP_ADDR", "127.0.0.1:0".to_owned()),
-                ("OTEL_SERVICE_NAME", service.to_owned()),
-                ("LOG_FORMAT", "json".to_owned()),
-                ("RUST_LOG", "info".to_owned()),
-            ];
-            testkit::stack::env(
-                base.into_iter()
-                    .chain(login.iter().cloned())
-                    .chain(extra.iter().cloned()),
-            )
+        let common = |service: &'static str, extra: Vec<(&'static str, String)>| {
+            let mut env = testkit::service::process_env(nats.url(), &sf);
+            env.push(("OTEL_SERVICE_NAME", service.to_owned()));
+            env.extend(extra);
+            testkit::service::with_overrides(env, &[])
         };
-        let bridge = common(
-            "sf-bridge",
-            &[
-                ("SF_PUBSUB_ENDPOINT", sf.pubsub_url()),
-                ("SF_EVENTS_REPLAY", "ALL".to_owned()),
-            ],
-        );
-        let provisioner = common(
-            "provisioner",
-            &[
-                ("WHMCS_API_URL", whmcs.api_url()),
-                ("WHMCS_API_IDENTIFIER", whmcs.identifier().to_owned()),
-                ("WHMCS_API_SECRET", whmcs.secret().to_owned()),
-                ("PROVISIONER_SHUTDOWN_GRACE_SECS", "5".to_owned()),
-                // The reconciler meets every invalid message again and dead-letters it again
-                // under the same message id: the stream must still hold one per message.
-                ("PROVISIONER_RECOVERY_INTERVAL_SECS", "1".to_owned()),
-            ],
-        );
+        let bridge = common("sf-bridge", testkit::sim::pubsub_env(&sf));
+        let mut provisioner_extra = testkit::sim::whmcs_env(&whmcs);
+        provisioner_extra.extend([
+            ("PROVISIONER_SHUTDOWN_GRACE_SECS", "5".to_owned()),
+            // The reconciler meets every invalid message again and dead-letters it again
+            // under the same message id: the stream must still hold one per message.
+            ("PROVISIONER_RECOVERY_INTERVAL_SECS", "1".to_owned()),
+        ]);
+        let provisioner = common("provisioner", provisioner_extra);
         let writer = common(
             "sf-writer",
-            &[("SF_WRITER_SHUTDOWN_GRACE_SECS", "5".to_owned())],
+            vec![("SF_WRITER_SHUTDOWN_GRACE_SECS", "5".to_owned())],
         );
         let services = vec![
             ChildProcess::spawn(binaries[0].to_str().unwrap(), &bridge),

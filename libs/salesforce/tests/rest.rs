@@ -6,22 +6,13 @@
 use salesforce::rest::{QueryResult, RestClient, RestError};
 use salesforce::{SalesforceSettings, TokenProvider};
 use serde_json::Value;
-use sf_sim::{SfSim, SimConfig};
+use sf_sim::SfSim;
 
 async fn start() -> (SfSim, RestClient) {
-    let keys = testkit::keys::test_keys();
-    let sim = SfSim::start(SimConfig::for_tests(keys.public_pem.clone()))
-        .await
-        .expect("sf-sim");
-    let settings = SalesforceSettings::from_env(&platform::config::Env::from_pairs([
-        ("SF_LOGIN_URL", sim.login_url()),
-        ("SF_CLIENT_ID", sim.config().client_id.clone()),
-        ("SF_USERNAME", sim.config().username.clone()),
-        (
-            "SF_PRIVATE_KEY_PATH",
-            keys.private_key_path.display().to_string(),
-        ),
-    ]))
+    let sim = testkit::sim::start_sf().await;
+    let settings = SalesforceSettings::from_env(&platform::config::Env::from_pairs(
+        testkit::sim::sf_env(&sim),
+    ))
     .expect("settings");
     let http = reqwest::Client::new();
     let rest = RestClient::new(http.clone(), TokenProvider::new(settings, http));
