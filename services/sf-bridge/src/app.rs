@@ -246,7 +246,6 @@ mod tests {
     #![allow(clippy::unwrap_used, clippy::expect_used)]
 
     use super::*;
-    use async_nats::jetstream;
     use std::time::Duration;
     use testkit::nats::NatsServer;
 
@@ -288,35 +287,5 @@ mod tests {
         assert_eq!(body["status"], "degraded");
         assert_eq!(body["integrations"]["test-poller"]["status"], "down");
         assert!(!health.liveness().0, "/livez fails");
-    }
-
-    /// A stream already capturing `provisioning.requested.>` under another name is a permanent
-    /// error: the bridge does not start, and says why, instead of retrying forever.
-    #[tokio::test]
-    async fn an_overlapping_stream_stops_the_start_with_a_permanent_error() {
-        let nats = NatsServer::start().await;
-        jetstream::new(nats.client().await)
-            .create_stream(stream::Config {
-                name: "SOMEONE_ELSES".to_owned(),
-                subjects: vec!["provisioning.requested.>".to_owned()],
-                ..Default::default()
-            })
-            .await
-            .unwrap();
-        let cancel = CancellationToken::new();
-        let result = tokio::time::timeout(
-            Duration::from_secs(30),
-            Box::pin(App::build(settings(&nats), &cancel)),
-        )
-        .await
-        .expect("a permanent error is not retried");
-        match result {
-            Err(AppError::Start(StartError::Nats(err))) => {
-                assert!(!err.is_transient());
-                assert_eq!(err.jetstream_code(), Some(10065));
-            }
-            Err(other) => panic!("expected a JetStream error, got {other:?}"),
-            Ok(_) => panic!("the bridge must not start"),
-        }
     }
 }

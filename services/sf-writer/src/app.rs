@@ -301,32 +301,4 @@ mod tests {
         assert_eq!(body["integrations"]["test-poller"]["status"], "down");
         assert!(!health.liveness().0, "/livez fails");
     }
-
-    /// A stream already capturing `sf.order.update.>` under another name is a permanent error.
-    #[tokio::test]
-    async fn an_overlapping_stream_stops_the_start_with_a_permanent_error() {
-        let nats = NatsServer::start().await;
-        jetstream::new(nats.client().await)
-            .create_stream(jetstream::stream::Config {
-                name: "SOMEONE_ELSES".to_owned(),
-                subjects: vec!["sf.order.update.>".to_owned()],
-                ..Default::default()
-            })
-            .await
-            .unwrap();
-        let cancel = CancellationToken::new();
-        let result = tokio::time::timeout(
-            Duration::from_secs(30),
-            Box::pin(App::build(settings(&nats), &cancel)),
-        )
-        .await
-        .expect("a permanent error is not retried");
-        match result {
-            Err(AppError::Start(StartError::Nats(err))) => {
-                assert_eq!(err.jetstream_code(), Some(10065))
-            }
-            Err(other) => panic!("expected a JetStream error, got {other:?}"),
-            Ok(_) => panic!("the writer must not start"),
-        }
-    }
 }
