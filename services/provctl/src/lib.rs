@@ -10,12 +10,13 @@
 //! - [`Ctl::deadletter_list`], [`Ctl::deadletter_show`], [`Ctl::deadletter_replay`],
 //!   [`Ctl::deadletter_replay_plan`] (`--dry-run`).
 //!
-//! Exit codes are [`exit::Exit`].
+//! Exit codes are [`exit::Exit`]. The command line (clap) and running a command: [`cli`].
 //!
 //! Every command returns a report that serialises to JSON (`--json`) and renders as text.
 //! Resource names follow the services' variables ([`settings::Names`]).
 
 pub mod check;
+pub mod cli;
 pub mod cursor;
 pub mod deadletter;
 pub mod duration;
