@@ -38,4 +38,5 @@ NATS_SERVER_BIN="$NATS_SERVER_DEBIAN" cargo test --workspace --no-fail-fast
 
 echo "== NATS integration tests (nats-server $("$NATS_SERVER_CURRENT" --version | awk '{print $2}'))"
 NATS_SERVER_BIN="$NATS_SERVER_CURRENT" cargo test --no-fail-fast -p sf-bridge -p provisioner -p sf-writer --test it
+NATS_SERVER_BIN="$NATS_SERVER_CURRENT" cargo test --no-fail-fast -p platform --test jetstream --test publish --test service
 NATS_SERVER_BIN="$NATS_SERVER_CURRENT" cargo test --no-fail-fast -p testkit --test hostile --test secured_nats --test secrets --test tls
