@@ -110,14 +110,6 @@ impl Starting {
         &mut self.registry
     }
 
-    pub fn health(&self) -> &Arc<Health> {
-        &self.health
-    }
-
-    pub fn supervisor(&self) -> &Supervisor {
-        &self.supervisor
-    }
-
     /// Binds `addr` and serves the standard routes and `routes` under supervision, until
     /// [`Service::shut_down`] closes the listener.
     pub async fn serve(self, addr: SocketAddr, routes: Router) -> Result<Service, StartError> {
@@ -214,11 +206,6 @@ impl Service {
     /// The supervisor of the service's background tasks.
     pub fn supervisor(&self) -> &Supervisor {
         &self.supervisor
-    }
-
-    /// The root token: cancelled on a signal, or by the supervisor when a task died.
-    pub fn root(&self) -> &CancellationToken {
-        &self.root
     }
 
     /// The bound HTTP address (port 0 resolved).
