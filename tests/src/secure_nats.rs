@@ -5,6 +5,7 @@
 use std::path::{Path, PathBuf};
 
 use base64::Engine;
+use sf_sim::tls::{GeneratedCa, Purpose};
 
 /// A file written into a test's temporary directory.
 #[allow(clippy::expect_used)]
@@ -31,46 +32,20 @@ pub struct Pki {
     pub untrusted_server_key: PathBuf,
 }
 
-struct Ca {
-    cert_pem: String,
-    issuer: rcgen::Issuer<'static, rcgen::KeyPair>,
+#[allow(clippy::expect_used)]
+fn new_ca(name: &str) -> GeneratedCa {
+    GeneratedCa::new(name).expect("test CA")
 }
 
+/// A leaf certificate for the loopback names, signed by `ca`: (certificate PEM, key PEM).
 #[allow(clippy::expect_used)]
-fn new_ca(name: &str) -> Ca {
-    let mut params = rcgen::CertificateParams::new(Vec::<String>::new()).expect("CA params");
-    params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
-    params
-        .distinguished_name
-        .push(rcgen::DnType::CommonName, name);
-    params.key_usages = vec![
-        rcgen::KeyUsagePurpose::KeyCertSign,
-        rcgen::KeyUsagePurpose::CrlSign,
-        rcgen::KeyUsagePurpose::DigitalSignature,
-    ];
-    let key = rcgen::KeyPair::generate().expect("CA key");
-    let cert = params.self_signed(&key).expect("self-signed CA");
-    Ca {
-        cert_pem: cert.pem(),
-        issuer: rcgen::Issuer::new(params, key),
-    }
-}
-
-/// A leaf certificate signed by `ca`: (certificate PEM, key PEM).
-#[allow(clippy::expect_used)]
-fn new_leaf(ca: &Ca, name: &str, purpose: rcgen::ExtendedKeyUsagePurpose) -> (String, String) {
-    let mut params =
-        rcgen::CertificateParams::new(vec!["localhost".to_owned(), "127.0.0.1".to_owned()])
-            .expect("leaf params");
-    params
-        .distinguished_name
-        .push(rcgen::DnType::CommonName, name);
-    params.use_authority_key_identifier_extension = true;
-    params.key_usages = vec![rcgen::KeyUsagePurpose::DigitalSignature];
-    params.extended_key_usages = vec![purpose];
-    let key = rcgen::KeyPair::generate().expect("leaf key");
-    let cert = params.signed_by(&key, &ca.issuer).expect("signed leaf");
-    (cert.pem(), key.serialize_pem())
+fn new_leaf(ca: &GeneratedCa, name: &str, purpose: Purpose) -> (String, String) {
+    ca.leaf(
+        name,
+        vec!["localhost".to_owned(), "127.0.0.1".to_owned()],
+        purpose,
+    )
+    .expect("signed leaf")
 }
 
 impl Pki {
@@ -83,25 +58,16 @@ impl Pki {
         let d = dir.path();
         let ca = new_ca("provisioning test CA");
         let other = new_ca("some other CA");
-        let (server_cert, server_key) = new_leaf(
-            &ca,
-            "nats-server",
-            rcgen::ExtendedKeyUsagePurpose::ServerAuth,
-        );
-        let (client_cert, client_key) =
-            new_leaf(&ca, "sf-bridge", rcgen::ExtendedKeyUsagePurpose::ClientAuth);
-        let (untrusted_cert, untrusted_key) = new_leaf(
-            &other,
-            "impostor",
-            rcgen::ExtendedKeyUsagePurpose::ServerAuth,
-        );
+        let (server_cert, server_key) = new_leaf(&ca, "nats-server", Purpose::ServerAuth);
+        let (client_cert, client_key) = new_leaf(&ca, "sf-bridge", Purpose::ClientAuth);
+        let (untrusted_cert, untrusted_key) = new_leaf(&other, "impostor", Purpose::ServerAuth);
         Self {
-            ca_file: write(d, "ca.pem", &ca.cert_pem),
+            ca_file: write(d, "ca.pem", ca.cert_pem()),
             server_cert: write(d, "server.pem", &server_cert),
             server_key: write(d, "server-key.pem", &server_key),
             client_cert: write(d, "client.pem", &client_cert),
             client_key: write(d, "client-key.pem", &client_key),
-            other_ca_file: write(d, "other-ca.pem", &other.cert_pem),
+            other_ca_file: write(d, "other-ca.pem", other.cert_pem()),
             untrusted_server_cert: write(d, "untrusted.pem", &untrusted_cert),
             untrusted_server_key: write(d, "untrusted-key.pem", &untrusted_key),
             _dir: dir,

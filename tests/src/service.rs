@@ -4,10 +4,11 @@
 //! the crate's own.
 
 use std::collections::HashMap;
-use std::future::Future;
 use std::net::SocketAddr;
 use std::time::Duration;
 
+use platform::error::Chain;
+use platform::service::{Running, ServiceError, ServiceMain};
 use sf_sim::SfSim;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
@@ -88,22 +89,25 @@ pub struct RunningService<E> {
     pub http_addr: SocketAddr,
 }
 
-impl<E: std::fmt::Debug + Send + 'static> RunningService<E> {
-    /// Spawns `run` (the App's `run_until_stopped(cancel.clone())`), which `stop` expects to end
-    /// without error within `stop_limit` once `cancel` is cancelled.
-    pub fn spawn(
-        name: &'static str,
-        stop_limit: Duration,
-        cancel: CancellationToken,
-        http_addr: SocketAddr,
-        run: impl Future<Output = Result<(), E>> + Send + 'static,
-    ) -> Self {
+impl<E: ServiceError + std::fmt::Debug> RunningService<E> {
+    /// Builds the service from `settings` and runs it on a task of this process; `stop`
+    /// expects it to end without error within `stop_limit` once its token is cancelled.
+    pub async fn start<S>(name: &'static str, stop_limit: Duration, settings: S) -> Self
+    where
+        S: ServiceMain,
+        S::App: Running<Error = E>,
+    {
+        let cancel = CancellationToken::new();
+        // Boxed: a service's build future is large (JetStream resource set-up).
+        let app = Box::pin(settings.build(&cancel))
+            .await
+            .unwrap_or_else(|err| panic!("build {name}: {}", Chain(&err)));
         Self {
             name,
             stop_limit,
+            http_addr: app.service().http_addr(),
+            task: Some(tokio::spawn(app.run_until_stopped(cancel.clone()))),
             cancel,
-            task: Some(tokio::spawn(run)),
-            http_addr,
         }
     }
 
@@ -144,6 +148,44 @@ impl<E> Drop for RunningService<E> {
     fn drop(&mut self) {
         self.cancel.cancel();
     }
+}
+
+/// Checks a service's wiring of supervision: a supervised task that ends while the service runs
+/// turns `/health` down (naming the task) and `/livez` failing; the service shuts down in order
+/// by itself and its run returns the task failure, so that the binary exits non-zero.
+#[allow(clippy::expect_used, clippy::unwrap_used)]
+pub async fn assert_a_dead_task_stops_the_service<S: ServiceMain>(settings: S) {
+    const TASK: &str = "test-task";
+    let cancel = CancellationToken::new();
+    let app = Box::pin(settings.build(&cancel))
+        .await
+        .unwrap_or_else(|err| panic!("build {}: {}", S::NAME, Chain(&err)));
+    let (livez, _) = get_json(app.service().http_addr(), "/livez").await;
+    assert_eq!(livez, 200, "{} is live once built", S::NAME);
+    let supervisor = app.service().supervisor().clone();
+    let health = app.service().health().clone();
+    let run = tokio::spawn(app.run_until_stopped(cancel.clone()));
+
+    supervisor.spawn(TASK, async {});
+    let result = tokio::time::timeout(Duration::from_secs(30), run)
+        .await
+        .unwrap_or_else(|_| panic!("{} stops by itself", S::NAME))
+        .expect("the run's task");
+    let err = result.expect_err("the run ends with the task's failure");
+    assert!(err.start_error().is_none(), "{err:?}");
+    assert_eq!(
+        err.to_string(),
+        format!("background task {TASK} ended while the service was running")
+    );
+    assert!(
+        cancel.is_cancelled(),
+        "the failure cancelled the service's token"
+    );
+    let (healthy, body) = health.report();
+    assert!(!healthy);
+    assert_eq!(body["status"], "degraded");
+    assert_eq!(body["integrations"][TASK]["status"], "down");
+    assert!(!health.liveness().0, "/livez fails");
 }
 
 /// `GET path` on `addr`: the status and the JSON body (`Null` when the body is not JSON).

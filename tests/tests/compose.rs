@@ -157,12 +157,12 @@ fn config_sources(binary: &str) -> Vec<&'static str> {
         "sf-sim" => vec![
             "libs/platform/src/telemetry.rs",
             "services/sf-sim/src/config.rs",
-            "services/sf-sim/src/main.rs",
+            "services/sf-sim/src/stand_in.rs",
         ],
         "whmcs-sim" => vec![
             "libs/platform/src/telemetry.rs",
             "services/whmcs-sim/src/config.rs",
-            "services/whmcs-sim/src/main.rs",
+            "services/whmcs-sim/src/stand_in.rs",
         ],
         // The operator CLI: the services' NATS variables and resource names.
         "provctl" => vec![

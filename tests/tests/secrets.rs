@@ -147,8 +147,6 @@ struct Stack {
     sf: SfSim,
     whmcs: WhmcsSim,
     collector: Collector,
-    /// `SF_*` login variables for sf-sim.
-    login: Vec<(&'static str, String)>,
 }
 
 impl Stack {
@@ -156,13 +154,10 @@ impl Stack {
         &self,
         service: &str,
         http_port: u16,
-        extra: &[(&str, &str)],
+        own: Vec<(&'static str, String)>,
     ) -> HashMap<String, String> {
-        let mut env = vec![
-            ("NATS_URL", self.nats.url()),
-            ("HTTP_ADDR", format!("127.0.0.1:{http_port}")),
-        ];
-        env.extend(self.login.iter().cloned());
+        let mut env = testkit::service::base_env(self.nats.url(), &self.sf);
+        env.push(("HTTP_ADDR", format!("127.0.0.1:{http_port}")));
         env.extend(testkit::stack::otlp_export(
             self.collector.endpoint(),
             service,
@@ -172,36 +167,28 @@ impl Stack {
             ("LOG_FORMAT", self.run.log_format.to_owned()),
             ("RUST_LOG", self.run.log_level.to_owned()),
         ]);
-        let mut env = testkit::stack::env(env);
         match self.run.nats {
-            NatsAuth::Token => {
-                env.insert("NATS_TOKEN".into(), NATS_TOKEN.into());
-            }
-            NatsAuth::UserPassword => {
-                env.insert("NATS_USER".into(), NATS_USER.into());
-                env.insert("NATS_PASSWORD".into(), NATS_PASSWORD.into());
-            }
+            NatsAuth::Token => env.push(("NATS_TOKEN", NATS_TOKEN.to_owned())),
+            NatsAuth::UserPassword => env.extend([
+                ("NATS_USER", NATS_USER.to_owned()),
+                ("NATS_PASSWORD", NATS_PASSWORD.to_owned()),
+            ]),
         }
-        for (k, v) in extra {
-            env.insert((*k).to_owned(), (*v).to_owned());
-        }
-        env
+        env.extend(own);
+        // Later pairs win: the fixed HTTP port over base_env's port 0, a service's own values.
+        testkit::stack::env(env)
     }
 
     fn provisioner_env(&self, http_port: u16, secret: &str) -> HashMap<String, String> {
-        self.env(
-            "provisioner",
-            http_port,
-            &[
-                ("WHMCS_API_URL", &self.whmcs.api_url()),
-                ("WHMCS_API_IDENTIFIER", self.whmcs.identifier()),
-                ("WHMCS_API_SECRET", secret),
-                ("WHMCS_API_ACCESS_KEY", WHMCS_ACCESS_KEY),
-                ("STATUS_API_TOKEN", STATUS_API_TOKEN),
-                ("WHMCS_TIMEOUT_SECS", "5"),
-                ("PROVISIONER_SHUTDOWN_GRACE_SECS", "5"),
-            ],
-        )
+        let mut own = testkit::sim::whmcs_env(&self.whmcs);
+        own.extend([
+            ("WHMCS_API_SECRET", secret.to_owned()),
+            ("WHMCS_API_ACCESS_KEY", WHMCS_ACCESS_KEY.to_owned()),
+            ("STATUS_API_TOKEN", STATUS_API_TOKEN.to_owned()),
+            ("WHMCS_TIMEOUT_SECS", "5".to_owned()),
+            ("PROVISIONER_SHUTDOWN_GRACE_SECS", "5".to_owned()),
+        ]);
+        self.env("provisioner", http_port, own)
     }
 
     async fn nats_client(&self) -> async_nats::Client {
@@ -264,14 +251,12 @@ async fn run(run: Run) {
     let nats = NatsServer::start_with_args(nats_args).await;
     let sims = support::Simulators::start_with(whmcs_config).await;
     let org_id = sims.config.org_id.clone();
-    let login = sims.salesforce_login();
     let stack = Stack {
         run,
         nats,
         sf: sims.sf,
         whmcs: sims.whmcs,
         collector: Collector::start().await.expect("collector"),
-        login,
     };
     // The server really requires the credentials: a plain client is refused.
     assert!(
@@ -291,10 +276,7 @@ async fn run(run: Run) {
             &stack.env(
                 "sf-bridge",
                 bridge_port,
-                &[
-                    ("SF_PUBSUB_ENDPOINT", &stack.sf.pubsub_url()),
-                    ("SF_EVENTS_REPLAY", "ALL"),
-                ],
+                testkit::sim::pubsub_env(&stack.sf),
             ),
         ),
         // First a provisioner with the wrong WHMCS secret: its job fails authentication.
@@ -311,7 +293,7 @@ async fn run(run: Run) {
             &stack.env(
                 "sf-writer",
                 writer_port,
-                &[("SF_WRITER_SHUTDOWN_GRACE_SECS", "5")],
+                vec![("SF_WRITER_SHUTDOWN_GRACE_SECS", "5".to_owned())],
             ),
         ),
     ];

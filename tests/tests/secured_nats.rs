@@ -232,64 +232,57 @@ async fn operator_mode_credentials_file() {
 // ---------------------------------------------------------------------------------------------
 // The services as processes.
 
-/// The environment every service needs besides NATS: endpoints that are not contacted before
-/// NATS is connected (the failures below stop earlier) or the simulators' (the pipeline).
+/// The environment every service needs besides NATS: the simulators' endpoints for the
+/// pipeline, or endpoints on a closed port for the runs that stop before contacting them.
 fn service_env(
     service: &str,
     sf: Option<&SfSim>,
     whmcs: Option<&WhmcsSim>,
     nats: &[(&str, String)],
 ) -> HashMap<String, String> {
-    let config = SimConfig::for_tests(testkit::keys::test_keys().public_pem.clone());
-    let login_url = sf.map_or_else(|| "http://127.0.0.1:9".to_owned(), SfSim::login_url);
-    let mut env = vec![("HTTP_ADDR", "127.0.0.1:0".to_owned())];
-    env.extend(testkit::stack::salesforce_login(
-        login_url,
-        &config.client_id,
-        &config.username,
-    ));
-    env.extend([
+    const CLOSED: &str = "http://127.0.0.1:9";
+    let mut env = vec![
+        ("HTTP_ADDR", "127.0.0.1:0".to_owned()),
         ("LOG_FORMAT", "json".to_owned()),
         ("RUST_LOG", "info".to_owned()),
-    ]);
-    let mut env = testkit::stack::env(env);
+    ];
+    env.extend(sf.map_or_else(
+        || {
+            let config = SimConfig::for_tests(testkit::keys::test_keys().public_pem.clone());
+            testkit::stack::salesforce_login(CLOSED.to_owned(), &config.client_id, &config.username)
+        },
+        testkit::sim::sf_env,
+    ));
     match service {
-        "sf-bridge" => {
-            let pubsub = sf.map_or_else(|| "http://127.0.0.1:9".to_owned(), SfSim::pubsub_url);
-            env.insert("SF_PUBSUB_ENDPOINT".to_owned(), pubsub);
-            env.insert("SF_EVENTS_REPLAY".to_owned(), "ALL".to_owned());
-        }
+        "sf-bridge" => env.extend(sf.map_or_else(
+            || {
+                vec![
+                    ("SF_PUBSUB_ENDPOINT", CLOSED.to_owned()),
+                    ("SF_EVENTS_REPLAY", "ALL".to_owned()),
+                ]
+            },
+            testkit::sim::pubsub_env,
+        )),
         "provisioner" => {
-            let (url, id, secret) = whmcs.map_or_else(
+            env.extend(whmcs.map_or_else(
                 || {
-                    (
-                        "http://127.0.0.1:9/includes/api.php".to_owned(),
-                        "id".to_owned(),
-                        "secret".to_owned(),
-                    )
+                    vec![
+                        ("WHMCS_API_URL", format!("{CLOSED}/includes/api.php")),
+                        ("WHMCS_API_IDENTIFIER", "id".to_owned()),
+                        ("WHMCS_API_SECRET", "secret".to_owned()),
+                    ]
                 },
-                |w| {
-                    (
-                        w.api_url(),
-                        w.identifier().to_owned(),
-                        w.secret().to_owned(),
-                    )
-                },
-            );
-            env.insert("WHMCS_API_URL".to_owned(), url);
-            env.insert("WHMCS_API_IDENTIFIER".to_owned(), id);
-            env.insert("WHMCS_API_SECRET".to_owned(), secret);
-            env.insert("PROVISIONER_SHUTDOWN_GRACE_SECS".to_owned(), "5".to_owned());
+                testkit::sim::whmcs_env,
+            ));
+            env.push(("PROVISIONER_SHUTDOWN_GRACE_SECS", "5".to_owned()));
         }
-        "sf-writer" => {
-            env.insert("SF_WRITER_SHUTDOWN_GRACE_SECS".to_owned(), "5".to_owned());
-        }
+        "sf-writer" => env.push(("SF_WRITER_SHUTDOWN_GRACE_SECS", "5".to_owned())),
         _ => {}
     }
-    for (k, v) in nats {
-        env.insert((*k).to_owned(), v.clone());
-    }
-    env
+    testkit::stack::env(
+        env.into_iter()
+            .chain(nats.iter().map(|(k, v)| (*k, v.clone()))),
+    )
 }
 
 /// Runs `binary` until it exits (at most `limit`): its status and output (stdout then stderr).

@@ -47,6 +47,45 @@ pub struct ApiMetrics {
     pub duration_seconds: Family<ActionLabel, Histogram, fn() -> Histogram>,
 }
 
+/// A failed outbound API call, as its metrics and span label it.
+pub trait ApiCallError: std::fmt::Display {
+    /// The HTTP status the API answered with, when it answered.
+    fn http_status(&self) -> Option<u16>;
+    /// The contract's error code for the failure (docs/contract.md §7).
+    fn contract_code(&self) -> String;
+}
+
+/// Runs one outbound API call inside its client `span` and records it the same way for every
+/// API: a failure's code and message on the span; in `metrics`, when given, the call by action
+/// and status (the HTTP status, or the error code when nothing answered), a failure by its code,
+/// and the duration. `status_of` is the HTTP status of a call that succeeded.
+pub async fn observe_api_call<T, E: ApiCallError>(
+    span: tracing::Span,
+    metrics: Option<&ApiMetrics>,
+    action: &str,
+    call: impl std::future::Future<Output = Result<T, E>>,
+    status_of: impl FnOnce(&T) -> u16,
+) -> Result<T, E> {
+    use tracing::Instrument;
+    let started = std::time::Instant::now();
+    let outcome = call.instrument(span.clone()).await;
+    let (status, error_code) = match &outcome {
+        Ok(answer) => (status_of(answer).to_string(), None),
+        Err(err) => {
+            let code = err.contract_code();
+            crate::telemetry::record_error(&span, &code, &err.to_string());
+            let status = err
+                .http_status()
+                .map_or_else(|| code.clone(), |status| status.to_string());
+            (status, Some(code))
+        }
+    };
+    if let Some(metrics) = metrics {
+        metrics.observe(action, &status, error_code.as_deref(), started.elapsed());
+    }
+    outcome
+}
+
 impl ApiMetrics {
     /// Registers `{api}_api_calls_total`, `{api}_api_errors_total` and
     /// `{api}_api_call_duration_seconds` (`api` is `whmcs` or `salesforce`).

@@ -64,8 +64,9 @@ pub fn headers(
     );
     crate::nats::insert_header(&mut headers, messages::headers::SCHEMA, schema);
     crate::telemetry::inject_trace_context(span, &mut headers);
-    // As the client's `PublishMessage::message_id` sets it: the static name, the value as is.
-    headers.insert(async_nats::header::NATS_MESSAGE_ID, message_id);
+    // Ids can come from outside (sf-bridge's is Salesforce's event id): one that would break
+    // the header block is left out, as every other value is.
+    crate::nats::insert_header(&mut headers, messages::headers::NATS_MSG_ID, message_id);
     headers
 }
 
@@ -180,6 +181,18 @@ mod tests {
             Some("provisioning.requested.v1")
         );
         assert_eq!(value("Nats-Msg-Id").as_deref(), Some("e-1"));
+    }
+
+    #[test]
+    fn an_id_that_would_break_the_header_block_is_left_out() {
+        let forged = "e-1\r\nCorrelation-Id: forged";
+        let headers = headers("c-1", "s", forged, &tracing::Span::none());
+        assert!(headers.get("Nats-Msg-Id").is_none());
+        let correlation: Vec<_> = headers
+            .get_all("Correlation-Id")
+            .map(|v| v.as_str().to_owned())
+            .collect();
+        assert_eq!(correlation, ["c-1"]);
     }
 
     #[test]

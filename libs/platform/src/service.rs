@@ -239,20 +239,59 @@ impl Service {
     }
 }
 
+/// A service's own error type, as the runtime sees it: it wraps the runtime's [`StartError`]
+/// and [`TaskFailure`] beside the service's own errors.
+pub trait ServiceError:
+    std::error::Error + From<StartError> + From<TaskFailure> + Send + Sync + 'static
+{
+    /// The start-up error this one wraps, if it is one.
+    fn start_error(&self) -> Option<&StartError>;
+}
+
+/// A service once built: its runtime, and the run that ends at the stop.
+pub trait Running: Send + Sized + 'static {
+    type Error: ServiceError;
+
+    /// The runtime underneath: HTTP address, health, supervisor.
+    fn service(&self) -> &Service;
+
+    /// Runs until `cancel` (the token given to [`ServiceMain::build`]), then shuts down in
+    /// order. A supervised task that died ends it with the [`TaskFailure`].
+    fn run_until_stopped(
+        self,
+        cancel: CancellationToken,
+    ) -> impl Future<Output = Result<(), Self::Error>> + Send;
+}
+
 /// A service binary, described by its settings type; [`main`] runs it.
 pub trait ServiceMain: Sized + Send + 'static {
     /// The binary's name, as in its log lines and error messages.
     const NAME: &'static str;
-    type Error: std::error::Error + Send + Sync + 'static;
+    type App: Running;
 
     fn from_env(env: &Env) -> Result<Self, ConfigError>;
     fn telemetry(&self) -> &TelemetrySettings;
     /// Logs the "starting" line with the settings an operator checks first.
     fn log_start(&self);
-    /// Starts and runs the service until `cancel`, then shuts it down in order. A stop asked
-    /// for before the service was up is `Ok`.
-    fn run(self, cancel: CancellationToken)
-        -> impl Future<Output = Result<(), Self::Error>> + Send;
+    /// Connects, serves HTTP and creates the service's resources. A stop asked for while NATS
+    /// is still awaited ends it with [`StartError::Cancelled`].
+    fn build(
+        self,
+        cancel: &CancellationToken,
+    ) -> impl Future<Output = Result<Self::App, <Self::App as Running>::Error>> + Send;
+}
+
+/// Builds and runs the service until `cancel`. A stop asked for before the service was up is
+/// `Ok`: nothing had started that could fail.
+pub async fn run<S: ServiceMain>(
+    settings: S,
+    cancel: CancellationToken,
+) -> Result<(), <S::App as Running>::Error> {
+    match settings.build(&cancel).await {
+        Ok(app) => app.run_until_stopped(cancel).await,
+        Err(err) if matches!(err.start_error(), Some(StartError::Cancelled)) => Ok(()),
+        Err(err) => Err(err),
+    }
 }
 
 /// A service binary's `main` after `--help`/`--version`. Exit codes: 0 after a requested stop,
@@ -281,7 +320,7 @@ pub async fn main<S: ServiceMain>() -> ExitCode {
     let cancel = crate::shutdown::on_signal();
     // Spawned, so that the service runs on a runtime worker rather than the main thread (with
     // one worker, its tasks then wake each other without a futex: docs/benchmarks.md).
-    let result = match tokio::spawn(settings.run(cancel)).await {
+    let result = match tokio::spawn(run(settings, cancel)).await {
         Ok(Ok(())) => Ok(()),
         Ok(Err(err)) => Err(crate::error::Chain(&err).to_string()),
         Err(died) => Err(crate::error::Chain(&died).to_string()),
@@ -295,4 +334,50 @@ pub async fn main<S: ServiceMain>() -> ExitCode {
     };
     telemetry.shutdown();
     code
+}
+
+/// A stand-in binary (sf-sim, whmcs-sim): it serves until SIGTERM/SIGINT; [`stand_in_main`]
+/// runs it.
+pub trait StandIn: Sized + Send {
+    /// The binary's name, as in its log lines and error messages.
+    const NAME: &'static str;
+    type Error: std::fmt::Display;
+
+    /// Reads the stand-in's variables, starts serving, seeds what it was asked to, and logs
+    /// where it serves.
+    fn start_from_env(env: &Env) -> impl Future<Output = Result<Self, Self::Error>> + Send;
+    /// Stops serving and waits for its listeners to close.
+    fn shutdown(self) -> impl Future<Output = ()> + Send;
+}
+
+/// A stand-in binary's `main` after `--help`/`--version`: telemetry, then the stand-in until
+/// SIGTERM/SIGINT. Any error (configuration, a port that cannot be bound) is one line on
+/// stderr and exit 2, so that a misconfigured container says exactly what is wrong.
+pub async fn stand_in_main<S: StandIn>() -> ExitCode {
+    let env = Env::process();
+    let telemetry = match TelemetrySettings::from_env(&env, S::NAME) {
+        Ok(settings) => crate::telemetry::init(&settings),
+        Err(err) => return stand_in_failed::<S>(&err),
+    };
+    let telemetry = match telemetry {
+        Ok(telemetry) => telemetry,
+        Err(err) => return stand_in_failed::<S>(&crate::error::Chain(&err)),
+    };
+    let shutdown = crate::shutdown::on_signal();
+    let code = match S::start_from_env(&env).await {
+        Ok(stand_in) => {
+            shutdown.cancelled().await;
+            stand_in.shutdown().await;
+            tracing::info!("{} stopped.", S::NAME);
+            ExitCode::SUCCESS
+        }
+        Err(err) => stand_in_failed::<S>(&err),
+    };
+    telemetry.shutdown();
+    code
+}
+
+fn stand_in_failed<S: StandIn>(err: &dyn std::fmt::Display) -> ExitCode {
+    eprintln!("{}: {err:#}", S::NAME);
+    ExitCode::from(2)
 }

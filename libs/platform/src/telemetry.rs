@@ -396,6 +396,14 @@ impl SpanProcessor for OrderAttributes {
     }
 }
 
+/// A URL's authority (host and port) for a client span's `server.address`; `None` when the
+/// URL has no scheme or no host.
+pub fn server_address(url: &str) -> Option<&str> {
+    let rest = url.split_once("://")?.1;
+    let authority = rest.split(['/', '?']).next()?;
+    (!authority.is_empty()).then_some(authority)
+}
+
 /// A URL fit for `url.full`: user info removed, and the values of query parameters that may
 /// carry credentials redacted.
 pub fn redact_url(url: &str) -> String {
@@ -544,6 +552,14 @@ pub fn extract_trace_context(headers: &async_nats::HeaderMap) -> opentelemetry::
     })
 }
 
+/// The trace context a stored `traceparent` names (the provisioner's journal keeps the
+/// request's), for use as a parent; `None` when the text cannot be a header value.
+pub fn context_from_traceparent(traceparent: &str) -> Option<opentelemetry::Context> {
+    let mut headers = async_nats::HeaderMap::new();
+    crate::nats::insert_header(&mut headers, messages::headers::TRACEPARENT, traceparent)
+        .then(|| extract_trace_context(&headers))
+}
+
 /// The trace id of a span as 32 hex characters, or `None` when it has no valid context.
 pub fn trace_id(span: &tracing::Span) -> Option<String> {
     use opentelemetry::trace::TraceContextExt;
@@ -557,6 +573,26 @@ pub fn trace_id(span: &tracing::Span) -> Option<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn server_address_is_the_urls_authority() {
+        let cases = [
+            (
+                "https://example.my.salesforce.com",
+                Some("example.my.salesforce.com"),
+            ),
+            (
+                "http://127.0.0.1:8080/includes/api.php?x=1",
+                Some("127.0.0.1:8080"),
+            ),
+            ("https://host?query", Some("host")),
+            ("https:///path", None),
+            ("no-scheme.example.com/path", None),
+        ];
+        for (url, address) in cases {
+            assert_eq!(server_address(url), address, "{url}");
+        }
+    }
 
     #[test]
     fn every_span_under_a_joined_order_carries_its_ids_once() {

@@ -77,6 +77,28 @@ impl AuthError {
     }
 }
 
+/// How a token request is labelled in `salesforce_api_*{action="token"}` and on its span.
+impl platform::metrics::ApiCallError for AuthError {
+    fn http_status(&self) -> Option<u16> {
+        match self {
+            Self::Status { status } => Some(*status),
+            Self::Rejected { .. } => Some(400),
+            _ => None,
+        }
+    }
+
+    fn contract_code(&self) -> String {
+        match self {
+            Self::Status { status } => status.to_string(),
+            Self::Rejected { .. } => "400".to_owned(),
+            Self::Timeout => "ETIMEOUT".to_owned(),
+            Self::Transport(_) => "ECONNREFUSED".to_owned(),
+            Self::InvalidResponse(_) => "500".to_owned(),
+            Self::Signing(_) => "SIGNING".to_owned(),
+        }
+    }
+}
+
 /// The cached token and the newest generation handed out. The generation outlives an invalidated
 /// token, so generations only grow and a stale report can always be told from a fresh token.
 #[derive(Debug, Default)]
@@ -237,7 +259,6 @@ impl TokenProvider {
 
     /// One token request inside its HTTP client span, counted in the metrics.
     async fn fetch(&self, generation: u64) -> Result<Token, AuthError> {
-        use tracing::Instrument as _;
         let url = format!("{}/services/oauth2/token", self.settings.login_url);
         let span = tracing::info_span!(
             "salesforce.token",
@@ -245,34 +266,12 @@ impl TokenProvider {
             otel.kind = "client",
             http.request.method = "POST",
             url.full = %platform::telemetry::redact_url(&url),
-            server.address = %crate::rest::host_of(&self.settings.login_url),
+            server.address = platform::telemetry::server_address(&self.settings.login_url),
             salesforce.action = "token",
             http.response.status_code = tracing::field::Empty,
         );
-        let started = Instant::now();
-        let outcome = self
-            .fetch_once(&url, generation)
-            .instrument(span.clone())
-            .await;
-        let code = outcome.as_ref().err().map(|err| match err {
-            AuthError::Status { status } => status.to_string(),
-            AuthError::Rejected { .. } => "400".to_owned(),
-            AuthError::Timeout => "ETIMEOUT".to_owned(),
-            AuthError::Transport(_) => "ECONNREFUSED".to_owned(),
-            AuthError::InvalidResponse(_) => "500".to_owned(),
-            AuthError::Signing(_) => "SIGNING".to_owned(),
-        });
-        if let (Err(err), Some(code)) = (&outcome, &code) {
-            platform::telemetry::record_error(&span, code, &err.to_string());
-        }
-        if let Some(metrics) = self.metrics.get() {
-            let status = match &outcome {
-                Ok(_) => "200",
-                Err(_) => code.as_deref().unwrap_or("error"),
-            };
-            metrics.observe("token", status, code.as_deref(), started.elapsed());
-        }
-        outcome
+        let call = self.fetch_once(&url, generation);
+        platform::metrics::observe_api_call(span, self.metrics.get(), "token", call, |_| 200).await
     }
 
     async fn fetch_once(&self, url: &str, generation: u64) -> Result<Token, AuthError> {

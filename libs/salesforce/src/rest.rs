@@ -6,10 +6,8 @@
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
-use std::time::Instant;
 
 use secrecy::ExposeSecret as _;
-use tracing::Instrument as _;
 
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
@@ -57,6 +55,16 @@ fn describe(errors: &[ApiError]) -> String {
         .map(|e| format!("{}: {}", e.error_code, e.message))
         .collect::<Vec<_>>()
         .join("; ")
+}
+
+impl platform::metrics::ApiCallError for RestError {
+    fn http_status(&self) -> Option<u16> {
+        RestError::http_status(self)
+    }
+
+    fn contract_code(&self) -> String {
+        RestError::contract_code(self)
+    }
 }
 
 impl RestError {
@@ -288,36 +296,19 @@ impl RestClient {
             otel.kind = "client",
             http.request.method = %method,
             url.full = %platform::telemetry::redact_url(&url),
-            server.address = %host_of(&token.instance_url),
+            server.address = platform::telemetry::server_address(&token.instance_url),
             salesforce.action = action,
             http.response.status_code = tracing::field::Empty,
         );
-        let started = Instant::now();
-        let outcome = self
-            .send_once(method, url, body, token)
-            .instrument(span.clone())
-            .await;
-        let status = match &outcome {
-            Ok((status, _)) => status.to_string(),
-            Err(err) => err
-                .http_status()
-                .map_or_else(|| err.contract_code(), |s| s.to_string()),
-        };
-        if let Err(err) = &outcome {
-            platform::telemetry::record_error(&span, &err.contract_code(), &err.to_string());
-        }
-        if let Some(metrics) = &self.metrics {
-            metrics.observe(
-                action,
-                &status,
-                outcome
-                    .as_ref()
-                    .err()
-                    .map(RestError::contract_code)
-                    .as_deref(),
-                started.elapsed(),
-            );
-        }
+        let call = self.send_once(method, url, body, token);
+        let outcome = platform::metrics::observe_api_call(
+            span,
+            self.metrics.as_ref(),
+            action,
+            call,
+            |answer| answer.0,
+        )
+        .await;
         outcome.map(|(_, bytes)| bytes)
     }
 
@@ -387,11 +378,6 @@ pub fn error_from_reply(status: u16, body: &[u8]) -> RestError {
 }
 
 /// `https://host/...` → `host`.
-pub(crate) fn host_of(url: &str) -> &str {
-    let rest = url.split_once("://").map_or(url, |(_, rest)| rest);
-    rest.split(['/', '?']).next().unwrap_or(rest)
-}
-
 enum Target {
     /// Relative to `/services/data/vNN.N/`.
     Data(String),

@@ -7,7 +7,6 @@ use secrecy::zeroize::Zeroizing;
 use secrecy::ExposeSecret as _;
 use serde::de::DeserializeOwned;
 use serde_json::{Map, Value};
-use tracing::Instrument as _;
 
 use crate::error::{is_auth_message, WhmcsError};
 use crate::params::Params;
@@ -80,12 +79,6 @@ fn redact_error(mut err: WhmcsError, secrets: &[Zeroizing<String>]) -> WhmcsErro
         WhmcsError::Http { message: None, .. } | WhmcsError::Timeout { .. } => {}
     }
     err
-}
-
-fn host_of(url: &str) -> Option<&str> {
-    let rest = url.split_once("://")?.1;
-    let authority = rest.split(['/', '?']).next()?;
-    (!authority.is_empty()).then_some(authority)
 }
 
 fn message_of(body: &Map<String, Value>) -> Option<String> {
@@ -271,36 +264,14 @@ impl WhmcsClient {
             otel.kind = "client",
             http.request.method = "POST",
             url.full = %self.url_for_spans,
-            server.address = tracing::field::Empty,
+            server.address = platform::telemetry::server_address(&self.url_for_spans),
             whmcs.action = action,
             http.response.status_code = tracing::field::Empty,
         );
-        if let Some(host) = host_of(&self.url_for_spans) {
-            span.record("server.address", host);
-        }
-        let started = Instant::now();
-        let outcome = self
-            .send(action, params, timeout)
-            .instrument(span.clone())
-            .await;
-        let status = match &outcome {
-            Ok(_) => "200".to_owned(),
-            Err(err) => err
-                .http_status()
-                .map_or_else(|| err.contract_code(), |s| s.to_string()),
-        };
-        if let Err(err) = &outcome {
-            platform::telemetry::record_error(&span, &err.contract_code(), &err.to_string());
-        }
-        if let Some(metrics) = &self.metrics {
-            metrics.observe(
-                action,
-                &status,
-                outcome.as_ref().err().map(|e| e.contract_code()).as_deref(),
-                started.elapsed(),
-            );
-        }
-        outcome
+        // WHMCS answers every call it handled with 200; its errors are in the body.
+        let call = self.send(action, params, timeout);
+        platform::metrics::observe_api_call(span, self.metrics.as_ref(), action, call, |_| 200)
+            .await
     }
 
     async fn send(

@@ -90,6 +90,16 @@ pub enum WhmcsError {
     InvalidRequest { action: String, detail: String },
 }
 
+impl platform::metrics::ApiCallError for WhmcsError {
+    fn http_status(&self) -> Option<u16> {
+        WhmcsError::http_status(self)
+    }
+
+    fn contract_code(&self) -> String {
+        WhmcsError::contract_code(self)
+    }
+}
+
 impl WhmcsError {
     pub fn action(&self) -> &str {
         match self {

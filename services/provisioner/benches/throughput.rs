@@ -12,6 +12,7 @@ use std::time::{Duration, Instant};
 use async_nats::jetstream;
 use futures::StreamExt;
 use messages::ProvisioningRequestedV1;
+use platform::service::Running;
 use provisioner::{App, ProvisionerSettings};
 use testkit::nats::NatsServer;
 use tokio_util::sync::CancellationToken;
@@ -133,14 +134,7 @@ async fn run(scenario: &Scenario) -> (f64, f64) {
             created_by_id: None,
             received_at: "2026-11-25T00:00:00Z".to_owned(),
         };
-        let message = jetstream::message::PublishMessage::build()
-            .payload(serde_json::to_vec(&request).unwrap().into())
-            .message_id(request.event_id.as_str());
-        js.send_publish(messages::subjects::provisioning_requested(order), message)
-            .await
-            .unwrap()
-            .await
-            .unwrap();
+        testkit::publish::provisioning_request(&js, &request, &request.event_id).await;
     }
     let client = nats.client().await;
     let mut outcomes = client.subscribe("provisioning.outcome.>").await.unwrap();

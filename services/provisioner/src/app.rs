@@ -9,20 +9,18 @@
 //!
 //! Background tasks (the HTTP listener, the reconciler, the consumer-lag poller, the NATS status
 //! service) run under a
-//! [`Supervisor`]: one that dies cancels the root token, the service shuts down in the order
+//! [`Supervisor`](platform::supervise::Supervisor): one that dies cancels the root token, the service shuts down in the order
 //! above, and [`App::run_until_stopped`] returns [`AppError::Task`] (exit non-zero). So does a
 //! pull loop that ends while nobody asked it to.
 
-use std::net::SocketAddr;
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use async_nats::jetstream::{self, kv};
 use platform::config::{ConfigError, Env};
-use platform::http::Health;
 use platform::nats::{JetStreamResources, NatsError};
-use platform::service::{Service, ServiceMain, StartError, Starting};
-use platform::supervise::{Supervisor, TaskEnd, TaskFailure};
+use platform::service::{Running, Service, ServiceError, ServiceMain, StartError, Starting};
+use platform::supervise::{TaskEnd, TaskFailure};
 use platform::telemetry::TelemetrySettings;
 use salesforce::rest::RestClient;
 use salesforce::TokenProvider;
@@ -50,6 +48,15 @@ pub enum AppError {
     HttpClient(#[source] reqwest::Error),
     #[error(transparent)]
     Task(#[from] TaskFailure),
+}
+
+impl ServiceError for AppError {
+    fn start_error(&self) -> Option<&StartError> {
+        match self {
+            Self::Start(err) => Some(err),
+            _ => None,
+        }
+    }
 }
 
 /// The longest the provisioner takes from SIGTERM to exit, given its shutdown grace
@@ -177,24 +184,16 @@ impl App {
             status,
         })
     }
+}
 
-    pub fn http_addr(&self) -> SocketAddr {
-        self.service.http_addr()
+impl Running for App {
+    type Error = AppError;
+
+    fn service(&self) -> &Service {
+        &self.service
     }
 
-    /// The supervisor of the service's background tasks (tests use it to make one die).
-    pub fn supervisor(&self) -> &Supervisor {
-        self.service.supervisor()
-    }
-
-    /// What `/health` and `/livez` answer.
-    pub fn health(&self) -> &Arc<Health> {
-        self.service.health()
-    }
-
-    /// Runs until `cancel` (the token given to [`App::build`]), then shuts down in order.
-    /// Returns [`AppError::Task`] when a supervised background task died.
-    pub async fn run_until_stopped(self, cancel: CancellationToken) -> Result<(), AppError> {
+    async fn run_until_stopped(self, cancel: CancellationToken) -> Result<(), AppError> {
         tracing::info!(
             worker_id = %self.settings.worker_id,
             concurrency = self.settings.concurrency,
@@ -261,7 +260,7 @@ impl App {
 
 impl ServiceMain for ProvisionerSettings {
     const NAME: &'static str = "provisioner";
-    type Error = AppError;
+    type App = App;
 
     fn from_env(env: &Env) -> Result<Self, ConfigError> {
         ProvisionerSettings::from_env(env)
@@ -280,13 +279,8 @@ impl ServiceMain for ProvisionerSettings {
         );
     }
 
-    async fn run(self, cancel: CancellationToken) -> Result<(), AppError> {
-        let app = match App::build(self, &cancel).await {
-            Ok(app) => app,
-            Err(AppError::Start(StartError::Cancelled)) => return Ok(()),
-            Err(err) => return Err(err),
-        };
-        app.run_until_stopped(cancel).await
+    async fn build(self, cancel: &CancellationToken) -> Result<App, AppError> {
+        App::build(self, cancel).await
     }
 }
 

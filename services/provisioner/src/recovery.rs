@@ -495,11 +495,10 @@ impl Recovery {
             how,
         );
         // The report joins the order's trace: the journal kept the request's traceparent.
-        let parent = record.traceparent.as_ref().and_then(|traceparent| {
-            let mut headers = async_nats::HeaderMap::new();
-            platform::nats::insert_header(&mut headers, messages::headers::TRACEPARENT, traceparent)
-                .then(|| platform::telemetry::extract_trace_context(&headers))
-        });
+        let parent = record
+            .traceparent
+            .as_deref()
+            .and_then(platform::telemetry::context_from_traceparent);
         platform::telemetry::join_order(
             &span,
             parent,

@@ -7,20 +7,18 @@
 //! probes see the service until it is gone.
 //!
 //! Background tasks (the HTTP listener, each leadership term's lease keeper) run under a
-//! [`Supervisor`]: one that dies cancels the root token, the service shuts down in the order
+//! [`Supervisor`](platform::supervise::Supervisor): one that dies cancels the root token, the service shuts down in the order
 //! above, and [`App::run_until_stopped`] returns [`AppError::Task`] (the binary exits non-zero).
 
-use std::net::SocketAddr;
 use std::sync::Arc;
 
 use async_nats::jetstream::{kv, stream};
 use axum::routing::get;
 use axum::{Json, Router};
 use platform::config::{ConfigError, Env};
-use platform::http::Health;
 use platform::nats::{JetStreamResources, NatsError};
-use platform::service::{Service, ServiceMain, StartError, Starting};
-use platform::supervise::{Supervisor, TaskFailure};
+use platform::service::{Running, Service, ServiceError, ServiceMain, StartError, Starting};
+use platform::supervise::TaskFailure;
 use platform::telemetry::TelemetrySettings;
 use salesforce::pubsub::PubSubClient;
 use salesforce::TokenProvider;
@@ -43,6 +41,15 @@ pub enum AppError {
     PubSub(#[from] salesforce::pubsub::PubSubError),
     #[error(transparent)]
     Task(#[from] TaskFailure),
+}
+
+impl ServiceError for AppError {
+    fn start_error(&self) -> Option<&StartError> {
+        match self {
+            Self::Start(err) => Some(err),
+            _ => None,
+        }
+    }
 }
 
 /// The longest sf-bridge takes from SIGTERM to exit: the leader settles its publishes in flight
@@ -133,27 +140,19 @@ impl App {
         })
     }
 
-    pub fn http_addr(&self) -> SocketAddr {
-        self.service.http_addr()
-    }
-
-    /// The supervisor of the service's background tasks (tests use it to make one die).
-    pub fn supervisor(&self) -> &Supervisor {
-        self.service.supervisor()
-    }
-
-    /// What `/health` and `/livez` answer.
-    pub fn health(&self) -> &Arc<Health> {
-        self.service.health()
-    }
-
     pub fn status(&self) -> &Arc<BridgeStatus> {
         &self.status
     }
+}
 
-    /// Runs until `cancel` (the token given to [`App::build`]), then shuts down in order.
-    /// Returns [`AppError::Task`] when a supervised background task died.
-    pub async fn run_until_stopped(self, cancel: CancellationToken) -> Result<(), AppError> {
+impl Running for App {
+    type Error = AppError;
+
+    fn service(&self) -> &Service {
+        &self.service
+    }
+
+    async fn run_until_stopped(self, cancel: CancellationToken) -> Result<(), AppError> {
         match self.client.clone() {
             None => {
                 tracing::info!(channel = %self.settings.channel, "SF_EVENTS_ENABLED=false: not subscribing; serving health only.");
@@ -180,7 +179,7 @@ impl App {
 
 impl ServiceMain for BridgeSettings {
     const NAME: &'static str = "sf-bridge";
-    type Error = AppError;
+    type App = App;
 
     fn from_env(env: &Env) -> Result<Self, ConfigError> {
         BridgeSettings::from_env(env)
@@ -201,13 +200,8 @@ impl ServiceMain for BridgeSettings {
         );
     }
 
-    async fn run(self, cancel: CancellationToken) -> Result<(), AppError> {
-        let app = match App::build(self, &cancel).await {
-            Ok(app) => app,
-            Err(AppError::Start(StartError::Cancelled)) => return Ok(()),
-            Err(err) => return Err(err),
-        };
-        app.run_until_stopped(cancel).await
+    async fn build(self, cancel: &CancellationToken) -> Result<App, AppError> {
+        App::build(self, cancel).await
     }
 }
 
@@ -246,7 +240,6 @@ mod tests {
     #![allow(clippy::unwrap_used, clippy::expect_used)]
 
     use super::*;
-    use std::time::Duration;
     use testkit::nats::NatsServer;
 
     fn settings(nats: &NatsServer) -> BridgeSettings {
@@ -258,34 +251,11 @@ mod tests {
         BridgeSettings::from_env(&env).unwrap()
     }
 
-    /// A supervised task that ends while the bridge runs: /health names it, /livez fails, the
-    /// service shuts down on its own and its run returns the failure (main exits non-zero).
+    /// A supervised task that dies stops the service with its failure (its exit is non-zero).
     #[tokio::test]
     async fn a_dead_background_task_stops_the_bridge_with_an_error() {
         testkit::telemetry::init_once("sf-bridge-test", "warn");
         let nats = NatsServer::start().await;
-        let cancel = CancellationToken::new();
-        let app = App::build(settings(&nats), &cancel).await.unwrap();
-        let livez = format!("http://{}/livez", app.http_addr());
-        assert_eq!(reqwest::get(&livez).await.unwrap().status(), 200);
-        let supervisor = app.supervisor().clone();
-        let health = app.health().clone();
-        let run = tokio::spawn(app.run_until_stopped(cancel.clone()));
-
-        supervisor.spawn("test-poller", async {});
-        let result = tokio::time::timeout(Duration::from_secs(30), run)
-            .await
-            .expect("the bridge stops by itself")
-            .unwrap();
-        match result {
-            Err(AppError::Task(failure)) => assert_eq!(failure.task, "test-poller"),
-            other => panic!("expected the task failure, got {other:?}"),
-        }
-        assert!(cancel.is_cancelled());
-        let (healthy, body) = health.report();
-        assert!(!healthy);
-        assert_eq!(body["status"], "degraded");
-        assert_eq!(body["integrations"]["test-poller"]["status"], "down");
-        assert!(!health.liveness().0, "/livez fails");
+        testkit::service::assert_a_dead_task_stops_the_service(settings(&nats)).await;
     }
 }

@@ -37,6 +37,7 @@ pub mod oauth;
 pub mod pubsub;
 pub mod rest;
 pub mod sobjects;
+pub mod stand_in;
 pub mod state;
 pub mod store;
 pub mod tls;

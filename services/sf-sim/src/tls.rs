@@ -152,41 +152,79 @@ fn server_names(public_host: &str) -> Vec<String> {
 
 fn generate(public_host: &str) -> Result<ServerIdentity, SimError> {
     let failed = |e: rcgen::Error| SimError::tls("cannot generate a certificate", e);
-    let mut ca_params = rcgen::CertificateParams::new(Vec::<String>::new()).map_err(failed)?;
-    ca_params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
-    ca_params
-        .distinguished_name
-        .push(rcgen::DnType::CommonName, "sf-sim test CA");
-    ca_params.key_usages = vec![
-        rcgen::KeyUsagePurpose::KeyCertSign,
-        rcgen::KeyUsagePurpose::CrlSign,
-        rcgen::KeyUsagePurpose::DigitalSignature,
-    ];
-    let ca_key = rcgen::KeyPair::generate().map_err(failed)?;
-    let ca_cert = ca_params.self_signed(&ca_key).map_err(failed)?;
-    let issuer = rcgen::Issuer::new(ca_params, ca_key);
-
-    let mut params = rcgen::CertificateParams::new(server_names(public_host)).map_err(|e| {
-        SimError::tls(
-            format!("SF_SIM_PUBLIC_HOST {public_host:?} cannot be a certificate name"),
-            e,
-        )
-    })?;
-    params
-        .distinguished_name
-        .push(rcgen::DnType::CommonName, public_host);
-    params.key_usages = vec![
-        rcgen::KeyUsagePurpose::DigitalSignature,
-        rcgen::KeyUsagePurpose::KeyEncipherment,
-    ];
-    params.extended_key_usages = vec![rcgen::ExtendedKeyUsagePurpose::ServerAuth];
-    let key = rcgen::KeyPair::generate().map_err(failed)?;
-    let cert = params.signed_by(&key, &issuer).map_err(failed)?;
+    let ca = GeneratedCa::new("sf-sim test CA").map_err(failed)?;
+    let (cert_chain_pem, key_pem) = ca
+        .leaf(public_host, server_names(public_host), Purpose::ServerAuth)
+        .map_err(|e| {
+            SimError::tls(
+                format!("cannot make a certificate for SF_SIM_PUBLIC_HOST {public_host:?}"),
+                e,
+            )
+        })?;
     Ok(ServerIdentity {
-        cert_chain_pem: cert.pem(),
-        key_pem: key.serialize_pem(),
-        ca_pem: Some(ca_cert.pem()),
+        cert_chain_pem,
+        key_pem,
+        ca_pem: Some(ca.cert_pem().to_owned()),
     })
+}
+
+/// What a leaf certificate is for (its extended key usage).
+pub use rcgen::ExtendedKeyUsagePurpose as Purpose;
+
+/// A certificate authority made on the spot, for a stand-in's identity and the tests' private
+/// PKI; its key never leaves the process.
+pub struct GeneratedCa {
+    cert_pem: String,
+    issuer: rcgen::Issuer<'static, rcgen::KeyPair>,
+}
+
+impl GeneratedCa {
+    pub fn new(common_name: &str) -> Result<Self, rcgen::Error> {
+        let mut params = rcgen::CertificateParams::new(Vec::<String>::new())?;
+        params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+        params
+            .distinguished_name
+            .push(rcgen::DnType::CommonName, common_name);
+        params.key_usages = vec![
+            rcgen::KeyUsagePurpose::KeyCertSign,
+            rcgen::KeyUsagePurpose::CrlSign,
+            rcgen::KeyUsagePurpose::DigitalSignature,
+        ];
+        let key = rcgen::KeyPair::generate()?;
+        let cert = params.self_signed(&key)?;
+        Ok(Self {
+            cert_pem: cert.pem(),
+            issuer: rcgen::Issuer::new(params, key),
+        })
+    }
+
+    /// The CA certificate's PEM, for clients to trust.
+    pub fn cert_pem(&self) -> &str {
+        &self.cert_pem
+    }
+
+    /// A leaf certificate signed by this CA, valid for `names` (DNS names or IP addresses):
+    /// (certificate PEM, key PEM).
+    pub fn leaf(
+        &self,
+        common_name: &str,
+        names: Vec<String>,
+        purpose: Purpose,
+    ) -> Result<(String, String), rcgen::Error> {
+        let mut params = rcgen::CertificateParams::new(names)?;
+        params
+            .distinguished_name
+            .push(rcgen::DnType::CommonName, common_name);
+        params.use_authority_key_identifier_extension = true;
+        params.key_usages = vec![
+            rcgen::KeyUsagePurpose::DigitalSignature,
+            rcgen::KeyUsagePurpose::KeyEncipherment,
+        ];
+        params.extended_key_usages = vec![purpose];
+        let key = rcgen::KeyPair::generate()?;
+        let cert = params.signed_by(&key, &self.issuer)?;
+        Ok((cert.pem(), key.serialize_pem()))
+    }
 }
 
 /// A TCP listener whose connections come out TLS-terminated, for `axum::serve`. Handshakes run

@@ -13,6 +13,7 @@ use async_nats::jetstream;
 use futures::stream::FuturesUnordered;
 use futures::StreamExt;
 use messages::OrderUpdateV1;
+use platform::service::Running;
 use sf_sim::Faults;
 use sf_writer::{App, WriterSettings};
 use testkit::nats::NatsServer;
@@ -92,11 +93,8 @@ async fn run(count: usize, latency_ms: u64, concurrency: usize) -> Row {
             event_id: format!("event-{i}"),
             created_at: "2026-11-25T00:00:00Z".to_owned(),
         };
-        let message = jetstream::message::PublishMessage::build()
-            .payload(serde_json::to_vec(&update).unwrap().into())
-            .message_id(format!("update:event-{i}").as_str());
-        let ack = js
-            .send_publish(messages::subjects::order_update(order), message)
+        let message = platform::publish::Outgoing::contract(&update).expect("serialise");
+        let ack = platform::publish::send(&js, message, &tracing::Span::none())
             .await
             .expect("publish");
         acks.push(std::future::IntoFuture::into_future(ack));

@@ -7,20 +7,18 @@
 //! closes last so probes see the service until it is gone.
 //!
 //! Background tasks (the HTTP listener, the consumer-lag poller, the Salesforce warm-up) run
-//! under a [`Supervisor`]: one that dies cancels the root token, the service shuts down in the
+//! under a [`Supervisor`](platform::supervise::Supervisor): one that dies cancels the root token, the service shuts down in the
 //! order above, and [`App::run_until_stopped`] returns [`AppError::Task`] (exit non-zero).
 
-use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
 use async_nats::jetstream::{self, kv};
 use axum::Router;
 use platform::config::{ConfigError, Env};
-use platform::http::Health;
 use platform::nats::{JetStreamResources, NatsError};
-use platform::service::{Service, ServiceMain, StartError, Starting};
-use platform::supervise::{Supervisor, TaskFailure};
+use platform::service::{Running, Service, ServiceError, ServiceMain, StartError, Starting};
+use platform::supervise::TaskFailure;
 use platform::telemetry::TelemetrySettings;
 use salesforce::rest::RestClient;
 use salesforce::TokenProvider;
@@ -45,6 +43,15 @@ pub enum AppError {
     HttpClient(#[source] reqwest::Error),
     #[error(transparent)]
     Task(#[from] TaskFailure),
+}
+
+impl ServiceError for AppError {
+    fn start_error(&self) -> Option<&StartError> {
+        match self {
+            Self::Start(err) => Some(err),
+            _ => None,
+        }
+    }
 }
 
 /// The longest sf-writer takes from SIGTERM to exit, given its shutdown grace
@@ -115,24 +122,16 @@ impl App {
             tokens,
         })
     }
+}
 
-    pub fn http_addr(&self) -> SocketAddr {
-        self.service.http_addr()
+impl Running for App {
+    type Error = AppError;
+
+    fn service(&self) -> &Service {
+        &self.service
     }
 
-    /// The supervisor of the service's background tasks (tests use it to make one die).
-    pub fn supervisor(&self) -> &Supervisor {
-        self.service.supervisor()
-    }
-
-    /// What `/health` and `/livez` answer.
-    pub fn health(&self) -> &Arc<Health> {
-        self.service.health()
-    }
-
-    /// Runs until `cancel` (the token given to [`App::build`]), then shuts down in order.
-    /// Returns [`AppError::Task`] when a supervised background task died.
-    pub async fn run_until_stopped(self, cancel: CancellationToken) -> Result<(), AppError> {
+    async fn run_until_stopped(self, cancel: CancellationToken) -> Result<(), AppError> {
         tracing::info!(
             instance_id = %self.settings.instance_id,
             consumer = %self.settings.consumer,
@@ -188,7 +187,7 @@ impl App {
 
 impl ServiceMain for WriterSettings {
     const NAME: &'static str = "sf-writer";
-    type Error = AppError;
+    type App = App;
 
     fn from_env(env: &Env) -> Result<Self, ConfigError> {
         WriterSettings::from_env(env)
@@ -207,13 +206,8 @@ impl ServiceMain for WriterSettings {
         );
     }
 
-    async fn run(self, cancel: CancellationToken) -> Result<(), AppError> {
-        let app = match App::build(self, &cancel).await {
-            Ok(app) => app,
-            Err(AppError::Start(StartError::Cancelled)) => return Ok(()),
-            Err(err) => return Err(err),
-        };
-        app.run_until_stopped(cancel).await
+    async fn build(self, cancel: &CancellationToken) -> Result<App, AppError> {
+        App::build(self, cancel).await
     }
 }
 
@@ -272,33 +266,11 @@ mod tests {
         WriterSettings::from_env(&env).unwrap()
     }
 
-    /// A supervised task that ends while the writer runs: /health names it, /livez fails, the
-    /// writer shuts down in order by itself and its run returns the failure (exit non-zero).
+    /// A supervised task that dies stops the service with its failure (its exit is non-zero).
     #[tokio::test]
     async fn a_dead_background_task_stops_the_writer_with_an_error() {
         testkit::telemetry::init_once("sf-writer-test", "warn");
         let nats = NatsServer::start().await;
-        let cancel = CancellationToken::new();
-        let app = App::build(settings(&nats), &cancel).await.unwrap();
-        let livez = format!("http://{}/livez", app.http_addr());
-        assert_eq!(reqwest::get(&livez).await.unwrap().status(), 200);
-        let supervisor = app.supervisor().clone();
-        let health = app.health().clone();
-        let run = tokio::spawn(app.run_until_stopped(cancel.clone()));
-
-        supervisor.spawn("test-poller", async {});
-        let result = tokio::time::timeout(Duration::from_secs(30), run)
-            .await
-            .expect("the writer stops by itself")
-            .unwrap();
-        match result {
-            Err(AppError::Task(failure)) => assert_eq!(failure.task, "test-poller"),
-            other => panic!("expected the task failure, got {other:?}"),
-        }
-        assert!(cancel.is_cancelled());
-        let (healthy, body) = health.report();
-        assert!(!healthy);
-        assert_eq!(body["integrations"]["test-poller"]["status"], "down");
-        assert!(!health.liveness().0, "/livez fails");
+        testkit::service::assert_a_dead_task_stops_the_service(settings(&nats)).await;
     }
 }

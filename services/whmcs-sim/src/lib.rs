@@ -65,6 +65,7 @@ pub mod config;
 pub mod error;
 pub mod faults;
 pub mod php;
+pub mod stand_in;
 pub mod state;
 
 use std::net::SocketAddr;

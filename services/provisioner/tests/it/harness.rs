@@ -5,12 +5,11 @@ use std::time::Duration;
 
 use async_nats::jetstream;
 use messages::{OrderUpdateV1, ProvisioningOutcomeV1, ProvisioningRequestedV1};
-use provisioner::{App, ProvisionerSettings};
+use provisioner::ProvisionerSettings;
 use sf_sim::SfSim;
 use testkit::nats::NatsServer;
 use testkit::process::ChildProcess;
 use testkit::service::RunningService;
-use tokio_util::sync::CancellationToken;
 use whmcs_sim::{WhmcsSim, WhmcsSimConfig};
 
 pub const WAIT: Duration = Duration::from_secs(30);
@@ -58,17 +57,7 @@ impl Harness {
     pub async fn start_provisioner(&self, extra: &[(&str, &str)]) -> Running {
         let env = platform::config::Env::from_pairs(self.env(extra));
         let settings = ProvisionerSettings::from_env(&env).expect("settings");
-        let cancel = CancellationToken::new();
-        let app = Box::pin(App::build(settings, &cancel))
-            .await
-            .expect("build provisioner");
-        RunningService::spawn(
-            "the provisioner",
-            Duration::from_secs(30),
-            cancel.clone(),
-            app.http_addr(),
-            app.run_until_stopped(cancel),
-        )
+        RunningService::start("the provisioner", Duration::from_secs(30), settings).await
     }
 
     pub fn spawn_provisioner(&self, worker: &str, extra: &[(&str, &str)]) -> ChildProcess {

@@ -60,35 +60,11 @@ async fn a_job_outliving_the_grace_period_is_reported_interrupted_by_its_worker(
     assert_eq!(updates[0].fields["Activation_Error_Code__c"], "INTERRUPTED");
 }
 
-/// A supervised task that ends while the provisioner runs: /health names it, /livez fails, the
-/// service shuts down in order by itself and its run returns the failure (exit non-zero).
+/// A supervised task that dies stops the provisioner with its failure (its exit is non-zero).
 #[tokio::test]
 async fn a_dead_background_task_stops_the_provisioner_with_an_error() {
     let h = Harness::start().await;
     let env = platform::config::Env::from_pairs(h.env(&[]));
     let settings = provisioner::ProvisionerSettings::from_env(&env).unwrap();
-    let cancel = tokio_util::sync::CancellationToken::new();
-    let app = Box::pin(provisioner::App::build(settings, &cancel))
-        .await
-        .unwrap();
-    let livez = format!("http://{}/livez", app.http_addr());
-    assert_eq!(reqwest::get(&livez).await.unwrap().status(), 200);
-    let supervisor = app.supervisor().clone();
-    let health = app.health().clone();
-    let run = tokio::spawn(app.run_until_stopped(cancel.clone()));
-
-    supervisor.spawn("test-loop", async {});
-    let result = tokio::time::timeout(Duration::from_secs(30), run)
-        .await
-        .expect("the provisioner stops by itself")
-        .unwrap();
-    match result {
-        Err(provisioner::app::AppError::Task(failure)) => assert_eq!(failure.task, "test-loop"),
-        other => panic!("expected the task failure, got {other:?}"),
-    }
-    assert!(cancel.is_cancelled());
-    let (healthy, body) = health.report();
-    assert!(!healthy);
-    assert_eq!(body["integrations"]["test-loop"]["status"], "down");
-    assert!(!health.liveness().0, "/livez fails");
+    testkit::service::assert_a_dead_task_stops_the_service(settings).await;
 }

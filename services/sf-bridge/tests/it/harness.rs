@@ -6,12 +6,11 @@ use std::ops::Deref;
 use std::time::Duration;
 
 use async_nats::jetstream;
-use sf_bridge::{App, BridgeSettings};
+use sf_bridge::BridgeSettings;
 use sf_sim::{SfSim, SimConfig};
 use testkit::nats::NatsServer;
 use testkit::process::ChildProcess;
 use testkit::service::RunningService;
-use tokio_util::sync::CancellationToken;
 
 pub use testkit::service::{get_json, sample as metric};
 
@@ -55,15 +54,7 @@ impl Harness {
     pub async fn start_bridge(&self, extra: &[(&str, &str)]) -> RunningBridge {
         let env = platform::config::Env::from_pairs(self.bridge_env(extra));
         let settings = BridgeSettings::from_env(&env).expect("bridge settings");
-        let cancel = CancellationToken::new();
-        let app = App::build(settings, &cancel).await.expect("build bridge");
-        RunningBridge(RunningService::spawn(
-            "the bridge",
-            Duration::from_secs(20),
-            cancel.clone(),
-            app.http_addr(),
-            app.run_until_stopped(cancel),
-        ))
+        RunningBridge(RunningService::start("the bridge", Duration::from_secs(20), settings).await)
     }
 
     /// Runs the bridge binary as a child process, with its HTTP listener on a fixed free port.

@@ -7,10 +7,9 @@ use async_nats::jetstream;
 use messages::{DeadLetterV1, OrderUpdateV1};
 use serde_json::{json, Value};
 use sf_sim::SfSim;
-use sf_writer::{App, WriterSettings};
+use sf_writer::WriterSettings;
 use testkit::nats::NatsServer;
 use testkit::service::RunningService;
-use tokio_util::sync::CancellationToken;
 
 pub const WAIT: Duration = Duration::from_secs(60);
 pub const UPDATES_STREAM: &str = "SF_ORDER_UPDATES";
@@ -58,19 +57,7 @@ impl Harness {
     pub async fn start_writer(&self, extra: &[(&str, &str)]) -> RunningWriter {
         let env = platform::config::Env::from_pairs(self.env(extra));
         let settings = WriterSettings::from_env(&env).expect("writer settings");
-        let cancel = CancellationToken::new();
-        // Boxed: App::build's future is large (JetStream resource set-up), and every test
-        // awaits this one.
-        let app = Box::pin(App::build(settings, &cancel))
-            .await
-            .expect("build writer");
-        RunningService::spawn(
-            "the writer",
-            Duration::from_secs(30),
-            cancel.clone(),
-            app.http_addr(),
-            app.run_until_stopped(cancel),
-        )
+        RunningService::start("the writer", Duration::from_secs(30), settings).await
     }
 
     pub async fn js(&self) -> jetstream::Context {
