@@ -34,6 +34,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::config::{ConfigError, Env};
 use crate::http::Health;
+use crate::metrics::ConsumerLag;
 use crate::nats::{JetStreamResources, NatsError, NatsSettings, ReplicaMetrics};
 use crate::supervise::{Supervisor, TaskFailure};
 use crate::telemetry::TelemetrySettings;
@@ -44,6 +45,9 @@ pub const SHUTDOWN_FLUSH_DEADLINE: Duration = crate::nats::SHUTDOWN_FLUSH_DEADLI
 /// How long the supervised tasks (the HTTP listener finishing its last answers, pollers) may take
 /// to end once the shutdown reached them; those still running are aborted.
 pub const TASKS_STOP_DEADLINE: Duration = Duration::from_secs(5);
+
+/// How often [`Service::poll_consumer_lag`] reads a consumer's counts.
+pub const CONSUMER_LAG_EVERY: Duration = Duration::from_secs(5);
 
 /// What [`Service::shut_down`] may take at most: the flush, then the tasks.
 pub const SHUTDOWN_TAIL: Duration =
@@ -211,6 +215,24 @@ impl Service {
     /// The bound HTTP address (port 0 resolved).
     pub fn http_addr(&self) -> SocketAddr {
         self.http_addr
+    }
+
+    /// Keeps `lag`'s gauges current from `consumer` until `stop`, every
+    /// [`CONSUMER_LAG_EVERY`], as the supervised task `consumer-lag-poller`. Supervised although
+    /// it only feeds `/metrics`: a dead poller would leave the gauges frozen at their last value,
+    /// and the alerts on them silently blind.
+    pub fn poll_consumer_lag<C>(
+        &self,
+        lag: ConsumerLag,
+        consumer: jetstream::consumer::Consumer<C>,
+        stop: CancellationToken,
+    ) where
+        C: jetstream::consumer::IntoConsumerConfig + Send + Sync + 'static,
+    {
+        self.supervisor.spawn(
+            "consumer-lag-poller",
+            lag.poll(consumer, CONSUMER_LAG_EVERY, stop),
+        );
     }
 
     /// `hook` runs in [`Service::shut_down`] after the NATS flush and before the listener closes

@@ -37,9 +37,6 @@ use crate::status::{self, StatusApi, StatusMetrics};
 use crate::worker;
 use platform::deadletter::DeadLetters;
 
-/// How often the consumer's pending counts are read for `/metrics`.
-const CONSUMER_INFO_EVERY: Duration = Duration::from_secs(5);
-
 #[derive(Debug, thiserror::Error)]
 pub enum AppError {
     #[error(transparent)]
@@ -209,15 +206,10 @@ impl Running for App {
                 .clone()
                 .run(recovery_cancel.clone(), hard_stop.clone()),
         );
-        // Supervised although it only feeds /metrics: a dead poller would leave the lag gauges
-        // frozen at their last value, and alerts on them silently blind.
-        supervisor.spawn(
-            "consumer-lag-poller",
-            self.runner.metrics.consumer.clone().poll(
-                self.consumer.clone(),
-                CONSUMER_INFO_EVERY,
-                recovery_cancel.clone(),
-            ),
+        self.service.poll_consumer_lag(
+            self.runner.metrics.consumer.clone(),
+            self.consumer.clone(),
+            recovery_cancel.clone(),
         );
         // Answers until the pull loop has drained, like the reconciler; the HTTP status routes
         // answer until the listener closes last.

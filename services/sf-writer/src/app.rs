@@ -32,9 +32,6 @@ use crate::ordering::AppliedStore;
 use crate::writer::Writer;
 use platform::deadletter::DeadLetters;
 
-/// How often the consumer's pending counts are read for `/metrics`.
-const CONSUMER_INFO_EVERY: Duration = Duration::from_secs(5);
-
 #[derive(Debug, thiserror::Error)]
 pub enum AppError {
     #[error(transparent)]
@@ -156,15 +153,10 @@ impl Running for App {
             }
         });
         let lag_cancel = CancellationToken::new();
-        // Supervised although it only feeds /metrics: a dead poller would leave the lag gauges
-        // frozen at their last value, and alerts on them silently blind.
-        supervisor.spawn(
-            "consumer-lag-poller",
-            self.writer.metrics.consumer.clone().poll(
-                self.consumer.clone(),
-                CONSUMER_INFO_EVERY,
-                lag_cancel.clone(),
-            ),
+        self.service.poll_consumer_lag(
+            self.writer.metrics.consumer.clone(),
+            self.consumer.clone(),
+            lag_cancel.clone(),
         );
         consumer::run(
             self.consumer,
