@@ -20,6 +20,29 @@ use prometheus_client::registry::Registry;
 use serde_json::json;
 use tokio_util::sync::CancellationToken;
 
+/// An HTTP API's error answer: the status and `{"error": message}`, as the provisioner's status
+/// API and the stand-ins' admin APIs answer.
+#[derive(Debug)]
+pub struct ErrorAnswer(pub StatusCode, pub String);
+
+impl IntoResponse for ErrorAnswer {
+    fn into_response(self) -> Response {
+        (self.0, Json(json!({ "error": self.1 }))).into_response()
+    }
+}
+
+/// A JSON request body, parsed by hand so that a bad one gets a JSON answer naming the problem
+/// (axum's `Json` extractor answers in plain text). An empty body reads as `{}`.
+pub fn json_body<T: serde::de::DeserializeOwned>(bytes: &[u8]) -> Result<T, ErrorAnswer> {
+    let bytes: &[u8] = if bytes.iter().all(u8::is_ascii_whitespace) {
+        b"{}"
+    } else {
+        bytes
+    };
+    serde_json::from_slice(bytes)
+        .map_err(|e| ErrorAnswer(StatusCode::BAD_REQUEST, format!("invalid JSON body: {e}")))
+}
+
 type Probe = Box<dyn Fn() -> Result<(), String> + Send + Sync>;
 
 /// What `/health` reports: each integration the service depends on, up or down with a reason.

@@ -35,6 +35,7 @@ pub mod service;
 pub mod shutdown;
 pub mod streams;
 pub mod supervise;
+pub mod sync;
 pub mod telemetry;
 
 pub use tokio_util::sync::CancellationToken;

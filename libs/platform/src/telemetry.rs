@@ -123,9 +123,7 @@ const LOG_FLUSH_INTERVAL: Duration = Duration::from_millis(50);
 
 /// Writes out the buffered log lines (the flusher thread, shutdown).
 pub fn flush_logs() {
-    let mut lines = LOG_BUFFER
-        .lock()
-        .unwrap_or_else(std::sync::PoisonError::into_inner);
+    let mut lines = crate::sync::lock(&LOG_BUFFER);
     write_out(&mut lines);
 }
 
@@ -165,9 +163,7 @@ struct LogLine {
 
 impl std::io::Write for LogLine {
     fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        let mut lines = LOG_BUFFER
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let mut lines = crate::sync::lock(&LOG_BUFFER);
         lines.extend_from_slice(buf);
         if self.urgent || lines.len() >= LOG_FLUSH_BYTES {
             write_out(&mut lines);

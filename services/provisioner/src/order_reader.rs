@@ -12,7 +12,7 @@
 //! and every later wave again; after the bound the waiters go out as a batch of their own.
 
 use std::collections::VecDeque;
-use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
 use salesforce::rest::{RestClient, RestError};
@@ -118,7 +118,7 @@ impl OrderReader {
 impl Inner {
     fn lock(&self) -> MutexGuard<'_, State> {
         // No code holding the lock can panic; a poisoned state is still consistent.
-        self.state.lock().unwrap_or_else(PoisonError::into_inner)
+        platform::sync::lock(&self.state)
     }
 
     /// Takes the next batch of live waiters, and arms the wait bound for those left behind.

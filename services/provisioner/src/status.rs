@@ -606,7 +606,7 @@ async fn get_order(
 }
 
 fn error_response(code: StatusCode, message: &str) -> Response {
-    (code, Json(serde_json::json!({ "error": message }))).into_response()
+    platform::http::ErrorAnswer(code, message.to_owned()).into_response()
 }
 
 /// `wait` in whole seconds, 0 to 60.

@@ -27,7 +27,7 @@ use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
-use serde::de::DeserializeOwned;
+use platform::http::{json_body, ErrorAnswer as AdminError};
 use serde::Deserialize;
 use serde_json::{json, Value};
 
@@ -35,26 +35,6 @@ use crate::error::SimError;
 use crate::faults::Faults;
 use crate::sobjects::SObject;
 use crate::state::{EventSpec, PoisonKind, SimHandle};
-
-#[derive(Debug)]
-struct AdminError(StatusCode, String);
-
-impl IntoResponse for AdminError {
-    fn into_response(self) -> Response {
-        (self.0, Json(json!({ "error": self.1 }))).into_response()
-    }
-}
-
-/// JSON bodies are parsed by hand so that a bad body gets a JSON error naming the problem.
-fn body<T: DeserializeOwned>(bytes: &Bytes) -> Result<T, AdminError> {
-    let bytes: &[u8] = if bytes.iter().all(u8::is_ascii_whitespace) {
-        b"{}"
-    } else {
-        bytes
-    };
-    serde_json::from_slice(bytes)
-        .map_err(|e| AdminError(StatusCode::BAD_REQUEST, format!("invalid JSON body: {e}")))
-}
 
 fn internal(err: &SimError) -> AdminError {
     AdminError(
@@ -132,7 +112,7 @@ async fn create_account(
     State(sim): State<SimHandle>,
     bytes: Bytes,
 ) -> Result<Response, AdminError> {
-    let req: NewAccount = body(&bytes)?;
+    let req: NewAccount = json_body(&bytes)?;
     let id = sim.seed_account(&req.name, req.wh_account.as_deref());
     Ok((StatusCode::CREATED, Json(json!({ "id": id }))).into_response())
 }
@@ -141,7 +121,7 @@ async fn create_product(
     State(sim): State<SimHandle>,
     bytes: Bytes,
 ) -> Result<Response, AdminError> {
-    let req: NewProduct = body(&bytes)?;
+    let req: NewProduct = json_body(&bytes)?;
     let id = sim.seed_product(
         &req.name,
         req.wh_product_id.as_deref(),
@@ -151,7 +131,7 @@ async fn create_product(
 }
 
 async fn create_order(State(sim): State<SimHandle>, bytes: Bytes) -> Result<Response, AdminError> {
-    let req: NewOrder = body(&bytes)?;
+    let req: NewOrder = json_body(&bytes)?;
     let items: Vec<(&str, f64)> = req
         .items
         .iter()
@@ -177,7 +157,7 @@ async fn patch_order(
     Path(id): Path<String>,
     bytes: Bytes,
 ) -> Result<StatusCode, AdminError> {
-    let fields: serde_json::Map<String, Value> = body(&bytes)?;
+    let fields: serde_json::Map<String, Value> = json_body(&bytes)?;
     if sim.order(&id).is_none() {
         return Err(not_found(&id));
     }
@@ -221,7 +201,7 @@ async fn approve_order(
 }
 
 async fn publish_event(State(sim): State<SimHandle>, bytes: Bytes) -> Result<Response, AdminError> {
-    let spec: EventSpec = body(&bytes)?;
+    let spec: EventSpec = json_body(&bytes)?;
     let event = sim.publish_event(spec).map_err(|e| internal(&e))?;
     Ok(Json(event).into_response())
 }
@@ -234,7 +214,7 @@ async fn publish_poison(
     State(sim): State<SimHandle>,
     bytes: Bytes,
 ) -> Result<Response, AdminError> {
-    let poison: Poison = body(&bytes)?;
+    let poison: Poison = json_body(&bytes)?;
     let event = sim.publish_poison(poison.kind).map_err(|e| internal(&e))?;
     Ok(Json(event).into_response())
 }
@@ -252,7 +232,7 @@ async fn put_faults(
     State(sim): State<SimHandle>,
     bytes: Bytes,
 ) -> Result<Json<Faults>, AdminError> {
-    let faults: Faults = body(&bytes)?;
+    let faults: Faults = json_body(&bytes)?;
     sim.set_faults(faults);
     Ok(Json(sim.faults()))
 }

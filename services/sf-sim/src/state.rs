@@ -2,7 +2,7 @@
 //! tests use (the admin HTTP API is a thin JSON layer over the same methods).
 
 use std::collections::BTreeMap;
-use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use rand::Rng as _;
@@ -18,11 +18,7 @@ use crate::faults::{take_status, Faults};
 use crate::sobjects::SObject;
 use crate::store::{canonical_id, EventMeta, Record, Store, TokenInfo};
 
-/// Takes a lock even if a panicking thread poisoned it: every critical section leaves the data
-/// consistent before anything can panic, so the data is still good.
-pub(crate) fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
-    mutex.lock().unwrap_or_else(PoisonError::into_inner)
-}
+pub(crate) use platform::sync::lock;
 
 /// The URLs clients are given, fixed once the listeners are bound.
 #[derive(Debug, Clone)]

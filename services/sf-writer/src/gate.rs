@@ -64,9 +64,7 @@ impl Gate {
     fn lock(&self) -> MutexGuard<'_, State> {
         // A panic while holding this lock cannot leave the state inconsistent (plain fields), so
         // a poisoned lock is used as is.
-        self.state
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
+        platform::sync::lock(&self.state)
     }
 
     pub fn is_healthy(&self) -> bool {

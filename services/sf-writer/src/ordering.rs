@@ -199,9 +199,7 @@ impl AppliedStore {
     fn observations(&self) -> MutexGuard<'_, Observations> {
         // Plain data; a panic elsewhere cannot leave it half-updated in a harmful way (at worst
         // an observation restarts, which only delays a takeover).
-        self.observations
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
+        platform::sync::lock(&self.observations)
     }
 
     /// The Order's state and the revision to compare against (0 when the key does not exist).

@@ -32,22 +32,13 @@ use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post, put};
 use axum::{Json, Router};
-use serde::de::DeserializeOwned;
+use platform::http::{json_body, ErrorAnswer as AdminError};
 use serde::Deserialize;
 use serde_json::json;
 
 use crate::error::SimError;
 use crate::faults::ActionFaults;
 use crate::state::{ClientSpec, ClientStatus, ProductSpec, WhmcsHandle};
-
-#[derive(Debug)]
-struct AdminError(StatusCode, String);
-
-impl IntoResponse for AdminError {
-    fn into_response(self) -> Response {
-        (self.0, Json(json!({ "error": self.1 }))).into_response()
-    }
-}
 
 impl From<SimError> for AdminError {
     fn from(err: SimError) -> Self {
@@ -57,17 +48,6 @@ impl From<SimError> for AdminError {
         };
         AdminError(status, err.to_string())
     }
-}
-
-/// Bodies are parsed by hand so a bad one gets a JSON error naming the problem.
-fn body<T: DeserializeOwned>(bytes: &Bytes) -> Result<T, AdminError> {
-    let bytes: &[u8] = if bytes.iter().all(u8::is_ascii_whitespace) {
-        b"{}"
-    } else {
-        bytes
-    };
-    serde_json::from_slice(bytes)
-        .map_err(|e| AdminError(StatusCode::BAD_REQUEST, format!("invalid JSON body: {e}")))
 }
 
 #[derive(Deserialize)]
@@ -126,7 +106,7 @@ async fn create_client(
     State(sim): State<WhmcsHandle>,
     bytes: Bytes,
 ) -> Result<Response, AdminError> {
-    let spec: ClientSpec = body(&bytes)?;
+    let spec: ClientSpec = json_body(&bytes)?;
     if spec.name.trim().is_empty() {
         return Err(AdminError(
             StatusCode::BAD_REQUEST,
@@ -152,7 +132,7 @@ async fn patch_client(
     Path(id): Path<u64>,
     bytes: Bytes,
 ) -> Result<Response, AdminError> {
-    let patch: ClientStatusPatch = body(&bytes)?;
+    let patch: ClientStatusPatch = json_body(&bytes)?;
     sim.set_client_status(id, patch.status)?;
     get_client(State(sim), Path(id)).await
 }
@@ -162,7 +142,7 @@ async fn add_pay_method(
     Path(id): Path<u64>,
     bytes: Bytes,
 ) -> Result<Response, AdminError> {
-    let req: NewPayMethod = body(&bytes)?;
+    let req: NewPayMethod = json_body(&bytes)?;
     let pm = sim.add_pay_method(id, req.gateway.as_deref(), req.bank)?;
     Ok((StatusCode::CREATED, Json(json!({ "id": pm }))).into_response())
 }
@@ -183,7 +163,7 @@ async fn create_product(
     State(sim): State<WhmcsHandle>,
     bytes: Bytes,
 ) -> Result<Response, AdminError> {
-    let spec: ProductSpec = body(&bytes)?;
+    let spec: ProductSpec = json_body(&bytes)?;
     if spec.name.trim().is_empty() {
         return Err(AdminError(
             StatusCode::BAD_REQUEST,
@@ -228,7 +208,7 @@ async fn patch_order(
     Path(id): Path<u64>,
     bytes: Bytes,
 ) -> Result<Response, AdminError> {
-    let patch: StatusPatch = body(&bytes)?;
+    let patch: StatusPatch = json_body(&bytes)?;
     sim.set_order_status(id, &patch.status)?;
     get_order(State(sim), Path(id)).await
 }
@@ -243,7 +223,7 @@ async fn put_faults(
     Path(action): Path<String>,
     bytes: Bytes,
 ) -> Result<Response, AdminError> {
-    let faults: ActionFaults = body(&bytes)?;
+    let faults: ActionFaults = json_body(&bytes)?;
     faults
         .validate()
         .map_err(|e| AdminError(StatusCode::BAD_REQUEST, e))?;
@@ -266,7 +246,7 @@ async fn put_latency(
     State(sim): State<WhmcsHandle>,
     bytes: Bytes,
 ) -> Result<StatusCode, AdminError> {
-    let latency: Latency = body(&bytes)?;
+    let latency: Latency = json_body(&bytes)?;
     sim.set_latency_all(Duration::from_millis(latency.latency_ms));
     Ok(StatusCode::NO_CONTENT)
 }

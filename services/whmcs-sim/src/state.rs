@@ -2,7 +2,7 @@
 
 use std::collections::{BTreeMap, HashMap};
 use std::net::IpAddr;
-use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use serde::{Deserialize, Serialize};
@@ -322,12 +322,7 @@ pub(crate) struct Inner {
     pub access: Mutex<AccessState>,
 }
 
-/// Locks a mutex even if a panicking thread poisoned it: every critical section leaves the
-/// data consistent before anything that could panic, and a simulator that stops answering
-/// because one request panicked would hide the real failure behind a second one.
-pub(crate) fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
-    mutex.lock().unwrap_or_else(PoisonError::into_inner)
-}
+pub(crate) use platform::sync::lock;
 
 pub(crate) fn now_text() -> String {
     let format = time::macros::format_description!("[year]-[month]-[day] [hour]:[minute]:[second]");
