@@ -18,8 +18,10 @@
 //! supervised tasks, and return the first task failure, so that the binary exits non-zero.
 //!
 //! [`main`] is a service binary's whole `main` once the settings type implements
-//! [`ServiceMain`]: configuration (exit 2 on an error), telemetry, the signal handler, the run,
-//! the exit code, and the span flush.
+//! [`ServiceMain`] (its `App` implements [`Running`], its error type [`ServiceError`]):
+//! configuration (exit 2 on an error), telemetry, the signal handler, the build and the run
+//! ([`run`]), the exit code, and the span flush. [`stand_in_main`] does the same for the
+//! stand-ins (sf-sim, whmcs-sim), which implement [`StandIn`].
 
 use std::future::Future;
 use std::net::SocketAddr;

@@ -377,7 +377,6 @@ pub fn error_from_reply(status: u16, body: &[u8]) -> RestError {
     RestError::Http { status, errors }
 }
 
-/// `https://host/...` → `host`.
 enum Target {
     /// Relative to `/services/data/vNN.N/`.
     Data(String),

@@ -8,10 +8,9 @@
 //! HTTP listener closes last.
 //!
 //! Background tasks (the HTTP listener, the reconciler, the consumer-lag poller, the NATS status
-//! service) run under a
-//! [`Supervisor`](platform::supervise::Supervisor): one that dies cancels the root token, the service shuts down in the order
-//! above, and [`App::run_until_stopped`] returns [`AppError::Task`] (exit non-zero). So does a
-//! pull loop that ends while nobody asked it to.
+//! service) run under the service's supervisor: one that dies cancels the root token, the
+//! service shuts down in the order above, and `run_until_stopped` returns [`AppError::Task`]
+//! (exit non-zero). So does a pull loop that ends while nobody asked it to.
 
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;

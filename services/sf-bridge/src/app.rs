@@ -6,9 +6,9 @@
 //! flushed (within [`platform::nats::SHUTDOWN_FLUSH_DEADLINE`]); the HTTP listener closes last so
 //! probes see the service until it is gone.
 //!
-//! Background tasks (the HTTP listener, each leadership term's lease keeper) run under a
-//! [`Supervisor`](platform::supervise::Supervisor): one that dies cancels the root token, the service shuts down in the order
-//! above, and [`App::run_until_stopped`] returns [`AppError::Task`] (the binary exits non-zero).
+//! Background tasks (the HTTP listener, each leadership term's lease keeper) run under the
+//! service's supervisor: one that dies cancels the root token, the service shuts down in the
+//! order above, and `run_until_stopped` returns [`AppError::Task`] (the binary exits non-zero).
 
 use std::sync::Arc;
 

@@ -7,8 +7,8 @@
 //! closes last so probes see the service until it is gone.
 //!
 //! Background tasks (the HTTP listener, the consumer-lag poller, the Salesforce warm-up) run
-//! under a [`Supervisor`](platform::supervise::Supervisor): one that dies cancels the root token, the service shuts down in the
-//! order above, and [`App::run_until_stopped`] returns [`AppError::Task`] (exit non-zero).
+//! under the service's supervisor: one that dies cancels the root token, the service shuts down
+//! in the order above, and `run_until_stopped` returns [`AppError::Task`] (exit non-zero).
 
 use std::sync::Arc;
 use std::time::Duration;
