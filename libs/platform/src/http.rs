@@ -255,6 +255,26 @@ async fn metrics_handler(State(state): State<ServerState>) -> Response {
 mod tests {
     use super::*;
 
+    #[derive(Debug, serde::Deserialize, PartialEq)]
+    struct Patch {
+        #[serde(default)]
+        status: Option<String>,
+    }
+
+    #[test]
+    fn a_json_body_reads_empty_as_an_empty_object_and_names_what_does_not_parse() {
+        assert_eq!(json_body::<Patch>(b" \n").unwrap(), Patch { status: None });
+        assert_eq!(
+            json_body::<Patch>(br#"{"status":"Active"}"#).unwrap(),
+            Patch {
+                status: Some("Active".to_owned())
+            }
+        );
+        let ErrorAnswer(code, message) = json_body::<Patch>(b"{status").unwrap_err();
+        assert_eq!(code, StatusCode::BAD_REQUEST);
+        assert!(message.starts_with("invalid JSON body: "), "{message}");
+    }
+
     #[test]
     fn health_is_degraded_while_an_integration_is_down() {
         let health = Health::new("svc", "1.0");
