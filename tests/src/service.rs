@@ -98,10 +98,7 @@ impl<E: ServiceError + std::fmt::Debug> RunningService<E> {
         S::App: Running<Error = E>,
     {
         let cancel = CancellationToken::new();
-        // Boxed: a service's build future is large (JetStream resource set-up).
-        let app = Box::pin(settings.build(&cancel))
-            .await
-            .unwrap_or_else(|err| panic!("build {name}: {}", Chain(&err)));
+        let app = build(settings, &cancel).await;
         Self {
             name,
             stop_limit,
@@ -150,6 +147,14 @@ impl<E> Drop for RunningService<E> {
     }
 }
 
+/// Builds the service from `settings` with its root token `cancel`; a failure fails the test.
+async fn build<S: ServiceMain>(settings: S, cancel: &CancellationToken) -> S::App {
+    // Boxed: a service's build future is large (JetStream resource set-up).
+    Box::pin(settings.build(cancel))
+        .await
+        .unwrap_or_else(|err| panic!("build {}: {}", S::NAME, Chain(&err)))
+}
+
 /// Checks a service's wiring of supervision: a supervised task that ends while the service runs
 /// turns `/health` down (naming the task) and `/livez` failing; the service shuts down in order
 /// by itself and its run returns the task failure, so that the binary exits non-zero.
@@ -157,9 +162,7 @@ impl<E> Drop for RunningService<E> {
 pub async fn assert_a_dead_task_stops_the_service<S: ServiceMain>(settings: S) {
     const TASK: &str = "test-task";
     let cancel = CancellationToken::new();
-    let app = Box::pin(settings.build(&cancel))
-        .await
-        .unwrap_or_else(|err| panic!("build {}: {}", S::NAME, Chain(&err)));
+    let app = build(settings, &cancel).await;
     let (livez, _) = get_json(app.service().http_addr(), "/livez").await;
     assert_eq!(livez, 200, "{} is live once built", S::NAME);
     let supervisor = app.service().supervisor().clone();

@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 use async_nats::jetstream;
 use platform::config::Env;
 use platform::nats::{NatsError, NatsSettings, Refusal};
-use sf_sim::{SfSim, SimConfig};
+use sf_sim::SfSim;
 use support::{seed_client_missing_order, seed_good_order, status_of, Simulators};
 use testkit::nats::NatsServer;
 use testkit::process::ChildProcess;
@@ -248,7 +248,7 @@ fn service_env(
     ];
     env.extend(sf.map_or_else(
         || {
-            let config = SimConfig::for_tests(testkit::keys::test_keys().public_pem.clone());
+            let config = testkit::sim::sf_config();
             testkit::stack::salesforce_login(CLOSED.to_owned(), &config.client_id, &config.username)
         },
         testkit::sim::sf_env,

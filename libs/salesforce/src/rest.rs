@@ -71,8 +71,8 @@ impl RestError {
     /// The HTTP status Salesforce answered with, when there was an answer.
     pub fn http_status(&self) -> Option<u16> {
         match self {
-            Self::Http { status, .. } | Self::Auth(AuthError::Status { status }) => Some(*status),
-            Self::Auth(AuthError::Rejected { .. }) => Some(400),
+            Self::Http { status, .. } => Some(*status),
+            Self::Auth(auth) => platform::metrics::ApiCallError::http_status(auth),
             _ => None,
         }
     }
